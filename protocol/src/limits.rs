@@ -1,0 +1,19 @@
+//! Default size limits. Each is enforced at the edge that receives the bytes.
+
+/// Largest WebSocket text frame (or reassembled message) a client may send.
+pub const MAX_WS_FRAME_BYTES: usize = 64 * 1024;
+
+/// Largest JSON request body on the REST and OpenAI-compatible routes.
+pub const MAX_JSON_BODY_BYTES: usize = 1024 * 1024;
+
+/// Largest `content` of a user message, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
+
+/// Largest `client_msg_id`, in bytes.
+pub const MAX_CLIENT_MSG_ID_BYTES: usize = 128;
+
+/// Largest session title, in bytes.
+pub const MAX_TITLE_BYTES: usize = 256;
+
+/// Largest system prompt, in bytes.
+pub const MAX_SYSTEM_PROMPT_BYTES: usize = 32 * 1024;

@@ -1,0 +1,60 @@
+//! Server-Sent Events framing (PROTOCOL.md §6).
+
+/// Encodes one SSE message: `id:` (events only), `event:`, and `data:` with the
+/// JSON object. JSON from serde has no raw newlines, so one `data:` line holds it.
+pub fn encode(id: Option<u64>, event: &str, json: &str) -> String {
+    let mut out = String::with_capacity(json.len() + event.len() + 32);
+    if let Some(id) = id {
+        out.push_str("id: ");
+        out.push_str(&id.to_string());
+        out.push('\n');
+    }
+    out.push_str("event: ");
+    out.push_str(event);
+    out.push('\n');
+    for line in json.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    out
+}
+
+/// The keep-alive comment sent at least every 15 seconds.
+pub const PING_COMMENT: &str = ": ping\n\n";
+
+/// Reads a resume cursor from a `Last-Event-ID` header value or an `after`
+/// parameter: a non-negative integer, surrounding spaces allowed.
+pub fn parse_cursor(value: &str) -> Option<u64> {
+    value.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_carry_id_and_control_frames_do_not() {
+        assert_eq!(
+            encode(Some(5), "token", r#"{"a":1}"#),
+            "id: 5\nevent: token\ndata: {\"a\":1}\n\n"
+        );
+        assert_eq!(
+            encode(None, "hello", "{}"),
+            "event: hello\ndata: {}\n\n"
+        );
+    }
+
+    #[test]
+    fn multi_line_data_is_split() {
+        assert_eq!(encode(None, "x", "a\nb"), "event: x\ndata: a\ndata: b\n\n");
+    }
+
+    #[test]
+    fn cursors_parse() {
+        assert_eq!(parse_cursor(" 42 "), Some(42));
+        assert_eq!(parse_cursor("-1"), None);
+        assert_eq!(parse_cursor("abc"), None);
+    }
+}
