@@ -1,0 +1,287 @@
+//! Any OpenAI-compatible provider, streamed over SSE with reqwest-eventsource.
+//!
+//! - The first chunk must arrive within `request_timeout`, and so must every
+//!   later one; otherwise the call ends with `upstream_timeout`.
+//! - Connection failures, 429 and 5xx answers are retried with exponential
+//!   backoff, but only before the first chunk: after that a retry would repeat
+//!   text the client already has.
+//! - A stream that ends without `[DONE]` or a finish reason is an error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use reqwest_eventsource::{Event, EventSource, retry::Never};
+use sluice_protocol::openai::{ChatRequest, ChunkView, StreamOptions};
+
+use super::{ChunkStream, LlmChunk, LlmError, LlmProvider};
+use crate::secret::Secret;
+
+/// Settings of an [`OpenAiProvider`].
+#[derive(Debug, Clone)]
+pub struct OpenAiConfig {
+    /// Base URL ending in `/v1`; `/chat/completions` is appended.
+    pub base_url: String,
+    /// Sent as `Authorization: Bearer`.
+    pub api_key: Option<Secret>,
+    /// The default model, listed by `GET /v1/models`.
+    pub default_model: String,
+    /// Time allowed for the first chunk and between chunks.
+    pub request_timeout: Duration,
+    /// Time allowed to open the TCP/TLS connection.
+    pub connect_timeout: Duration,
+    /// Extra attempts before the first chunk.
+    pub max_retries: u32,
+    /// First backoff; doubled at each retry.
+    pub retry_backoff: Duration,
+}
+
+/// An OpenAI-compatible provider. Cloning shares the connection pool.
+#[derive(Clone)]
+pub struct OpenAiProvider {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: reqwest::Client,
+    url: String,
+    config: OpenAiConfig,
+}
+
+impl OpenAiProvider {
+    /// Builds the provider and its HTTP client.
+    pub fn new(config: OpenAiConfig) -> Result<Self, LlmError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| LlmError::Upstream(format!("cannot build the HTTP client: {e}")))?;
+        let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                url,
+                config,
+            }),
+        })
+    }
+}
+
+impl Inner {
+    fn post(&self, body: &ChatRequest) -> reqwest::RequestBuilder {
+        let mut builder = self.client.post(&self.url).json(body);
+        if let Some(key) = &self.config.api_key {
+            builder = builder.bearer_auth(key.expose());
+        }
+        builder
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        self.config.retry_backoff * 2u32.saturating_pow(attempt.saturating_sub(1))
+    }
+}
+
+/// A failed attempt: what to report, and whether another attempt may help.
+struct Failure {
+    error: LlmError,
+    retryable: bool,
+}
+
+async fn status_failure(status: reqwest::StatusCode, response: reqwest::Response) -> Failure {
+    let body = response.text().await.unwrap_or_default();
+    let detail = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.chars().take(300).collect());
+    let message = format!("provider answered {status}: {detail}");
+    let code = status.as_u16();
+    Failure {
+        error: if code == 408 || code == 504 {
+            LlmError::Timeout(message)
+        } else {
+            LlmError::Upstream(message)
+        },
+        retryable: code == 429 || code >= 500,
+    }
+}
+
+fn transport_failure(e: &reqwest::Error) -> Failure {
+    if e.is_timeout() {
+        Failure {
+            error: LlmError::Timeout(format!("provider timed out: {e}")),
+            retryable: false,
+        }
+    } else {
+        Failure {
+            error: LlmError::Upstream(format!("provider unreachable: {e}")),
+            retryable: e.is_connect(),
+        }
+    }
+}
+
+async fn event_failure(e: reqwest_eventsource::Error) -> Failure {
+    use reqwest_eventsource::Error as E;
+    match e {
+        E::InvalidStatusCode(status, response) => status_failure(status, response).await,
+        E::Transport(e) => transport_failure(&e),
+        E::InvalidContentType(ct, _) => Failure {
+            error: LlmError::Upstream(format!(
+                "provider answered with content type {ct:?}, not an event stream"
+            )),
+            retryable: false,
+        },
+        E::StreamEnded => Failure {
+            error: LlmError::Upstream("provider closed the stream before finishing".into()),
+            retryable: true,
+        },
+        other => Failure {
+            error: LlmError::Upstream(format!("provider stream broke: {other}")),
+            retryable: false,
+        },
+    }
+}
+
+/// A chunk that is an error object (`{"error": {...}}`), as some providers
+/// send mid-stream.
+fn chunk_error(data: &str) -> Option<LlmError> {
+    if !data.contains("\"error\"") {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(data).ok()?;
+    let error = value.get("error")?;
+    let message = error
+        .get("message")
+        .and_then(|m| m.as_str())
+        .unwrap_or("unknown error");
+    Some(LlmError::Upstream(format!("provider error: {message}")))
+}
+
+impl LlmProvider for OpenAiProvider {
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+
+    fn stream(&self, mut request: ChatRequest) -> ChunkStream {
+        request.stream = true;
+        if request.stream_options.is_none() {
+            request.stream_options = Some(StreamOptions {
+                include_usage: true,
+            });
+        }
+        let inner = self.inner.clone();
+        async_stream::stream! {
+            let timeout = inner.config.request_timeout;
+            let mut attempt = 0;
+            'attempts: loop {
+                let mut source = match EventSource::new(inner.post(&request)) {
+                    Ok(source) => source,
+                    Err(e) => {
+                        yield Err(LlmError::Upstream(format!("cannot build the request: {e}")));
+                        return;
+                    }
+                };
+                source.set_retry_policy(Box::new(Never));
+                let mut got_first = false;
+                let mut finished = false;
+                loop {
+                    let next = match tokio::time::timeout(timeout, source.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            source.close();
+                            let what = if got_first { "no data from the provider" } else { "no first token" };
+                            yield Err(LlmError::Timeout(format!("{what} within {}s", timeout.as_secs_f32())));
+                            return;
+                        }
+                    };
+                    match next {
+                        None => return,
+                        Some(Ok(Event::Open)) => {}
+                        Some(Ok(Event::Message(message))) => {
+                            let data = message.data;
+                            if data.trim() == "[DONE]" {
+                                source.close();
+                                return;
+                            }
+                            if let Some(error) = chunk_error(&data) {
+                                source.close();
+                                yield Err(error);
+                                return;
+                            }
+                            match serde_json::from_str::<ChunkView>(&data) {
+                                Ok(view) => {
+                                    got_first = true;
+                                    finished |= view.finish_reason().is_some();
+                                    yield Ok(LlmChunk { raw: data, view });
+                                }
+                                Err(e) => {
+                                    source.close();
+                                    yield Err(LlmError::Upstream(format!("provider sent an invalid chunk: {e}")));
+                                    return;
+                                }
+                            }
+                        }
+                        Some(Err(e)) => {
+                            source.close();
+                            if finished && matches!(e, reqwest_eventsource::Error::StreamEnded) {
+                                return;
+                            }
+                            let failure = event_failure(e).await;
+                            if !got_first && failure.retryable && attempt < inner.config.max_retries {
+                                attempt += 1;
+                                tracing::warn!(attempt, error = %failure.error, "retrying the provider");
+                                tokio::time::sleep(inner.backoff(attempt)).await;
+                                continue 'attempts;
+                            }
+                            yield Err(failure.error);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn complete(
+        &self,
+        mut request: ChatRequest,
+    ) -> BoxFuture<'static, Result<serde_json::Value, LlmError>> {
+        request.stream = false;
+        request.stream_options = None;
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let mut attempt = 0;
+            loop {
+                let sent = inner
+                    .post(&request)
+                    .timeout(inner.config.request_timeout)
+                    .send()
+                    .await;
+                let failure = match sent {
+                    Ok(response) if response.status().is_success() => {
+                        return response.json::<serde_json::Value>().await.map_err(|e| {
+                            if e.is_timeout() {
+                                LlmError::Timeout(format!("provider timed out: {e}"))
+                            } else {
+                                LlmError::Upstream(format!("provider sent invalid JSON: {e}"))
+                            }
+                        });
+                    }
+                    Ok(response) => status_failure(response.status(), response).await,
+                    Err(e) => transport_failure(&e),
+                };
+                if failure.retryable && attempt < inner.config.max_retries {
+                    attempt += 1;
+                    tokio::time::sleep(inner.backoff(attempt)).await;
+                    continue;
+                }
+                return Err(failure.error);
+            }
+        })
+    }
+
+    fn models(&self) -> Vec<String> {
+        vec![self.inner.config.default_model.clone()]
+    }
+}

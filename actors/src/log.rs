@@ -1,0 +1,120 @@
+//! The resumable event log: every event of a session, by `seq`, for a bounded
+//! retention, so that a client can resume from its cursor.
+//!
+//! Contract for implementations (the conformance tests in this module hold
+//! every implementation to it):
+//! - `append` keeps events in the order given; within a session `seq` only grows.
+//! - `read_after(after, up_to)` returns the retained events with
+//!   `after < seq <= up_to`, in order. Events older than retention may be
+//!   missing from the front; the caller detects that as a gap.
+//! - `epoch` identifies the log's contents: it changes only if the log was lost.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use sluice_protocol::Event;
+
+/// An event together with its JSON, serialised once for every subscriber.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedEvent {
+    /// The event.
+    pub event: Event,
+    /// `event.to_json()`, computed once.
+    pub json: String,
+}
+
+impl EncodedEvent {
+    /// Encodes `event`.
+    pub fn new(event: Event) -> Self {
+        let json = event.to_json();
+        Self { event, json }
+    }
+
+    /// The event's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.event.seq
+    }
+}
+
+/// Why the log could not be used. Retrying later may help.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("event log unavailable: {0}")]
+pub struct LogError(pub String);
+
+/// A session-keyed, bounded, ordered event log.
+pub trait EventLog: Send + Sync + 'static {
+    /// The identity of this log's contents for `session_id`.
+    fn epoch(&self, session_id: &str) -> BoxFuture<'static, Result<String, LogError>>;
+
+    /// Appends `events` (in `seq` order) to the session's log.
+    fn append(
+        &self,
+        session_id: &str,
+        events: Vec<Arc<EncodedEvent>>,
+    ) -> BoxFuture<'static, Result<(), LogError>>;
+
+    /// Retained events with `after < seq <= up_to`, in order.
+    fn read_after(
+        &self,
+        session_id: &str,
+        after: u64,
+        up_to: u64,
+    ) -> BoxFuture<'static, Result<Vec<Arc<EncodedEvent>>, LogError>>;
+
+    /// Forgets the session's events (the session was deleted).
+    fn remove(&self, session_id: &str) -> BoxFuture<'static, Result<(), LogError>>;
+}
+
+/// The conformance suite every [`EventLog`] must pass, parameterised by a
+/// factory that returns a fresh log retaining `retention` events per session.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use super::*;
+    use sluice_protocol::EventBody;
+
+    fn token(seq: u64) -> Arc<EncodedEvent> {
+        Arc::new(EncodedEvent::new(Event {
+            seq,
+            body: EventBody::Token {
+                generation_id: "g".into(),
+                delta: format!("t{seq} "),
+            },
+        }))
+    }
+
+    fn seqs(events: &[Arc<EncodedEvent>]) -> Vec<u64> {
+        events.iter().map(|e| e.seq()).collect()
+    }
+
+    pub async fn run<L: EventLog>(make: impl Fn(usize) -> L) {
+        // Order and bounds.
+        let log = make(100);
+        log.append("s", (1..=5).map(token).collect()).await.unwrap();
+        log.append("s", (6..=8).map(token).collect()).await.unwrap();
+        assert_eq!(seqs(&log.read_after("s", 0, 8).await.unwrap()), (1..=8).collect::<Vec<_>>());
+        assert_eq!(seqs(&log.read_after("s", 3, 6).await.unwrap()), vec![4, 5, 6]);
+        assert!(log.read_after("s", 8, 8).await.unwrap().is_empty());
+        assert!(log.read_after("other", 0, 100).await.unwrap().is_empty());
+        let events = log.read_after("s", 6, 7).await.unwrap();
+        assert_eq!(events[0].json, token(7).json);
+
+        // Retention drops the oldest events first.
+        let log = make(10);
+        for chunk in (1..=25u64).collect::<Vec<_>>().chunks(4) {
+            log.append("s", chunk.iter().copied().map(token).collect()).await.unwrap();
+        }
+        let kept = seqs(&log.read_after("s", 0, 25).await.unwrap());
+        assert!(kept.len() >= 10, "{kept:?}");
+        assert_eq!(*kept.last().unwrap(), 25);
+        assert!(kept.windows(2).all(|w| w[1] == w[0] + 1), "{kept:?}");
+        assert!(*kept.first().unwrap() > 1, "{kept:?}");
+
+        // The epoch is stable while the log lives; remove forgets a session.
+        let e1 = log.epoch("s").await.unwrap();
+        assert_eq!(log.epoch("s").await.unwrap(), e1);
+        log.remove("s").await.unwrap();
+        assert!(log.read_after("s", 0, 25).await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,149 @@
+//! Prometheus metrics: one struct of handles, registered on an injected registry.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// Every metric Sluice exports. Cloning shares the handles.
+#[derive(Clone)]
+pub struct Metrics {
+    /// HTTP requests by route pattern, method and status.
+    pub http_requests_total: IntCounterVec,
+    /// HTTP request durations by route pattern (for streams: until the
+    /// response head is sent).
+    pub http_request_duration_seconds: HistogramVec,
+    /// Open streaming connections by transport (`ws`, `sse`, `openai`).
+    pub live_connections: IntGaugeVec,
+    /// Session actors alive on this replica.
+    pub live_sessions: IntGauge,
+    /// Text chunks received from the provider and streamed to clients.
+    pub tokens_streamed_total: IntCounterVec,
+    /// Time from a generation's request to its first token.
+    pub time_to_first_token_seconds: HistogramVec,
+    /// Generations ended, by finish reason.
+    pub generations_total: IntCounterVec,
+    /// Provider failures, by error code.
+    pub upstream_errors_total: IntCounterVec,
+    /// Subscriptions that resumed from a cursor, by transport.
+    pub resumes_total: IntCounterVec,
+    /// Resumes whose cursor was older than retention.
+    pub gaps_total: IntCounter,
+    /// Subscribers disconnected for falling too far behind.
+    pub slow_consumer_disconnects_total: IntCounter,
+    /// `token` events merged into a slow subscriber's queued one.
+    pub coalesced_events_total: IntCounter,
+    /// Malformed or oversized client input, by transport.
+    pub rejected_frames_total: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates the handles and registers them on `registry`.
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let latency_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
+        ];
+        let m = Self {
+            http_requests_total: IntCounterVec::new(
+                Opts::new("sluice_http_requests_total", "HTTP requests served"),
+                &["route", "method", "status"],
+            )?,
+            http_request_duration_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "sluice_http_request_duration_seconds",
+                    "HTTP request duration until the response head",
+                )
+                .buckets(latency_buckets.clone()),
+                &["route"],
+            )?,
+            live_connections: IntGaugeVec::new(
+                Opts::new("sluice_live_connections", "Open streaming connections"),
+                &["transport"],
+            )?,
+            live_sessions: IntGauge::new("sluice_live_sessions", "Session actors alive")?,
+            tokens_streamed_total: IntCounterVec::new(
+                Opts::new(
+                    "sluice_tokens_streamed_total",
+                    "Text chunks received from the provider and streamed",
+                ),
+                &["path"],
+            )?,
+            time_to_first_token_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "sluice_time_to_first_token_seconds",
+                    "Time from a generation's request to its first token",
+                )
+                .buckets(latency_buckets),
+                &["path"],
+            )?,
+            generations_total: IntCounterVec::new(
+                Opts::new("sluice_generations_total", "Generations ended"),
+                &["finish_reason"],
+            )?,
+            upstream_errors_total: IntCounterVec::new(
+                Opts::new("sluice_upstream_errors_total", "LLM provider failures"),
+                &["code"],
+            )?,
+            resumes_total: IntCounterVec::new(
+                Opts::new("sluice_resumes_total", "Subscriptions resumed from a cursor"),
+                &["transport"],
+            )?,
+            gaps_total: IntCounter::new(
+                "sluice_gaps_total",
+                "Resumes whose cursor was older than retention",
+            )?,
+            slow_consumer_disconnects_total: IntCounter::new(
+                "sluice_slow_consumer_disconnects_total",
+                "Subscribers disconnected for falling too far behind",
+            )?,
+            coalesced_events_total: IntCounter::new(
+                "sluice_coalesced_events_total",
+                "Token events merged for slow subscribers",
+            )?,
+            rejected_frames_total: IntCounterVec::new(
+                Opts::new(
+                    "sluice_rejected_frames_total",
+                    "Malformed or oversized client input",
+                ),
+                &["transport"],
+            )?,
+        };
+        registry.register(Box::new(m.http_requests_total.clone()))?;
+        registry.register(Box::new(m.http_request_duration_seconds.clone()))?;
+        registry.register(Box::new(m.live_connections.clone()))?;
+        registry.register(Box::new(m.live_sessions.clone()))?;
+        registry.register(Box::new(m.tokens_streamed_total.clone()))?;
+        registry.register(Box::new(m.time_to_first_token_seconds.clone()))?;
+        registry.register(Box::new(m.generations_total.clone()))?;
+        registry.register(Box::new(m.upstream_errors_total.clone()))?;
+        registry.register(Box::new(m.resumes_total.clone()))?;
+        registry.register(Box::new(m.gaps_total.clone()))?;
+        registry.register(Box::new(m.slow_consumer_disconnects_total.clone()))?;
+        registry.register(Box::new(m.coalesced_events_total.clone()))?;
+        registry.register(Box::new(m.rejected_frames_total.clone()))?;
+        Ok(m)
+    }
+
+    /// Handles on a private registry, for tests.
+    pub fn unregistered() -> Self {
+        Self::new(&Registry::new()).expect("fresh registry has no name clashes")
+    }
+}
+
+/// Keeps a gauge raised while alive; lowers it on drop, however the holder ends.
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    /// Raises `gauge` by one until the guard drops.
+    pub fn new(gauge: IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

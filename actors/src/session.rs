@@ -1,0 +1,755 @@
+//! The session actor: one per live conversation, the single writer of its
+//! events.
+//!
+//! It allocates `seq`, hands each event to its outbox (log, then fan-out),
+//! runs generations and persists messages. It never waits on I/O inside a
+//! handler: the LLM stream runs in its own task and feeds chunks back as
+//! [`GenerationStep`] messages, and store writes go through a per-session
+//! writer task so they land in order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures::StreamExt;
+use sluice_protocol::event::EventError;
+use sluice_protocol::openai::ChatRequest;
+use sluice_protocol::rest::{SendAccepted, SendMessage, SessionWithMessages};
+use sluice_protocol::{Event, EventBody, FinishReason, MessageStatus, Partial, Role, Usage};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::SessionError;
+use crate::ids::{new_id, now_rfc3339};
+use crate::llm::{LlmChunk, LlmError, LlmProvider};
+use crate::log::{EncodedEvent, EventLog};
+use crate::metrics::{GaugeGuard, Metrics};
+use crate::outbox::{self, OutboxCmd};
+use crate::registry::Retire;
+use crate::store::{MessageRecord, SessionRecord, SessionStore, StoreError};
+use crate::subscriber::SubscriberQueue;
+use crate::SessionConfig;
+
+/// How often an actor checks whether it has been idle long enough to stop.
+const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Longest automatic title, in characters.
+const AUTO_TITLE_CHARS: usize = 60;
+
+/// What every session actor needs, shared.
+pub struct SessionDeps {
+    /// Durable sessions and messages.
+    pub store: Arc<dyn SessionStore>,
+    /// The resumable event log.
+    pub log: Arc<dyn EventLog>,
+    /// The LLM provider.
+    pub llm: Arc<dyn LlmProvider>,
+    /// Metric handles.
+    pub metrics: Metrics,
+    /// Settings.
+    pub config: SessionConfig,
+}
+
+/// The actor of one live session.
+pub struct SessionActor {
+    /// The session as stored; `last_seq` in it is what was last persisted.
+    record: SessionRecord,
+    /// The conversation, oldest first, including the assistant message being
+    /// generated (its `content` grows as tokens arrive).
+    messages: Vec<MessageRecord>,
+    /// `client_msg_id` → the answer given, so a retried send is answered
+    /// again instead of starting a second generation.
+    sent: HashMap<String, SendAccepted>,
+    /// The highest `seq` allocated; the next event gets `last_seq + 1`.
+    last_seq: u64,
+    /// The event log's epoch for this session, sent in `hello`.
+    epoch: String,
+    /// The running generation, if any.
+    generation: Option<Generation>,
+    /// A send whose messages are being persisted: a second send conflicts
+    /// (or, with the same `client_msg_id`, gets the same answer).
+    sending: Option<PendingSend>,
+    /// A cancel arrived while a send was being persisted.
+    cancel_requested: bool,
+    /// Ordered log-then-deliver queue.
+    outbox: mpsc::UnboundedSender<OutboxCmd>,
+    /// Ordered store writes.
+    writer: mpsc::UnboundedSender<StoreWrite>,
+    /// The writer's receiver until `started` spawns the task.
+    writer_rx: Option<mpsc::UnboundedReceiver<StoreWrite>>,
+    /// Subscribers, kept only to know whether anyone is watching.
+    watchers: Vec<Arc<SubscriberQueue>>,
+    /// Last time anything happened; the idle timer counts from here.
+    last_active: Instant,
+    /// Set once the actor decided to stop: new commands are refused with
+    /// [`SessionError::Retired`] so callers go back to the registry.
+    retiring: bool,
+    /// Set by graceful shutdown: new sends are refused.
+    draining: bool,
+    /// Notified when the running generation ends (graceful shutdown waits).
+    drain_waiters: Vec<oneshot::Sender<()>>,
+    /// Told when this actor retires, so it forgets the address.
+    registry: Recipient<Retire>,
+    deps: Arc<SessionDeps>,
+    /// Messages found `streaming` at load (their process died), saved as
+    /// `interrupted` when the actor starts.
+    repaired: Vec<MessageRecord>,
+    /// Keeps `sluice_live_sessions` counting this actor.
+    _live: GaugeGuard,
+}
+
+/// A generation in progress.
+struct Generation {
+    id: String,
+    /// Index of its assistant message in `messages`.
+    message_index: usize,
+    started: Instant,
+    first_token: bool,
+    usage: Option<Usage>,
+    /// Set when the provider reported why it stopped.
+    finish: Option<FinishReason>,
+    /// The task reading the provider's stream; aborted on cancel.
+    task: tokio::task::JoinHandle<()>,
+    last_checkpoint: Instant,
+}
+
+struct PendingSend {
+    client_msg_id: Option<String>,
+    accepted: SendAccepted,
+}
+
+/// A write for the session's writer task.
+struct StoreWrite {
+    session: SessionRecord,
+    messages: Vec<MessageRecord>,
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+impl SessionActor {
+    /// Builds the actor from stored state. Messages left `streaming` by a
+    /// process that died are marked `interrupted` (and saved in `started`).
+    pub fn new(
+        record: SessionRecord,
+        mut messages: Vec<MessageRecord>,
+        epoch: String,
+        registry: Recipient<Retire>,
+        deps: Arc<SessionDeps>,
+    ) -> Self {
+        let mut repaired = Vec::new();
+        for m in &mut messages {
+            if m.status == MessageStatus::Streaming {
+                m.status = MessageStatus::Interrupted;
+                repaired.push(m.clone());
+            }
+        }
+        let sent = messages
+            .iter()
+            .filter_map(|m| {
+                let client_msg_id = m.client_msg_id.clone()?;
+                Some((
+                    client_msg_id,
+                    SendAccepted {
+                        message_id: m.id.clone(),
+                        generation_id: m.generation_id.clone().unwrap_or_default(),
+                    },
+                ))
+            })
+            .collect();
+        let (writer, writer_rx) = mpsc::unbounded_channel();
+        let outbox = outbox::spawn(record.id.clone(), deps.log.clone());
+        Self {
+            last_seq: record.last_seq,
+            record,
+            messages,
+            sent,
+            epoch,
+            generation: None,
+            sending: None,
+            cancel_requested: false,
+            outbox,
+            writer,
+            writer_rx: Some(writer_rx),
+            watchers: Vec::new(),
+            last_active: Instant::now(),
+            retiring: false,
+            draining: false,
+            drain_waiters: Vec::new(),
+            registry,
+            repaired,
+            _live: GaugeGuard::new(deps.metrics.live_sessions.clone()),
+            deps,
+        }
+    }
+
+    fn touch(&mut self) {
+        self.last_active = Instant::now();
+    }
+
+    /// Allocates the next `seq` and hands the event to the outbox.
+    fn emit(&mut self, body: EventBody) {
+        self.last_seq += 1;
+        let event = Arc::new(EncodedEvent::new(Event {
+            seq: self.last_seq,
+            body,
+        }));
+        // The outbox lives as long as this actor; a send error means it is
+        // already gone with the actor, and nobody is left to deliver to.
+        let _ = self.outbox.send(OutboxCmd::Event(event));
+    }
+
+    /// Queues a durable write of the session record and `messages`.
+    fn persist(&mut self, messages: Vec<MessageRecord>) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (done, rx) = oneshot::channel();
+        self.record.last_seq = self.last_seq;
+        let _ = self.writer.send(StoreWrite {
+            session: self.record.clone(),
+            messages,
+            done: Some(done),
+        });
+        rx
+    }
+
+    /// The prompt for a generation: the system prompt, then the recent
+    /// conversation (skipping the assistant message being written).
+    fn build_request(&self, skip_index: usize) -> ChatRequest {
+        let mut messages = Vec::new();
+        if let Some(system) = &self.record.system_prompt {
+            messages.push(ChatRequest::text_message("system", system));
+        }
+        let history: Vec<_> = self
+            .messages
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| *i != skip_index && !m.content.is_empty())
+            .map(|(_, m)| m)
+            .collect();
+        let start = history.len().saturating_sub(self.deps.config.history_messages);
+        for m in &history[start..] {
+            let role = match m.role {
+                Role::User => "user",
+                Role::Assistant => "assistant",
+                Role::Tool => "tool",
+            };
+            messages.push(ChatRequest::text_message(role, &m.content));
+        }
+        ChatRequest {
+            model: Some(self.record.model.clone()),
+            messages,
+            stream: true,
+            stream_options: None,
+            extra: Default::default(),
+        }
+    }
+
+    fn start_generation(&mut self, ctx: &mut Context<Self>, generation_id: String, message_index: usize) {
+        let message_id = self.messages[message_index].id.clone();
+        self.emit(EventBody::GenerationStart {
+            generation_id: generation_id.clone(),
+            message_id,
+            model: self.record.model.clone(),
+        });
+        let mut stream = self.deps.llm.stream(self.build_request(message_index));
+        let addr = ctx.address();
+        let id = generation_id.clone();
+        let task = actix_rt::spawn(async move {
+            while let Some(item) = stream.next().await {
+                let failed = item.is_err();
+                addr.do_send(GenerationStep {
+                    generation_id: id.clone(),
+                    step: Step::Chunk(item),
+                });
+                if failed {
+                    return;
+                }
+            }
+            addr.do_send(GenerationStep {
+                generation_id: id,
+                step: Step::Done,
+            });
+        });
+        let now = Instant::now();
+        self.generation = Some(Generation {
+            id: generation_id,
+            message_index,
+            started: now,
+            first_token: false,
+            usage: None,
+            finish: None,
+            task,
+            last_checkpoint: now,
+        });
+    }
+
+    fn on_chunk(&mut self, chunk: LlmChunk) {
+        let Some(generation) = self.generation.as_mut() else {
+            return;
+        };
+        if let Some(usage) = chunk.view.usage {
+            generation.usage = Some(usage.into());
+        }
+        if let Some(reason) = chunk.view.finish_reason() {
+            generation.finish = Some(reason);
+        }
+        let Some(text) = chunk.view.content().filter(|t| !t.is_empty()) else {
+            return;
+        };
+        let metrics = &self.deps.metrics;
+        if !generation.first_token {
+            generation.first_token = true;
+            metrics
+                .time_to_first_token_seconds
+                .with_label_values(&["session"])
+                .observe(generation.started.elapsed().as_secs_f64());
+        }
+        metrics.tokens_streamed_total.with_label_values(&["session"]).inc();
+        let generation_id = generation.id.clone();
+        let index = generation.message_index;
+        let checkpoint = generation.last_checkpoint.elapsed() >= self.deps.config.checkpoint_interval;
+        if checkpoint {
+            generation.last_checkpoint = Instant::now();
+        }
+        self.messages[index].content.push_str(text);
+        self.emit(EventBody::Token {
+            generation_id,
+            delta: text.to_owned(),
+        });
+        if checkpoint {
+            let message = self.messages[index].clone();
+            let _ = self.persist(vec![message]);
+        }
+    }
+
+    /// Ends the running generation: emits `generation_end`, settles the
+    /// assistant message, persists it.
+    fn finish(&mut self, reason: FinishReason, error: Option<EventError>) {
+        let Some(generation) = self.generation.take() else {
+            return;
+        };
+        generation.task.abort();
+        let status = match reason {
+            FinishReason::Stop | FinishReason::Length => MessageStatus::Complete,
+            FinishReason::Cancelled => MessageStatus::Cancelled,
+            FinishReason::Error => MessageStatus::Error,
+            FinishReason::Interrupted => MessageStatus::Interrupted,
+        };
+        let message = &mut self.messages[generation.message_index];
+        message.status = status;
+        message.usage = generation.usage;
+        let message_id = message.id.clone();
+        let message = message.clone();
+        self.emit(EventBody::GenerationEnd {
+            generation_id: generation.id,
+            message_id,
+            finish_reason: reason,
+            usage: generation.usage,
+            error,
+        });
+        self.deps
+            .metrics
+            .generations_total
+            .with_label_values(&[finish_reason_label(reason)])
+            .inc();
+        self.record.updated_at = now_rfc3339();
+        let _ = self.persist(vec![message]);
+        for waiter in self.drain_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+        self.touch();
+    }
+
+    fn partial(&self) -> Option<Partial> {
+        let generation = self.generation.as_ref()?;
+        let message = &self.messages[generation.message_index];
+        Some(Partial {
+            generation_id: generation.id.clone(),
+            message_id: message.id.clone(),
+            content: message.content.clone(),
+        })
+    }
+
+    fn is_idle(&mut self) -> bool {
+        self.watchers.retain(|q| !q.is_closed());
+        self.generation.is_none()
+            && self.sending.is_none()
+            && self.watchers.is_empty()
+            && self.last_active.elapsed() >= self.deps.config.idle_timeout
+    }
+
+    /// Stops the actor once its writes are flushed, telling the registry first.
+    fn retire(&mut self, ctx: &mut Context<Self>) {
+        self.retiring = true;
+        let flushed = self.persist(Vec::new());
+        let registry = self.registry.clone();
+        let session_id = self.record.id.clone();
+        let addr = ctx.address();
+        ctx.wait(
+            async move {
+                let _ = flushed.await;
+                registry.do_send(Retire { session_id, addr });
+            }
+            .into_actor(self)
+            .map(|_, _, ctx| ctx.stop()),
+        );
+    }
+}
+
+fn finish_reason_label(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Cancelled => "cancelled",
+        FinishReason::Error => "error",
+        FinishReason::Interrupted => "interrupted",
+    }
+}
+
+/// Writes in order; a checkpoint that fails is logged, an acknowledged write
+/// reports its error to the waiter.
+async fn run_writer(store: Arc<dyn SessionStore>, mut rx: mpsc::UnboundedReceiver<StoreWrite>) {
+    while let Some(write) = rx.recv().await {
+        let session_id = write.session.id.clone();
+        let result = store.save(write.session, write.messages).await;
+        if let Err(e) = &result {
+            tracing::warn!(session_id, error = %e, "session write failed");
+        }
+        if let Some(done) = write.done {
+            let _ = done.send(result);
+        }
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(rx) = self.writer_rx.take() {
+            actix_rt::spawn(run_writer(self.deps.store.clone(), rx));
+        }
+        let repaired = std::mem::take(&mut self.repaired);
+        if !repaired.is_empty() {
+            tracing::info!(session_id = %self.record.id, count = repaired.len(), "marked unfinished messages interrupted");
+            let _ = self.persist(repaired);
+        }
+        ctx.run_interval(IDLE_CHECK_INTERVAL.min(self.deps.config.idle_timeout), |act, ctx| {
+            if !act.retiring && act.is_idle() {
+                tracing::debug!(session_id = %act.record.id, "retiring idle session");
+                act.retire(ctx);
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(generation) = self.generation.take() {
+            generation.task.abort();
+        }
+    }
+}
+
+/// Start a generation for a user message (REST `messages` or WS `send`).
+#[derive(Message)]
+#[rtype(result = "Result<SendAccepted, SessionError>")]
+pub struct Send {
+    /// The message.
+    pub message: SendMessage,
+}
+
+/// Stop the running generation, if any.
+#[derive(Message)]
+#[rtype(result = "Result<(), SessionError>")]
+pub struct Cancel;
+
+/// Register a subscriber queue.
+#[derive(Message)]
+#[rtype(result = "Result<Joined, SessionError>")]
+pub struct Subscribe {
+    /// Where events go.
+    pub queue: Arc<SubscriberQueue>,
+}
+
+/// The session's state at the moment a subscriber joined.
+pub struct Joined {
+    /// Highest `seq` when it joined; its queue gets every later event.
+    pub last_seq: u64,
+    /// Whether a generation was running.
+    pub generating: bool,
+    /// The log's epoch.
+    pub epoch: String,
+    /// The running generation's text up to `last_seq`.
+    pub partial: Option<Partial>,
+    /// Fires once every event up to `last_seq` is in the log.
+    pub registered: oneshot::Receiver<()>,
+}
+
+/// The session with its messages, for `GET /v1/sessions/{id}`.
+#[derive(Message)]
+#[rtype(result = "Result<SessionWithMessages, SessionError>")]
+pub struct GetState;
+
+/// Stop now without events (the session is being deleted).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Terminate;
+
+/// Graceful shutdown: refuse new sends, let the running generation finish
+/// within `grace`, else end it as `interrupted`; then flush the store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain {
+    /// How long to wait for a running generation.
+    pub grace: Duration,
+}
+
+/// One step of a running generation, sent by its stream task.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GenerationStep {
+    /// Which generation (a late step of a cancelled one is ignored).
+    pub generation_id: String,
+    /// What happened.
+    pub step: Step,
+}
+
+/// What a generation's stream produced.
+pub enum Step {
+    /// A chunk, or the error that ends the stream.
+    Chunk(Result<LlmChunk, LlmError>),
+    /// The stream ended normally.
+    Done,
+}
+
+impl Handler<Send> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<SendAccepted, SessionError>>;
+
+    fn handle(&mut self, msg: Send, _: &mut Self::Context) -> Self::Result {
+        let client_msg_id = msg.message.client_msg_id.clone();
+        let refused = |e| Box::pin(fut::ready(Err(e))) as Self::Result;
+        if self.retiring {
+            return refused(SessionError::Retired);
+        }
+        if let Some(id) = &client_msg_id {
+            if let Some(accepted) = self.sent.get(id) {
+                return Box::pin(fut::ready(Ok(accepted.clone())));
+            }
+            if let Some(pending) = &self.sending
+                && pending.client_msg_id.as_deref() == Some(id.as_str())
+            {
+                return Box::pin(fut::ready(Ok(pending.accepted.clone())));
+            }
+        }
+        if self.draining {
+            return refused(SessionError::Overloaded("the server is shutting down".into()));
+        }
+        if self.sending.is_some() || self.generation.is_some() {
+            return refused(SessionError::Conflict);
+        }
+        self.touch();
+        let now = now_rfc3339();
+        let generation_id = new_id();
+        let user = MessageRecord {
+            id: new_id(),
+            session_id: self.record.id.clone(),
+            role: Role::User,
+            content: msg.message.content,
+            attachments: msg.message.attachments,
+            status: MessageStatus::Complete,
+            created_at: now.clone(),
+            client_msg_id: client_msg_id.clone(),
+            generation_id: Some(generation_id.clone()),
+            usage: None,
+        };
+        let assistant = MessageRecord {
+            id: new_id(),
+            session_id: self.record.id.clone(),
+            role: Role::Assistant,
+            content: String::new(),
+            attachments: Vec::new(),
+            status: MessageStatus::Streaming,
+            created_at: now.clone(),
+            client_msg_id: None,
+            generation_id: Some(generation_id.clone()),
+            usage: None,
+        };
+        let accepted = SendAccepted {
+            message_id: user.id.clone(),
+            generation_id: generation_id.clone(),
+        };
+        self.sending = Some(PendingSend {
+            client_msg_id: client_msg_id.clone(),
+            accepted: accepted.clone(),
+        });
+        let new_title = self.record.title.is_empty().then(|| {
+            let title: String = user.content.trim().chars().take(AUTO_TITLE_CHARS).collect();
+            title.split_whitespace().collect::<Vec<_>>().join(" ")
+        });
+        if let Some(title) = &new_title {
+            self.record.title = title.clone();
+        }
+        self.record.updated_at = now;
+        // The user message is durable before its generation starts; the
+        // assistant message is stored as `streaming` in the same transaction.
+        let saved = self.persist(vec![user.clone(), assistant.clone()]);
+        Box::pin(
+            async move { saved.await.unwrap_or_else(|_| Err(StoreError("writer stopped".into()))) }
+                .into_actor(self)
+                .map(move |result, act, ctx| {
+                    act.sending = None;
+                    if let Err(e) = result {
+                        return Err(SessionError::from(e));
+                    }
+                    act.emit(EventBody::UserMessage {
+                        message: user.to_message(),
+                    });
+                    if let Some(title) = new_title.filter(|t| !t.is_empty()) {
+                        act.emit(EventBody::Title { title });
+                    }
+                    act.messages.push(user);
+                    act.messages.push(assistant);
+                    if let Some(id) = client_msg_id {
+                        act.sent.insert(id, accepted.clone());
+                    }
+                    act.start_generation(ctx, generation_id, act.messages.len() - 1);
+                    if std::mem::take(&mut act.cancel_requested) {
+                        act.finish(FinishReason::Cancelled, None);
+                    }
+                    Ok(accepted)
+                }),
+        )
+    }
+}
+
+impl Handler<Cancel> for SessionActor {
+    type Result = Result<(), SessionError>;
+
+    fn handle(&mut self, _: Cancel, _: &mut Self::Context) -> Self::Result {
+        if self.retiring {
+            return Err(SessionError::Retired);
+        }
+        self.touch();
+        if self.generation.is_some() {
+            self.finish(FinishReason::Cancelled, None);
+        } else if self.sending.is_some() {
+            self.cancel_requested = true;
+        }
+        Ok(())
+    }
+}
+
+impl Handler<Subscribe> for SessionActor {
+    type Result = Result<Joined, SessionError>;
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
+        if self.retiring {
+            return Err(SessionError::Retired);
+        }
+        self.touch();
+        self.watchers.retain(|q| !q.is_closed());
+        self.watchers.push(msg.queue.clone());
+        let (registered, rx) = oneshot::channel();
+        let _ = self.outbox.send(OutboxCmd::Subscribe {
+            queue: msg.queue,
+            registered,
+        });
+        Ok(Joined {
+            last_seq: self.last_seq,
+            generating: self.generation.is_some(),
+            epoch: self.epoch.clone(),
+            partial: self.partial(),
+            registered: rx,
+        })
+    }
+}
+
+impl Handler<GetState> for SessionActor {
+    type Result = Result<SessionWithMessages, SessionError>;
+
+    fn handle(&mut self, _: GetState, _: &mut Self::Context) -> Self::Result {
+        if self.retiring {
+            return Err(SessionError::Retired);
+        }
+        let mut session = self.record.to_session();
+        session.last_seq = self.last_seq;
+        Ok(SessionWithMessages {
+            session,
+            system_prompt: self.record.system_prompt.clone(),
+            messages: self.messages.iter().map(MessageRecord::to_message).collect(),
+        })
+    }
+}
+
+impl Handler<Terminate> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Terminate, ctx: &mut Self::Context) {
+        self.retiring = true;
+        ctx.stop();
+    }
+}
+
+impl Handler<Drain> for SessionActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: Drain, _: &mut Self::Context) -> Self::Result {
+        self.draining = true;
+        let ended = if self.generation.is_some() {
+            let (tx, rx) = oneshot::channel();
+            self.drain_waiters.push(tx);
+            Some(rx)
+        } else {
+            None
+        };
+        Box::pin(
+            async move {
+                if let Some(ended) = ended {
+                    let _ = tokio::time::timeout(msg.grace, ended).await;
+                }
+            }
+            .into_actor(self)
+            .then(|_, act, _| {
+                act.finish(FinishReason::Interrupted, None);
+                let flushed = act.persist(Vec::new());
+                async move {
+                    let _ = flushed.await;
+                }
+                .into_actor(act)
+            }),
+        )
+    }
+}
+
+impl Handler<GenerationStep> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: GenerationStep, _: &mut Self::Context) {
+        if self.generation.as_ref().map(|g| g.id.as_str()) != Some(msg.generation_id.as_str()) {
+            return;
+        }
+        self.touch();
+        match msg.step {
+            Step::Chunk(Ok(chunk)) => self.on_chunk(chunk),
+            Step::Chunk(Err(error)) => {
+                let code = error.code();
+                self.deps
+                    .metrics
+                    .upstream_errors_total
+                    .with_label_values(&[code.as_str()])
+                    .inc();
+                tracing::warn!(session_id = %self.record.id, %error, "generation failed");
+                self.finish(
+                    FinishReason::Error,
+                    Some(EventError {
+                        code,
+                        message: error.to_string(),
+                    }),
+                );
+            }
+            Step::Done => {
+                let reason = self
+                    .generation
+                    .as_ref()
+                    .and_then(|g| g.finish)
+                    .unwrap_or(FinishReason::Stop);
+                self.finish(reason, None);
+            }
+        }
+    }
+}

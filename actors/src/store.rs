@@ -1,0 +1,208 @@
+//! Durable sessions and messages.
+//!
+//! Contract for implementations (the conformance suite below holds every
+//! implementation to it):
+//! - `save` writes the session record and upserts the messages atomically,
+//!   and is a no-op for a session that no longer exists (a late checkpoint
+//!   never resurrects a deleted session).
+//! - `list_sessions` is newest first (ids are UUIDv7, so by id), paged by
+//!   `before` (an id).
+//! - `messages` is oldest first.
+
+pub mod redb;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use sluice_protocol::{Message, MessageStatus, Role, Session, Usage};
+
+/// A stored session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// UUIDv7.
+    pub id: String,
+    /// The owner; nobody else sees it.
+    pub user_id: String,
+    /// Human title.
+    pub title: String,
+    /// Model generations ask for.
+    pub model: String,
+    /// Sent first in every generation.
+    pub system_prompt: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// Highest `seq` persisted so far.
+    pub last_seq: u64,
+}
+
+impl SessionRecord {
+    /// The REST view.
+    pub fn to_session(&self) -> Session {
+        Session {
+            id: self.id.clone(),
+            title: self.title.clone(),
+            model: self.model.clone(),
+            created_at: self.created_at.clone(),
+            updated_at: self.updated_at.clone(),
+            last_seq: self.last_seq,
+        }
+    }
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// UUIDv7.
+    pub id: String,
+    /// The session it belongs to.
+    pub session_id: String,
+    /// Who wrote it.
+    pub role: Role,
+    /// Its text (for a streaming message: as of the last checkpoint).
+    pub content: String,
+    /// Attached file ids.
+    pub attachments: Vec<String>,
+    /// Where it is in its life.
+    pub status: MessageStatus,
+    /// RFC 3339.
+    pub created_at: String,
+    /// The sender's idempotency key (user messages only).
+    pub client_msg_id: Option<String>,
+    /// The generation this message started (user) or was written by (assistant).
+    pub generation_id: Option<String>,
+    /// Token counts (assistant messages, when known).
+    pub usage: Option<Usage>,
+}
+
+impl MessageRecord {
+    /// The REST view.
+    pub fn to_message(&self) -> Message {
+        Message {
+            id: self.id.clone(),
+            role: self.role,
+            content: self.content.clone(),
+            attachments: self.attachments.clone(),
+            status: self.status,
+            created_at: self.created_at.clone(),
+        }
+    }
+}
+
+/// Why the store failed. Retrying later may help.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+/// Durable storage of sessions and their messages.
+pub trait SessionStore: Send + Sync + 'static {
+    /// A short name for `/ready` (`redb`, `postgres`).
+    fn name(&self) -> &'static str;
+
+    /// Inserts a new session.
+    fn create_session(&self, session: SessionRecord) -> BoxFuture<'static, Result<(), StoreError>>;
+
+    /// The session with this id, whoever owns it.
+    fn get_session(&self, id: &str) -> BoxFuture<'static, Result<Option<SessionRecord>, StoreError>>;
+
+    /// Up to `limit` of the user's sessions older than `before`, newest first.
+    fn list_sessions(
+        &self,
+        user_id: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> BoxFuture<'static, Result<Vec<SessionRecord>, StoreError>>;
+
+    /// Deletes the session and its messages; false if it did not exist.
+    fn delete_session(&self, id: &str) -> BoxFuture<'static, Result<bool, StoreError>>;
+
+    /// The session's messages, oldest first.
+    fn messages(&self, session_id: &str) -> BoxFuture<'static, Result<Vec<MessageRecord>, StoreError>>;
+
+    /// Writes `session` and upserts `messages` in one transaction; nothing if
+    /// the session was deleted.
+    fn save(
+        &self,
+        session: SessionRecord,
+        messages: Vec<MessageRecord>,
+    ) -> BoxFuture<'static, Result<(), StoreError>>;
+
+    /// Checks that the store answers.
+    fn ping(&self) -> BoxFuture<'static, Result<(), StoreError>>;
+}
+
+/// The conformance suite every [`SessionStore`] must pass.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use super::*;
+
+    pub fn session(id: &str, user: &str) -> SessionRecord {
+        SessionRecord {
+            id: id.into(),
+            user_id: user.into(),
+            title: format!("title {id}"),
+            model: "m".into(),
+            system_prompt: None,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            last_seq: 0,
+        }
+    }
+
+    pub fn message(session_id: &str, id: &str, status: MessageStatus) -> MessageRecord {
+        MessageRecord {
+            id: id.into(),
+            session_id: session_id.into(),
+            role: Role::Assistant,
+            content: format!("content of {id}"),
+            attachments: vec![],
+            status,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            client_msg_id: None,
+            generation_id: Some("g".into()),
+            usage: None,
+        }
+    }
+
+    pub async fn run<S: SessionStore>(store: S) {
+        // Sessions are per user, newest first, paged by `before`.
+        for id in ["01", "02", "03", "04"] {
+            store.create_session(session(id, "alice")).await.unwrap();
+        }
+        store.create_session(session("05", "bob")).await.unwrap();
+        let ids = |v: Vec<SessionRecord>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.list_sessions("alice", 10, None).await.unwrap()), ["04", "03", "02", "01"]);
+        assert_eq!(ids(store.list_sessions("alice", 2, None).await.unwrap()), ["04", "03"]);
+        assert_eq!(ids(store.list_sessions("alice", 10, Some("03")).await.unwrap()), ["02", "01"]);
+        assert_eq!(ids(store.list_sessions("bob", 10, None).await.unwrap()), ["05"]);
+        assert!(store.list_sessions("carol", 10, None).await.unwrap().is_empty());
+        assert_eq!(store.get_session("05").await.unwrap().unwrap().user_id, "bob");
+        assert!(store.get_session("99").await.unwrap().is_none());
+
+        // `save` upserts messages and the session record together.
+        let mut s = session("01", "alice");
+        s.last_seq = 7;
+        let mut m = message("01", "m1", MessageStatus::Streaming);
+        store.save(s.clone(), vec![m.clone(), message("01", "m2", MessageStatus::Complete)]).await.unwrap();
+        m.status = MessageStatus::Complete;
+        m.content = "final".into();
+        s.last_seq = 9;
+        store.save(s.clone(), vec![m.clone()]).await.unwrap();
+        let messages = store.messages("01").await.unwrap();
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0], m);
+        assert_eq!(messages[1].id, "m2");
+        assert_eq!(store.get_session("01").await.unwrap().unwrap().last_seq, 9);
+        assert!(store.messages("02").await.unwrap().is_empty());
+
+        // Delete removes the session and its messages; a late save does not
+        // bring it back.
+        assert!(store.delete_session("01").await.unwrap());
+        assert!(!store.delete_session("01").await.unwrap());
+        store.save(s, vec![m]).await.unwrap();
+        assert!(store.get_session("01").await.unwrap().is_none());
+        assert!(store.messages("01").await.unwrap().is_empty());
+        assert_eq!(ids(store.list_sessions("alice", 10, None).await.unwrap()), ["04", "03", "02"]);
+        store.ping().await.unwrap();
+    }
+}

@@ -1,0 +1,231 @@
+//! The embedded session store: redb, a pure-Rust ACID key-value database,
+//! in one file under `SLUICE_DATA_DIR`.
+//!
+//! Limits: one process at a time may open the file (redb takes a lock), so it
+//! serves one replica; several replicas need the Postgres store. Every write
+//! is a durable (fsynced) transaction, run on the blocking thread pool.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{MessageRecord, SessionRecord, SessionStore, StoreError};
+
+/// session id → JSON [`SessionRecord`].
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// (user id, session id) → (): the per-user index, ordered by session id.
+const USER_SESSIONS: TableDefinition<(&str, &str), ()> = TableDefinition::new("user_sessions");
+/// (session id, message id) → JSON [`MessageRecord`].
+const MESSAGES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("messages");
+
+/// Sorts after every id Sluice generates (UUIDs are hex digits and dashes).
+const ID_MAX: &str = "~";
+
+/// The redb-backed store. Cloning shares the database.
+#[derive(Clone)]
+pub struct RedbSessionStore {
+    db: Arc<Database>,
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError(format!("corrupt record: {e}")))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialise")
+}
+
+impl RedbSessionStore {
+    /// Opens (or creates) the database file at `path` and its tables.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path)
+            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(err)?;
+        txn.open_table(SESSIONS).map_err(err)?;
+        txn.open_table(USER_SESSIONS).map_err(err)?;
+        txn.open_table(MESSAGES).map_err(err)?;
+        txn.commit().map_err(err)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Runs `f` on the blocking pool with the database.
+    fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let db = self.db.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || f(&db))
+                .await
+                .map_err(|e| StoreError(format!("store task failed: {e}")))?
+        })
+    }
+}
+
+impl SessionStore for RedbSessionStore {
+    fn name(&self) -> &'static str {
+        "redb"
+    }
+
+    fn create_session(&self, session: SessionRecord) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut sessions = txn.open_table(SESSIONS).map_err(err)?;
+                sessions.insert(session.id.as_str(), encode(&session).as_slice()).map_err(err)?;
+                let mut index = txn.open_table(USER_SESSIONS).map_err(err)?;
+                index.insert((session.user_id.as_str(), session.id.as_str()), ()).map_err(err)?;
+            }
+            txn.commit().map_err(err)
+        })
+    }
+
+    fn get_session(&self, id: &str) -> BoxFuture<'static, Result<Option<SessionRecord>, StoreError>> {
+        let id = id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let sessions = txn.open_table(SESSIONS).map_err(err)?;
+            match sessions.get(id.as_str()).map_err(err)? {
+                Some(bytes) => decode(bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn list_sessions(
+        &self,
+        user_id: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> BoxFuture<'static, Result<Vec<SessionRecord>, StoreError>> {
+        let user_id = user_id.to_owned();
+        let before = before.unwrap_or(ID_MAX).to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let index = txn.open_table(USER_SESSIONS).map_err(err)?;
+            let sessions = txn.open_table(SESSIONS).map_err(err)?;
+            let mut out = Vec::new();
+            let range = index
+                .range((user_id.as_str(), "")..(user_id.as_str(), before.as_str()))
+                .map_err(err)?;
+            for entry in range.rev().take(limit) {
+                let (key, _) = entry.map_err(err)?;
+                let (_, session_id) = key.value();
+                if let Some(bytes) = sessions.get(session_id).map_err(err)? {
+                    out.push(decode(bytes.value())?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn delete_session(&self, id: &str) -> BoxFuture<'static, Result<bool, StoreError>> {
+        let id = id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            let existed = {
+                let mut sessions = txn.open_table(SESSIONS).map_err(err)?;
+                let removed = sessions.remove(id.as_str()).map_err(err)?;
+                match removed {
+                    Some(bytes) => {
+                        let record: SessionRecord = decode(bytes.value())?;
+                        drop(bytes);
+                        let mut index = txn.open_table(USER_SESSIONS).map_err(err)?;
+                        index.remove((record.user_id.as_str(), id.as_str())).map_err(err)?;
+                        let mut messages = txn.open_table(MESSAGES).map_err(err)?;
+                        messages
+                            .retain_in((id.as_str(), "")..=(id.as_str(), ID_MAX), |_, _| false)
+                            .map_err(err)?;
+                        true
+                    }
+                    None => false,
+                }
+            };
+            txn.commit().map_err(err)?;
+            Ok(existed)
+        })
+    }
+
+    fn messages(&self, session_id: &str) -> BoxFuture<'static, Result<Vec<MessageRecord>, StoreError>> {
+        let session_id = session_id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let messages = txn.open_table(MESSAGES).map_err(err)?;
+            let range = messages
+                .range((session_id.as_str(), "")..=(session_id.as_str(), ID_MAX))
+                .map_err(err)?;
+            range
+                .map(|entry| {
+                    let (_, bytes) = entry.map_err(err)?;
+                    decode(bytes.value())
+                })
+                .collect()
+        })
+    }
+
+    fn save(
+        &self,
+        session: SessionRecord,
+        messages: Vec<MessageRecord>,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut sessions = txn.open_table(SESSIONS).map_err(err)?;
+                let exists = sessions.get(session.id.as_str()).map_err(err)?.is_some();
+                if !exists {
+                    return Ok(());
+                }
+                sessions.insert(session.id.as_str(), encode(&session).as_slice()).map_err(err)?;
+                let mut table = txn.open_table(MESSAGES).map_err(err)?;
+                for m in &messages {
+                    table
+                        .insert((m.session_id.as_str(), m.id.as_str()), encode(m).as_slice())
+                        .map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.blocking(|db| {
+            let txn = db.begin_read().map_err(err)?;
+            txn.open_table(SESSIONS).map_err(err)?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn redb_store_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbSessionStore::open(&dir.path().join("sluice.redb")).unwrap();
+        crate::store::conformance::run(store).await;
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.redb");
+        {
+            let store = RedbSessionStore::open(&path).unwrap();
+            store
+                .create_session(crate::store::conformance::session("01", "u"))
+                .await
+                .unwrap();
+        }
+        let store = RedbSessionStore::open(&path).unwrap();
+        assert!(store.get_session("01").await.unwrap().is_some());
+    }
+}

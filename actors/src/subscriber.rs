@@ -1,0 +1,254 @@
+//! One subscriber's bounded queue of events.
+//!
+//! The producer (a session's outbox) never waits on a subscriber. When a
+//! queue holds [`QueueLimits::soft`] events, a new `token` event is merged
+//! into the queued `token` event at its tail (same generation): the delta is
+//! concatenated and the merged event takes the newer `seq`, so nothing is lost
+//! and the cursor stays exact. Past [`QueueLimits::hard`] events or
+//! [`QueueLimits::max_bytes`], the subscriber is closed as lagged; it
+//! reconnects and resumes from its cursor.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use sluice_protocol::{Event, EventBody};
+use tokio::sync::Notify;
+
+use crate::log::EncodedEvent;
+use crate::metrics::Metrics;
+
+/// Bounds of a subscriber queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Queue length from which `token` events coalesce.
+    pub soft: usize,
+    /// Queue length past which the subscriber is dropped.
+    pub hard: usize,
+    /// Queued JSON bytes past which the subscriber is dropped.
+    pub max_bytes: usize,
+}
+
+/// Why a queue yields no more events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The subscriber fell too far behind; it should resume from its cursor.
+    Lagged,
+    /// The consumer went away.
+    Gone,
+    /// The session stopped (deleted, or the server is shutting down).
+    Ended,
+}
+
+/// A bounded, coalescing, single-consumer event queue.
+pub struct SubscriberQueue {
+    limits: QueueLimits,
+    metrics: Metrics,
+    state: Mutex<State>,
+    /// Wakes the consumer; `notify_one` keeps a permit, so no wake-up is lost
+    /// between the consumer's check and its wait.
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    items: VecDeque<Arc<EncodedEvent>>,
+    bytes: usize,
+    closed: Option<CloseReason>,
+}
+
+impl SubscriberQueue {
+    /// An empty open queue.
+    pub fn new(limits: QueueLimits, metrics: Metrics) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            metrics,
+            state: Mutex::default(),
+            notify: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `event`. Returns false when the queue is closed (now or before),
+    /// so the producer forgets it.
+    pub fn push(&self, event: &Arc<EncodedEvent>) -> bool {
+        let mut state = self.lock();
+        if state.closed.is_some() {
+            return false;
+        }
+        if state.items.len() >= self.limits.soft && self.coalesce(&mut state, event) {
+            self.metrics.coalesced_events_total.inc();
+        } else {
+            state.bytes += event.json.len();
+            state.items.push_back(event.clone());
+        }
+        if state.items.len() > self.limits.hard || state.bytes > self.limits.max_bytes {
+            state.closed = Some(CloseReason::Lagged);
+            state.items.clear();
+            state.bytes = 0;
+            self.metrics.slow_consumer_disconnects_total.inc();
+            drop(state);
+            self.notify.notify_one();
+            return false;
+        }
+        drop(state);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Merges a `token` event into a queued `token` event of the same
+    /// generation at the tail. Returns false when it cannot.
+    fn coalesce(&self, state: &mut State, event: &Arc<EncodedEvent>) -> bool {
+        let EventBody::Token {
+            generation_id,
+            delta,
+        } = &event.event.body
+        else {
+            return false;
+        };
+        let Some(back) = state.items.back_mut() else {
+            return false;
+        };
+        let EventBody::Token {
+            generation_id: queued_generation,
+            delta: queued_delta,
+        } = &back.event.body
+        else {
+            return false;
+        };
+        if queued_generation != generation_id {
+            return false;
+        }
+        let mut merged_delta = String::with_capacity(queued_delta.len() + delta.len());
+        merged_delta.push_str(queued_delta);
+        merged_delta.push_str(delta);
+        let merged = EncodedEvent::new(Event {
+            seq: event.seq(),
+            body: EventBody::Token {
+                generation_id: generation_id.clone(),
+                delta: merged_delta,
+            },
+        });
+        state.bytes = state.bytes - back.json.len() + merged.json.len();
+        *back = Arc::new(merged);
+        true
+    }
+
+    /// The next event, waiting for one; the reason once closed and drained.
+    /// A lagged queue reports [`CloseReason::Lagged`] at once.
+    pub async fn pop(&self) -> Result<Arc<EncodedEvent>, CloseReason> {
+        loop {
+            {
+                let mut state = self.lock();
+                if state.closed == Some(CloseReason::Lagged) {
+                    return Err(CloseReason::Lagged);
+                }
+                if let Some(event) = state.items.pop_front() {
+                    state.bytes -= event.json.len();
+                    return Ok(event);
+                }
+                if let Some(reason) = state.closed {
+                    return Err(reason);
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Closes the queue; the consumer drains what is queued, then sees `reason`.
+    pub fn close(&self, reason: CloseReason) {
+        let mut state = self.lock();
+        if state.closed.is_none() {
+            state.closed = Some(reason);
+        }
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// Whether the queue is closed.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(seq: u64, generation: &str, delta: &str) -> Arc<EncodedEvent> {
+        Arc::new(EncodedEvent::new(Event {
+            seq,
+            body: EventBody::Token {
+                generation_id: generation.into(),
+                delta: delta.into(),
+            },
+        }))
+    }
+
+    fn queue(soft: usize, hard: usize) -> Arc<SubscriberQueue> {
+        SubscriberQueue::new(
+            QueueLimits {
+                soft,
+                hard,
+                max_bytes: 1 << 20,
+            },
+            Metrics::unregistered(),
+        )
+    }
+
+    fn delta(e: &EncodedEvent) -> &str {
+        match &e.event.body {
+            EventBody::Token { delta, .. } => delta,
+            _ => panic!("not a token"),
+        }
+    }
+
+    #[tokio::test]
+    async fn slow_consumers_get_tokens_coalesced_without_loss() {
+        let q = queue(2, 100);
+        for seq in 1..=10 {
+            assert!(q.push(&token(seq, "g", &format!("{seq},"))));
+        }
+        let first = q.pop().await.unwrap();
+        let second = q.pop().await.unwrap();
+        assert_eq!((first.seq(), delta(&first)), (1, "1,"));
+        assert_eq!(second.seq(), 10);
+        assert_eq!(delta(&second), "2,3,4,5,6,7,8,9,10,");
+        // The merged event's JSON is re-encoded with the newer seq.
+        assert!(second.json.contains("\"seq\":10"));
+    }
+
+    #[tokio::test]
+    async fn different_generations_are_not_merged_and_overflow_closes() {
+        let q = queue(1, 3);
+        assert!(q.push(&token(1, "a", "x")));
+        assert!(q.push(&token(2, "b", "y")));
+        assert!(q.push(&token(3, "c", "z")));
+        assert!(!q.push(&token(4, "d", "w")), "fourth distinct event overflows");
+        assert_eq!(q.pop().await.unwrap_err(), CloseReason::Lagged);
+        assert!(!q.push(&token(5, "d", "w")));
+    }
+
+    #[tokio::test]
+    async fn close_drains_then_reports_the_reason() {
+        let q = queue(10, 10);
+        q.push(&token(1, "g", "a"));
+        q.close(CloseReason::Ended);
+        assert_eq!(q.pop().await.unwrap().seq(), 1);
+        assert_eq!(q.pop().await.unwrap_err(), CloseReason::Ended);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_consumer_is_woken() {
+        let q = queue(10, 10);
+        let consumer = tokio::spawn({
+            let q = q.clone();
+            async move { q.pop().await.unwrap().seq() }
+        });
+        tokio::task::yield_now().await;
+        q.push(&token(7, "g", "a"));
+        assert_eq!(consumer.await.unwrap(), 7);
+    }
+}
