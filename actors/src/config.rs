@@ -26,6 +26,8 @@ pub struct SessionConfig {
     pub history_messages: usize,
     /// How long graceful shutdown waits for running generations.
     pub shutdown_grace: Duration,
+    /// Temperature sent with session generations (the provider's default if unset).
+    pub temperature: Option<f64>,
 }
 
 impl Default for SessionConfig {
@@ -41,6 +43,7 @@ impl Default for SessionConfig {
             subscriber_max_bytes: 4 * 1024 * 1024,
             history_messages: 40,
             shutdown_grace: Duration::from_secs(30),
+            temperature: None,
         }
     }
 }

@@ -69,8 +69,16 @@ impl Sessions {
     }
 
     /// Creates a session owned by `user_id`.
-    pub async fn create(&self, user_id: &str, request: CreateSession) -> Result<Session, SessionError> {
-        if request.title.as_ref().is_some_and(|t| t.len() > MAX_TITLE_BYTES) {
+    pub async fn create(
+        &self,
+        user_id: &str,
+        request: CreateSession,
+    ) -> Result<Session, SessionError> {
+        if request
+            .title
+            .as_ref()
+            .is_some_and(|t| t.len() > MAX_TITLE_BYTES)
+        {
             return Err(SessionError::BadRequest(format!(
                 "title is over {MAX_TITLE_BYTES} bytes"
             )));
@@ -84,8 +92,14 @@ impl Sessions {
                 "system_prompt is over {MAX_SYSTEM_PROMPT_BYTES} bytes"
             )));
         }
-        if request.model.as_ref().is_some_and(|m| m.is_empty() || m.len() > 200) {
-            return Err(SessionError::BadRequest("model must be 1 to 200 bytes".into()));
+        if request
+            .model
+            .as_ref()
+            .is_some_and(|m| m.is_empty() || m.len() > 200)
+        {
+            return Err(SessionError::BadRequest(
+                "model must be 1 to 200 bytes".into(),
+            ));
         }
         let now = now_rfc3339();
         let record = SessionRecord {
@@ -199,18 +213,17 @@ impl Sessions {
                 queue: queue.clone(),
             })
             .await?;
-        joined
-            .registered
-            .await
-            .map_err(|_| SessionError::Retired)?;
+        joined.registered.await.map_err(|_| SessionError::Retired)?;
         let last_seq = joined.last_seq;
-        subscription.initial.push_back(Outgoing::Control(Control::Hello {
-            session_id: id.to_owned(),
-            replica: config.replica_id.clone(),
-            last_seq,
-            generating: joined.generating,
-            epoch: joined.epoch,
-        }));
+        subscription
+            .initial
+            .push_back(Outgoing::Control(Control::Hello {
+                session_id: id.to_owned(),
+                replica: config.replica_id.clone(),
+                last_seq,
+                generating: joined.generating,
+                epoch: joined.epoch,
+            }));
         let snapshot = Outgoing::Control(Control::Snapshot {
             last_seq,
             partial: joined.partial,
@@ -243,9 +256,11 @@ impl Sessions {
         } else {
             // The cursor is older than retention, or from a log that was lost.
             metrics.gaps_total.inc();
-            subscription.initial.push_back(Outgoing::Control(Control::Gap {
-                from_seq: after + 1,
-            }));
+            subscription
+                .initial
+                .push_back(Outgoing::Control(Control::Gap {
+                    from_seq: after + 1,
+                }));
             subscription.initial.push_back(snapshot);
         }
         Ok(subscription)

@@ -65,8 +65,10 @@ pub trait LlmProvider: Send + Sync + 'static {
     fn stream(&self, request: ChatRequest) -> ChunkStream;
 
     /// A whole completion (`stream: false`), as the provider's JSON object.
-    fn complete(&self, request: ChatRequest)
-    -> BoxFuture<'static, Result<serde_json::Value, LlmError>>;
+    fn complete(
+        &self,
+        request: ChatRequest,
+    ) -> BoxFuture<'static, Result<serde_json::Value, LlmError>>;
 
     /// Model ids for `GET /v1/models`.
     fn models(&self) -> Vec<String>;

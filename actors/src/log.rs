@@ -93,8 +93,14 @@ pub(crate) mod conformance {
         let log = make(100);
         log.append("s", (1..=5).map(token).collect()).await.unwrap();
         log.append("s", (6..=8).map(token).collect()).await.unwrap();
-        assert_eq!(seqs(&log.read_after("s", 0, 8).await.unwrap()), (1..=8).collect::<Vec<_>>());
-        assert_eq!(seqs(&log.read_after("s", 3, 6).await.unwrap()), vec![4, 5, 6]);
+        assert_eq!(
+            seqs(&log.read_after("s", 0, 8).await.unwrap()),
+            (1..=8).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            seqs(&log.read_after("s", 3, 6).await.unwrap()),
+            vec![4, 5, 6]
+        );
         assert!(log.read_after("s", 8, 8).await.unwrap().is_empty());
         assert!(log.read_after("other", 0, 100).await.unwrap().is_empty());
         let events = log.read_after("s", 6, 7).await.unwrap();
@@ -103,7 +109,9 @@ pub(crate) mod conformance {
         // Retention drops the oldest events first.
         let log = make(10);
         for chunk in (1..=25u64).collect::<Vec<_>>().chunks(4) {
-            log.append("s", chunk.iter().copied().map(token).collect()).await.unwrap();
+            log.append("s", chunk.iter().copied().map(token).collect())
+                .await
+                .unwrap();
         }
         let kept = seqs(&log.read_after("s", 0, 25).await.unwrap());
         assert!(kept.len() >= 10, "{kept:?}");

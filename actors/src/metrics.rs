@@ -1,8 +1,7 @@
 //! Prometheus metrics: one struct of handles, registered on an injected registry.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Every metric Sluice exports. Cloning shares the handles.
@@ -86,7 +85,10 @@ impl Metrics {
                 &["code"],
             )?,
             resumes_total: IntCounterVec::new(
-                Opts::new("sluice_resumes_total", "Subscriptions resumed from a cursor"),
+                Opts::new(
+                    "sluice_resumes_total",
+                    "Subscriptions resumed from a cursor",
+                ),
                 &["transport"],
             )?,
             gaps_total: IntCounter::new(

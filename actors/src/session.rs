@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use futures::StreamExt;
 use sluice_protocol::event::EventError;
-use sluice_protocol::openai::ChatRequest;
+use sluice_protocol::openai::{ChatRequest, StreamOptions};
 use sluice_protocol::rest::{SendAccepted, SendMessage, SessionWithMessages};
 use sluice_protocol::{Event, EventBody, FinishReason, MessageStatus, Partial, Role, Usage};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::SessionConfig;
 use crate::error::SessionError;
 use crate::ids::{new_id, now_rfc3339};
 use crate::llm::{LlmChunk, LlmError, LlmProvider};
@@ -28,7 +29,6 @@ use crate::outbox::{self, OutboxCmd};
 use crate::registry::Retire;
 use crate::store::{MessageRecord, SessionRecord, SessionStore, StoreError};
 use crate::subscriber::SubscriberQueue;
-use crate::SessionConfig;
 
 /// How often an actor checks whether it has been idle long enough to stop.
 const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(15);
@@ -198,7 +198,10 @@ impl SessionActor {
     }
 
     /// Queues a durable write of the session record and `messages`.
-    fn persist(&mut self, messages: Vec<MessageRecord>) -> oneshot::Receiver<Result<(), StoreError>> {
+    fn persist(
+        &mut self,
+        messages: Vec<MessageRecord>,
+    ) -> oneshot::Receiver<Result<(), StoreError>> {
         let (done, rx) = oneshot::channel();
         self.record.last_seq = self.last_seq;
         let _ = self.writer.send(StoreWrite {
@@ -223,7 +226,9 @@ impl SessionActor {
             .filter(|(i, m)| *i != skip_index && !m.content.is_empty())
             .map(|(_, m)| m)
             .collect();
-        let start = history.len().saturating_sub(self.deps.config.history_messages);
+        let start = history
+            .len()
+            .saturating_sub(self.deps.config.history_messages);
         for m in &history[start..] {
             let role = match m.role {
                 Role::User => "user",
@@ -232,16 +237,28 @@ impl SessionActor {
             };
             messages.push(ChatRequest::text_message(role, &m.content));
         }
+        let mut extra = serde_json::Map::new();
+        if let Some(t) = self.deps.config.temperature {
+            extra.insert("temperature".into(), t.into());
+        }
         ChatRequest {
             model: Some(self.record.model.clone()),
             messages,
             stream: true,
-            stream_options: None,
-            extra: Default::default(),
+            // Usage is recorded on the assistant message and in `generation_end`.
+            stream_options: Some(StreamOptions {
+                include_usage: true,
+            }),
+            extra,
         }
     }
 
-    fn start_generation(&mut self, ctx: &mut Context<Self>, generation_id: String, message_index: usize) {
+    fn start_generation(
+        &mut self,
+        ctx: &mut Context<Self>,
+        generation_id: String,
+        message_index: usize,
+    ) {
         let message_id = self.messages[message_index].id.clone();
         self.emit(EventBody::GenerationStart {
             generation_id: generation_id.clone(),
@@ -301,10 +318,14 @@ impl SessionActor {
                 .with_label_values(&["session"])
                 .observe(generation.started.elapsed().as_secs_f64());
         }
-        metrics.tokens_streamed_total.with_label_values(&["session"]).inc();
+        metrics
+            .tokens_streamed_total
+            .with_label_values(&["session"])
+            .inc();
         let generation_id = generation.id.clone();
         let index = generation.message_index;
-        let checkpoint = generation.last_checkpoint.elapsed() >= self.deps.config.checkpoint_interval;
+        let checkpoint =
+            generation.last_checkpoint.elapsed() >= self.deps.config.checkpoint_interval;
         if checkpoint {
             generation.last_checkpoint = Instant::now();
         }
@@ -430,12 +451,15 @@ impl Actor for SessionActor {
             tracing::info!(session_id = %self.record.id, count = repaired.len(), "marked unfinished messages interrupted");
             let _ = self.persist(repaired);
         }
-        ctx.run_interval(IDLE_CHECK_INTERVAL.min(self.deps.config.idle_timeout), |act, ctx| {
-            if !act.retiring && act.is_idle() {
-                tracing::debug!(session_id = %act.record.id, "retiring idle session");
-                act.retire(ctx);
-            }
-        });
+        ctx.run_interval(
+            IDLE_CHECK_INTERVAL.min(self.deps.config.idle_timeout),
+            |act, ctx| {
+                if !act.retiring && act.is_idle() {
+                    tracing::debug!(session_id = %act.record.id, "retiring idle session");
+                    act.retire(ctx);
+                }
+            },
+        );
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -537,7 +561,9 @@ impl Handler<Send> for SessionActor {
             }
         }
         if self.draining {
-            return refused(SessionError::Overloaded("the server is shutting down".into()));
+            return refused(SessionError::Overloaded(
+                "the server is shutting down".into(),
+            ));
         }
         if self.sending.is_some() || self.generation.is_some() {
             return refused(SessionError::Conflict);
@@ -589,30 +615,34 @@ impl Handler<Send> for SessionActor {
         // assistant message is stored as `streaming` in the same transaction.
         let saved = self.persist(vec![user.clone(), assistant.clone()]);
         Box::pin(
-            async move { saved.await.unwrap_or_else(|_| Err(StoreError("writer stopped".into()))) }
-                .into_actor(self)
-                .map(move |result, act, ctx| {
-                    act.sending = None;
-                    if let Err(e) = result {
-                        return Err(SessionError::from(e));
-                    }
-                    act.emit(EventBody::UserMessage {
-                        message: user.to_message(),
-                    });
-                    if let Some(title) = new_title.filter(|t| !t.is_empty()) {
-                        act.emit(EventBody::Title { title });
-                    }
-                    act.messages.push(user);
-                    act.messages.push(assistant);
-                    if let Some(id) = client_msg_id {
-                        act.sent.insert(id, accepted.clone());
-                    }
-                    act.start_generation(ctx, generation_id, act.messages.len() - 1);
-                    if std::mem::take(&mut act.cancel_requested) {
-                        act.finish(FinishReason::Cancelled, None);
-                    }
-                    Ok(accepted)
-                }),
+            async move {
+                saved
+                    .await
+                    .unwrap_or_else(|_| Err(StoreError("writer stopped".into())))
+            }
+            .into_actor(self)
+            .map(move |result, act, ctx| {
+                act.sending = None;
+                if let Err(e) = result {
+                    return Err(SessionError::from(e));
+                }
+                act.emit(EventBody::UserMessage {
+                    message: user.to_message(),
+                });
+                if let Some(title) = new_title.filter(|t| !t.is_empty()) {
+                    act.emit(EventBody::Title { title });
+                }
+                act.messages.push(user);
+                act.messages.push(assistant);
+                if let Some(id) = client_msg_id {
+                    act.sent.insert(id, accepted.clone());
+                }
+                act.start_generation(ctx, generation_id, act.messages.len() - 1);
+                if std::mem::take(&mut act.cancel_requested) {
+                    act.finish(FinishReason::Cancelled, None);
+                }
+                Ok(accepted)
+            }),
         )
     }
 }
@@ -671,7 +701,11 @@ impl Handler<GetState> for SessionActor {
         Ok(SessionWithMessages {
             session,
             system_prompt: self.record.system_prompt.clone(),
-            messages: self.messages.iter().map(MessageRecord::to_message).collect(),
+            messages: self
+                .messages
+                .iter()
+                .map(MessageRecord::to_message)
+                .collect(),
         })
     }
 }

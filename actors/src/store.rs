@@ -103,7 +103,10 @@ pub trait SessionStore: Send + Sync + 'static {
     fn create_session(&self, session: SessionRecord) -> BoxFuture<'static, Result<(), StoreError>>;
 
     /// The session with this id, whoever owns it.
-    fn get_session(&self, id: &str) -> BoxFuture<'static, Result<Option<SessionRecord>, StoreError>>;
+    fn get_session(
+        &self,
+        id: &str,
+    ) -> BoxFuture<'static, Result<Option<SessionRecord>, StoreError>>;
 
     /// Up to `limit` of the user's sessions older than `before`, newest first.
     fn list_sessions(
@@ -117,7 +120,10 @@ pub trait SessionStore: Send + Sync + 'static {
     fn delete_session(&self, id: &str) -> BoxFuture<'static, Result<bool, StoreError>>;
 
     /// The session's messages, oldest first.
-    fn messages(&self, session_id: &str) -> BoxFuture<'static, Result<Vec<MessageRecord>, StoreError>>;
+    fn messages(
+        &self,
+        session_id: &str,
+    ) -> BoxFuture<'static, Result<Vec<MessageRecord>, StoreError>>;
 
     /// Writes `session` and upserts `messages` in one transaction; nothing if
     /// the session was deleted.
@@ -171,19 +177,46 @@ pub(crate) mod conformance {
         }
         store.create_session(session("05", "bob")).await.unwrap();
         let ids = |v: Vec<SessionRecord>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
-        assert_eq!(ids(store.list_sessions("alice", 10, None).await.unwrap()), ["04", "03", "02", "01"]);
-        assert_eq!(ids(store.list_sessions("alice", 2, None).await.unwrap()), ["04", "03"]);
-        assert_eq!(ids(store.list_sessions("alice", 10, Some("03")).await.unwrap()), ["02", "01"]);
-        assert_eq!(ids(store.list_sessions("bob", 10, None).await.unwrap()), ["05"]);
-        assert!(store.list_sessions("carol", 10, None).await.unwrap().is_empty());
-        assert_eq!(store.get_session("05").await.unwrap().unwrap().user_id, "bob");
+        assert_eq!(
+            ids(store.list_sessions("alice", 10, None).await.unwrap()),
+            ["04", "03", "02", "01"]
+        );
+        assert_eq!(
+            ids(store.list_sessions("alice", 2, None).await.unwrap()),
+            ["04", "03"]
+        );
+        assert_eq!(
+            ids(store.list_sessions("alice", 10, Some("03")).await.unwrap()),
+            ["02", "01"]
+        );
+        assert_eq!(
+            ids(store.list_sessions("bob", 10, None).await.unwrap()),
+            ["05"]
+        );
+        assert!(
+            store
+                .list_sessions("carol", 10, None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store.get_session("05").await.unwrap().unwrap().user_id,
+            "bob"
+        );
         assert!(store.get_session("99").await.unwrap().is_none());
 
         // `save` upserts messages and the session record together.
         let mut s = session("01", "alice");
         s.last_seq = 7;
         let mut m = message("01", "m1", MessageStatus::Streaming);
-        store.save(s.clone(), vec![m.clone(), message("01", "m2", MessageStatus::Complete)]).await.unwrap();
+        store
+            .save(
+                s.clone(),
+                vec![m.clone(), message("01", "m2", MessageStatus::Complete)],
+            )
+            .await
+            .unwrap();
         m.status = MessageStatus::Complete;
         m.content = "final".into();
         s.last_seq = 9;
@@ -202,7 +235,10 @@ pub(crate) mod conformance {
         store.save(s, vec![m]).await.unwrap();
         assert!(store.get_session("01").await.unwrap().is_none());
         assert!(store.messages("01").await.unwrap().is_empty());
-        assert_eq!(ids(store.list_sessions("alice", 10, None).await.unwrap()), ["04", "03", "02"]);
+        assert_eq!(
+            ids(store.list_sessions("alice", 10, None).await.unwrap()),
+            ["04", "03", "02"]
+        );
         store.ping().await.unwrap();
     }
 }

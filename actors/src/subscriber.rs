@@ -226,7 +226,10 @@ mod tests {
         assert!(q.push(&token(1, "a", "x")));
         assert!(q.push(&token(2, "b", "y")));
         assert!(q.push(&token(3, "c", "z")));
-        assert!(!q.push(&token(4, "d", "w")), "fourth distinct event overflows");
+        assert!(
+            !q.push(&token(4, "d", "w")),
+            "fourth distinct event overflows"
+        );
         assert_eq!(q.pop().await.unwrap_err(), CloseReason::Lagged);
         assert!(!q.push(&token(5, "d", "w")));
     }

@@ -208,7 +208,12 @@ mod tests {
                         "stream":true,"stream_options":{"include_usage":true},"tools":[{"type":"function"}],"temperature":0.2}"#;
         let req = ChatRequest::parse(body).unwrap();
         assert!(req.stream);
-        assert_eq!(req.stream_options, Some(StreamOptions { include_usage: true }));
+        assert_eq!(
+            req.stream_options,
+            Some(StreamOptions {
+                include_usage: true
+            })
+        );
         assert_eq!(req.extra["tools"][0]["type"], "function");
         let again = serde_json::to_value(&req).unwrap();
         assert_eq!(again["temperature"], 0.2);
@@ -224,7 +229,11 @@ mod tests {
             br#"{"messages":"x"}"#,
             br#"{"model":"m"}"#,
         ] {
-            assert!(ChatRequest::parse(body).is_err(), "{}", String::from_utf8_lossy(body));
+            assert!(
+                ChatRequest::parse(body).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 

@@ -40,10 +40,7 @@ mod tests {
             encode(Some(5), "token", r#"{"a":1}"#),
             "id: 5\nevent: token\ndata: {\"a\":1}\n\n"
         );
-        assert_eq!(
-            encode(None, "hello", "{}"),
-            "event: hello\ndata: {}\n\n"
-        );
+        assert_eq!(encode(None, "hello", "{}"), "event: hello\ndata: {}\n\n");
     }
 
     #[test]

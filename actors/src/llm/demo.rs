@@ -30,7 +30,10 @@ impl DemoProvider {
     }
 
     fn reply_words(request: &ChatRequest) -> Vec<String> {
-        let question: String = last_user_text(&request.messages).chars().take(200).collect();
+        let question: String = last_user_text(&request.messages)
+            .chars()
+            .take(200)
+            .collect();
         let text = format!(
             "[Sluice demo model] No LLM provider is configured, so Sluice's built-in demo model \
              is answering. You said: \"{}\". Set SLUICE_LLM_BASE_URL (with SLUICE_LLM_API_KEY and \
@@ -151,6 +154,9 @@ mod tests {
         let last = chunks.last().unwrap().as_ref().unwrap();
         assert!(last.view.usage.is_some());
         let finish = &chunks[chunks.len() - 2].as_ref().unwrap().view;
-        assert_eq!(finish.finish_reason(), Some(sluice_protocol::FinishReason::Stop));
+        assert_eq!(
+            finish.finish_reason(),
+            Some(sluice_protocol::FinishReason::Stop)
+        );
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use reqwest_eventsource::{Event, EventSource, retry::Never};
-use sluice_protocol::openai::{ChatRequest, ChunkView, StreamOptions};
+use sluice_protocol::openai::{ChatRequest, ChunkView};
 
 use super::{ChunkStream, LlmChunk, LlmError, LlmProvider};
 use crate::secret::Secret;
@@ -164,11 +164,6 @@ impl LlmProvider for OpenAiProvider {
 
     fn stream(&self, mut request: ChatRequest) -> ChunkStream {
         request.stream = true;
-        if request.stream_options.is_none() {
-            request.stream_options = Some(StreamOptions {
-                include_usage: true,
-            });
-        }
         let inner = self.inner.clone();
         async_stream::stream! {
             let timeout = inner.config.request_timeout;

@@ -78,15 +78,22 @@ impl SessionStore for RedbSessionStore {
             let txn = db.begin_write().map_err(err)?;
             {
                 let mut sessions = txn.open_table(SESSIONS).map_err(err)?;
-                sessions.insert(session.id.as_str(), encode(&session).as_slice()).map_err(err)?;
+                sessions
+                    .insert(session.id.as_str(), encode(&session).as_slice())
+                    .map_err(err)?;
                 let mut index = txn.open_table(USER_SESSIONS).map_err(err)?;
-                index.insert((session.user_id.as_str(), session.id.as_str()), ()).map_err(err)?;
+                index
+                    .insert((session.user_id.as_str(), session.id.as_str()), ())
+                    .map_err(err)?;
             }
             txn.commit().map_err(err)
         })
     }
 
-    fn get_session(&self, id: &str) -> BoxFuture<'static, Result<Option<SessionRecord>, StoreError>> {
+    fn get_session(
+        &self,
+        id: &str,
+    ) -> BoxFuture<'static, Result<Option<SessionRecord>, StoreError>> {
         let id = id.to_owned();
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
@@ -137,7 +144,9 @@ impl SessionStore for RedbSessionStore {
                         let record: SessionRecord = decode(bytes.value())?;
                         drop(bytes);
                         let mut index = txn.open_table(USER_SESSIONS).map_err(err)?;
-                        index.remove((record.user_id.as_str(), id.as_str())).map_err(err)?;
+                        index
+                            .remove((record.user_id.as_str(), id.as_str()))
+                            .map_err(err)?;
                         let mut messages = txn.open_table(MESSAGES).map_err(err)?;
                         messages
                             .retain_in((id.as_str(), "")..=(id.as_str(), ID_MAX), |_, _| false)
@@ -152,7 +161,10 @@ impl SessionStore for RedbSessionStore {
         })
     }
 
-    fn messages(&self, session_id: &str) -> BoxFuture<'static, Result<Vec<MessageRecord>, StoreError>> {
+    fn messages(
+        &self,
+        session_id: &str,
+    ) -> BoxFuture<'static, Result<Vec<MessageRecord>, StoreError>> {
         let session_id = session_id.to_owned();
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
@@ -182,7 +194,9 @@ impl SessionStore for RedbSessionStore {
                 if !exists {
                     return Ok(());
                 }
-                sessions.insert(session.id.as_str(), encode(&session).as_slice()).map_err(err)?;
+                sessions
+                    .insert(session.id.as_str(), encode(&session).as_slice())
+                    .map_err(err)?;
                 let mut table = txn.open_table(MESSAGES).map_err(err)?;
                 for m in &messages {
                     table

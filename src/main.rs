@@ -1,0 +1,52 @@
+//! `sluice`: the real-time streaming server for AI chat agents.
+//!
+//! With no subcommand it serves; `sluice token` mints a JWT for a user.
+//! Everything else lives in the library crates; this binary parses the
+//! command line, loads the configuration, starts telemetry and runs.
+
+mod config;
+mod serve;
+mod telemetry;
+mod token;
+
+use clap::{Parser, Subcommand};
+
+/// Command line.
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Real-time streaming server for AI chat agents"
+)]
+#[command(after_help = config::help_table())]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Print an HS256 token for a user, signed with SLUICE_JWT_SECRET.
+    Token {
+        /// The user id (the token's `sub`).
+        #[arg(long)]
+        sub: String,
+        /// How long the token is valid (e.g. 30m, 24h, 7d).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = config::Config::from_env()?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            telemetry::init(&config)?;
+            serve::run(config)
+        }
+        Command::Token { sub, ttl } => token::print(&config, &sub, &ttl),
+    }
+}

@@ -1,0 +1,123 @@
+//! `sluice` (serve): builds the backends from the configuration and runs
+//! the server until a signal stops it.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use anyhow::Context;
+use sluice_actors::llm::LlmProvider;
+use sluice_actors::llm::demo::DemoProvider;
+use sluice_actors::llm::openai::{OpenAiConfig, OpenAiProvider};
+use sluice_actors::log::memory::MemoryEventLog;
+use sluice_actors::session::SessionDeps;
+use sluice_actors::store::redb::RedbSessionStore;
+use sluice_actors::{Metrics, SessionConfig, Sessions};
+use sluice_web::auth::Auth;
+use sluice_web::{AppState, ServerOptions};
+use tokio::sync::watch;
+
+use crate::config::Config;
+
+/// Runs the server on its own actix system until SIGTERM/SIGINT.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    actix_rt::System::new().block_on(serve(config))
+}
+
+fn llm_provider(config: &Config) -> anyhow::Result<Arc<dyn LlmProvider>> {
+    Ok(match &config.llm_base_url {
+        Some(base_url) => {
+            tracing::info!(%base_url, model = %config.llm_model, "LLM provider: OpenAI-compatible");
+            Arc::new(OpenAiProvider::new(OpenAiConfig {
+                base_url: base_url.clone(),
+                api_key: config.llm_api_key.clone(),
+                default_model: config.llm_model.clone(),
+                request_timeout: config.request_timeout,
+                connect_timeout: config
+                    .request_timeout
+                    .min(std::time::Duration::from_secs(10)),
+                max_retries: 2,
+                retry_backoff: std::time::Duration::from_millis(250),
+            })?)
+        }
+        None => {
+            tracing::warn!(
+                "no SLUICE_LLM_BASE_URL: answering with the built-in DEMO model (its replies say so); \
+                 set SLUICE_LLM_BASE_URL to use a real provider"
+            );
+            Arc::new(DemoProvider::new(config.demo_token_delay))
+        }
+    })
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(&registry)?;
+
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create SLUICE_DATA_DIR {}",
+            config.data_dir.display()
+        )
+    })?;
+    let store_path = config.data_dir.join("sluice.redb");
+    let store = RedbSessionStore::open(&store_path)?;
+    tracing::info!(path = %store_path.display(), "session store: redb (embedded)");
+
+    let session_config = SessionConfig {
+        replica_id: config.replica_id.clone(),
+        default_model: config.llm_model.clone(),
+        idle_timeout: config.session_idle,
+        event_retention: config.event_retention,
+        shutdown_grace: config.shutdown_grace,
+        temperature: config.llm_temperature,
+        ..SessionConfig::default()
+    };
+    let deps = SessionDeps {
+        store: Arc::new(store),
+        log: Arc::new(MemoryEventLog::new(config.event_retention)),
+        llm: llm_provider(&config)?,
+        metrics,
+        config: session_config,
+    };
+    let arbiters = (0..config.workers)
+        .map(|_| actix_rt::Arbiter::new().handle())
+        .collect();
+    let sessions = Sessions::start(deps, arbiters);
+
+    let listener = TcpListener::bind(config.addr)
+        .with_context(|| format!("cannot listen on {}", config.addr))?;
+    let metrics_listener = config
+        .metrics_addr
+        .map(|addr| {
+            TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} for metrics"))
+        })
+        .transpose()?;
+    let auth = Auth::new(config.jwt_secret.as_ref().map(|s| s.expose()));
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        metrics_addr = ?metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        replica = %config.replica_id,
+        auth = if auth.is_local() { "local" } else { "jwt" },
+        "listening"
+    );
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = AppState {
+        sessions,
+        auth: Arc::new(auth),
+        registry,
+        shutdown: shutdown_rx,
+    };
+    sluice_web::run(
+        state,
+        listener,
+        ServerOptions {
+            workers: config.workers,
+            metrics_listener,
+            shutdown_grace: config.shutdown_grace,
+        },
+        shutdown_tx,
+    )
+    .await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! Per-request context: `X-Request-Id` (echoed or generated), a tracing span
+//! carrying it, and the HTTP metrics.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::web;
+use tracing::Instrument;
+
+use crate::error::REQUEST_ID;
+use crate::state::AppState;
+
+/// The request id header.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest request id accepted from a client; longer ones are replaced.
+const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// The middleware: wraps every request.
+pub async fn request_context(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_BYTES)
+        .map(str::to_owned)
+        .unwrap_or_else(sluice_actors::ids::new_id);
+    let method = req.method().to_string();
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.sessions.metrics().clone());
+    let span = tracing::info_span!("request", request_id = %id, %method, %route);
+    let mut response = REQUEST_ID
+        .scope(id.clone(), next.call(req).instrument(span.clone()))
+        .await?;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    }
+    let status = response.status();
+    if let Some(metrics) = metrics {
+        metrics
+            .http_requests_total
+            .with_label_values(&[&route, &method, status.as_str()])
+            .inc();
+        metrics
+            .http_request_duration_seconds
+            .with_label_values(&[&route])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    span.in_scope(|| {
+        tracing::debug!(
+            status = status.as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "served"
+        );
+    });
+    Ok(response)
+}

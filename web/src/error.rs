@@ -1,0 +1,99 @@
+//! [`ApiError`]: every error a client sees, in the OpenAI-style envelope.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use sluice_actors::SessionError;
+use sluice_actors::llm::LlmError;
+use sluice_protocol::{ErrorBody, ErrorCode, ProtocolError};
+
+/// Seconds a client is told to wait on `overloaded` and `rate_limited`.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+tokio::task_local! {
+    /// The current request's id, set by the request-context middleware so
+    /// that an `internal` error can name it.
+    pub static REQUEST_ID: String;
+}
+
+/// An error answer: a code and a human message.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The protocol code (it decides the status).
+    pub code: ErrorCode,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// `400 bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+
+    /// `404 not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+
+    /// The envelope body.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody::new(self.code, self.message.clone())
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = self.body();
+        if self.code == ErrorCode::Internal {
+            // Never the details of a bug: they go to the log with the id.
+            let id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
+            tracing::error!(request_id = %id, error = %self.message, "internal error");
+            body.error.message = format!("internal error; request id {id}");
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self.code, ErrorCode::Overloaded | ErrorCode::RateLimited) {
+            response.insert_header(("Retry-After", RETRY_AFTER_SECONDS));
+        }
+        response.json(body)
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        let message = match &e {
+            SessionError::NotFound => "no such session".to_owned(),
+            other => other.to_string(),
+        };
+        Self::new(e.code(), message)
+    }
+}
+
+impl From<ProtocolError> for ApiError {
+    fn from(e: ProtocolError) -> Self {
+        Self::new(e.code(), e.to_string())
+    }
+}
+
+impl From<LlmError> for ApiError {
+    fn from(e: LlmError) -> Self {
+        Self::new(e.code(), e.to_string())
+    }
+}

@@ -1,0 +1,82 @@
+//! Server-Sent Events (PROTOCOL.md §6).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::Bytes;
+use serde::Deserialize;
+use sluice_actors::Outgoing;
+use sluice_actors::metrics::GaugeGuard;
+use sluice_protocol::sse;
+
+use crate::auth::User;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A `: ping` comment goes out this often, so proxies and browsers keep the
+/// connection and a dead one is noticed.
+pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Query of the events route.
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    after: Option<u64>,
+}
+
+/// `GET /v1/sessions/{id}/events[?after=N]`; `Last-Event-ID` counts as `after`.
+pub async fn events(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    user: User,
+    id: web::Path<String>,
+    query: web::Query<EventsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let header_cursor = match req.headers().get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(sse::parse_cursor)
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a seq number"))?,
+        ),
+        None => None,
+    };
+    let after = query.after.or(header_cursor);
+    let mut subscription = state.sessions.subscribe(&user.0, &id, after, "sse").await?;
+    let live = GaugeGuard::new(
+        state
+            .sessions
+            .metrics()
+            .live_connections
+            .with_label_values(&["sse"]),
+    );
+    let mut shutdown = state.shutdown.clone();
+    let stream = async_stream::stream! {
+        let _live = live;
+        let mut ping = tokio::time::interval(PING_INTERVAL);
+        ping.tick().await;
+        loop {
+            // `Subscription::next` is cancel-safe: it takes a frame in one step.
+            tokio::select! {
+                frame = subscription.next() => match frame {
+                    Ok(Outgoing::Control(c)) => {
+                        yield Ok::<_, Infallible>(Bytes::from(sse::encode(None, c.type_name(), &c.to_json())));
+                    }
+                    Ok(Outgoing::Event(e)) => {
+                        yield Ok(Bytes::from(sse::encode(Some(e.seq()), e.event.type_name(), &e.json)));
+                    }
+                    // Lagged or ended: the client reconnects with Last-Event-ID.
+                    Err(_) => break,
+                },
+                _ = ping.tick() => yield Ok(Bytes::from_static(sse::PING_COMMENT.as_bytes())),
+                _ = shutdown.changed() => break,
+            }
+        }
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream))
+}

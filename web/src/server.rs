@@ -1,0 +1,134 @@
+//! Builds the app, serves it, and shuts it down gracefully.
+//!
+//! Shutdown on SIGTERM or SIGINT: stop accepting, flip the shutdown signal
+//! (WebSockets close with 1001 and SSE streams end, so clients reconnect and
+//! resume), drain the sessions (running generations get the grace period,
+//! then end as `interrupted`; everything is flushed to the store), stop.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use tokio::sync::watch;
+
+use crate::context::request_context;
+use crate::error::ApiError;
+use crate::routes;
+use crate::state::AppState;
+
+/// How the server runs.
+pub struct ServerOptions {
+    /// HTTP worker threads.
+    pub workers: usize,
+    /// Where `/metrics` is also served, if set.
+    pub metrics_listener: Option<TcpListener>,
+    /// How long in-flight requests may take once shutdown begins.
+    pub shutdown_grace: Duration,
+}
+
+/// The application with every route and the request-context middleware.
+pub fn app(
+    state: AppState,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(web::Data::new(state))
+        .app_data(
+            web::QueryConfig::default()
+                .error_handler(|e, _| ApiError::bad_request(format!("invalid query: {e}")).into()),
+        )
+        .app_data(
+            web::PathConfig::default()
+                .error_handler(|e, _| ApiError::bad_request(format!("invalid path: {e}")).into()),
+        )
+        .configure(routes::configure)
+        .default_service(web::to(not_found))
+        .wrap(from_fn(request_context))
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found("no such route"))
+}
+
+/// Serves `state` on `listener` until SIGTERM or SIGINT, then shuts down
+/// gracefully. `shutdown` is the sender of `state.shutdown`.
+pub async fn run(
+    state: AppState,
+    listener: TcpListener,
+    options: ServerOptions,
+    shutdown: watch::Sender<bool>,
+) -> std::io::Result<()> {
+    let app_state = state.clone();
+    let server = HttpServer::new(move || app(app_state.clone()))
+        .workers(options.workers)
+        .disable_signals()
+        .shutdown_timeout(options.shutdown_grace.as_secs().max(1))
+        .listen(listener)?
+        .run();
+    let handle = server.handle();
+
+    let metrics_server = match options.metrics_listener {
+        Some(listener) => {
+            let registry = state.registry.clone();
+            let server = HttpServer::new(move || {
+                let registry = registry.clone();
+                App::new().route(
+                    "/metrics",
+                    web::get().to(move || {
+                        let registry = registry.clone();
+                        async move { routes::ops::render_metrics(&registry) }
+                    }),
+                )
+            })
+            .workers(1)
+            .disable_signals()
+            .listen(listener)?
+            .run();
+            Some(server)
+        }
+        None => None,
+    };
+    let metrics_handle = metrics_server.as_ref().map(|s| s.handle());
+    if let Some(server) = metrics_server {
+        actix_rt::spawn(server);
+    }
+
+    let sessions = state.sessions.clone();
+    actix_rt::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: closing streams, draining sessions");
+        handle.pause().await;
+        let _ = shutdown.send(true);
+        sessions.drain().await;
+        if let Some(metrics_handle) = metrics_handle {
+            metrics_handle.stop(true).await;
+        }
+        handle.stop(true).await;
+    });
+    server.await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for signals; shutdown will not be graceful");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
