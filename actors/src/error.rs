@@ -14,6 +14,9 @@ pub enum SessionError {
     /// The client's input was refused. Retrying the same input does not help.
     #[error("{0}")]
     BadRequest(String),
+    /// The client's input broke the protocol (malformed or over a limit).
+    #[error("{0}")]
+    Protocol(#[from] sluice_protocol::ProtocolError),
     /// A backend is down or a limit was reached. Retrying later helps.
     #[error("{0}")]
     Overloaded(String),
@@ -33,6 +36,7 @@ impl SessionError {
             Self::NotFound => ErrorCode::NotFound,
             Self::Conflict => ErrorCode::Conflict,
             Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::Protocol(e) => e.code(),
             Self::Overloaded(_) | Self::Retired => ErrorCode::Overloaded,
             Self::Internal(_) => ErrorCode::Internal,
         }

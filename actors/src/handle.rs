@@ -169,9 +169,7 @@ impl Sessions {
         id: &str,
         message: SendMessage,
     ) -> Result<SendAccepted, SessionError> {
-        message
-            .validate()
-            .map_err(|e| SessionError::BadRequest(e.to_string()))?;
+        message.validate()?;
         self.call(user_id, id, || session::Send {
             message: message.clone(),
         })

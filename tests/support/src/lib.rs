@@ -1,1 +1,23 @@
-//! placeholder
+//! Test support for Sluice's integration tests and benchmarks.
+//!
+//! - [`fake_upstream`]: an OpenAI-compatible server speaking the real
+//!   streaming wire format, scripted through the model name.
+//! - [`process`]: starts the real `sluice` binary on port 0 and stops it.
+//! - [`client`]: WebSocket and SSE clients that read Sluice frames.
+//! - [`harness`]: a fake upstream plus a `sluice` pointed at it.
+
+pub mod client;
+pub mod fake_upstream;
+pub mod harness;
+pub mod process;
+
+/// The text of token `i` from the fake upstream: its index in brackets, so a
+/// test can check order and completeness of any stretch of text.
+pub fn token_text(i: usize) -> String {
+    format!("<{i}>")
+}
+
+/// The full text of tokens `0..n`.
+pub fn expected_text(n: usize) -> String {
+    (0..n).map(token_text).collect()
+}

@@ -1,0 +1,249 @@
+//! A fake OpenAI-compatible provider. It speaks the real wire format (the
+//! `chat.completion.chunk` SSE stream ending in `data: [DONE]`, and the
+//! `chat.completion` object), so the real client code is what gets tested.
+//!
+//! Behaviour is scripted through the requested model, e.g.
+//! `fake:tokens=50,delay_ms=5`. Keys:
+//! - `tokens=N` (default 20): content chunks; chunk `i` is `<i>`.
+//! - `delay_ms=N`: pause between chunks; `first_delay_ms=N`: before the first.
+//! - `status=N`: answer with HTTP status N and an OpenAI error body.
+//! - `fail_times=N`: with `status`, fail only the first N requests of this
+//!   model string (then stream normally), to exercise retries.
+//! - `drop_after=N`: send N content chunks, then break the connection.
+//! - `stall_after=N`: send N content chunks, then go silent.
+//! - `finish=length`: the finish reason of the last chunk.
+//!
+//! Any other model streams the default. Every request body is recorded with
+//! its `Authorization` header and can be read at `GET /_requests`.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::token_text;
+
+/// What the fake remembers.
+#[derive(Default, Clone)]
+pub struct State {
+    requests: Arc<Mutex<Vec<Value>>>,
+    failures: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// A parsed `fake:` model.
+#[derive(Debug, Clone)]
+struct Script {
+    tokens: usize,
+    delay: Duration,
+    first_delay: Duration,
+    status: Option<u16>,
+    fail_times: Option<u32>,
+    drop_after: Option<usize>,
+    stall_after: Option<usize>,
+    finish: String,
+}
+
+impl Script {
+    fn parse(model: &str) -> Self {
+        let mut script = Script {
+            tokens: 20,
+            delay: Duration::ZERO,
+            first_delay: Duration::ZERO,
+            status: None,
+            fail_times: None,
+            drop_after: None,
+            stall_after: None,
+            finish: "stop".into(),
+        };
+        let Some(spec) = model.strip_prefix("fake:") else {
+            return script;
+        };
+        for pair in spec.split(',') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = value.parse::<u64>().unwrap_or(0);
+            match key {
+                "tokens" => script.tokens = number as usize,
+                "delay_ms" => script.delay = Duration::from_millis(number),
+                "first_delay_ms" => script.first_delay = Duration::from_millis(number),
+                "status" => script.status = Some(number as u16),
+                "fail_times" => script.fail_times = Some(number as u32),
+                "drop_after" => script.drop_after = Some(number as usize),
+                "stall_after" => script.stall_after = Some(number as usize),
+                "finish" => script.finish = value.to_owned(),
+                _ => {}
+            }
+        }
+        script
+    }
+}
+
+/// Serves the fake on `listener` until the system stops.
+pub async fn serve(listener: TcpListener, state: State) -> std::io::Result<()> {
+    server(listener, state)?.await
+}
+
+fn server(listener: TcpListener, state: State) -> std::io::Result<actix_web::dev::Server> {
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .app_data(web::JsonConfig::default().limit(16 * 1024 * 1024))
+            .route("/v1/chat/completions", web::post().to(completions))
+            .route("/v1/models", web::get().to(models))
+            .route("/_requests", web::get().to(requests))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run())
+}
+
+/// A fake upstream running on its own thread, stopped on drop.
+pub struct FakeUpstream {
+    addr: std::net::SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    state: State,
+}
+
+impl FakeUpstream {
+    /// Starts the fake on a free loopback port.
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let addr = listener.local_addr().expect("local address");
+        let state = State::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread_state = state.clone();
+        std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let server = server(listener, thread_state).expect("listen");
+                tx.send(server.handle()).expect("report the handle");
+                server.await
+            })
+        });
+        let handle = rx.recv().expect("fake upstream started");
+        Self {
+            addr,
+            handle,
+            state,
+        }
+    }
+
+    /// The base URL to give Sluice (`SLUICE_LLM_BASE_URL`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// The request bodies received so far, each with `_authorization`.
+    pub fn requests(&self) -> Vec<Value> {
+        self.state.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        // Stopping is asynchronous; the server thread ends on its own.
+        drop(self.handle.stop(false));
+    }
+}
+
+async fn requests(state: web::Data<State>) -> HttpResponse {
+    HttpResponse::Ok().json(state.requests.lock().unwrap().clone())
+}
+
+async fn models() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"object": "list", "data": [{"id": "fake", "object": "model", "created": 0, "owned_by": "fake"}]}))
+}
+
+fn chunk(id: &str, model: &str, delta: Value, finish: Option<&str>) -> Bytes {
+    let value = json!({
+        "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
+        "system_fingerprint": "fp_fake",
+        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+    });
+    Bytes::from(format!("data: {value}\n\n"))
+}
+
+async fn completions(
+    req: HttpRequest,
+    state: web::Data<State>,
+    body: web::Json<Value>,
+) -> HttpResponse {
+    let mut recorded = body.0.clone();
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    recorded["_authorization"] = json!(authorization);
+    state.requests.lock().unwrap().push(recorded);
+
+    let model = body["model"].as_str().unwrap_or("fake").to_owned();
+    let script = Script::parse(&model);
+    if let Some(status) = script.status {
+        let fail = match script.fail_times {
+            None => true,
+            Some(times) => {
+                let mut failures = state.failures.lock().unwrap();
+                let count = failures.entry(model.clone()).or_default();
+                *count += 1;
+                *count <= times
+            }
+        };
+        if fail {
+            return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+                .json(json!({"error": {"message": format!("fake failure {status}"), "type": "server_error", "code": null}}));
+        }
+    }
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let include_usage = body["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
+    let prompt_tokens = body["messages"].as_array().map_or(0, Vec::len) as u64;
+    let id = "chatcmpl-fake".to_owned();
+    if !stream {
+        tokio::time::sleep(script.first_delay).await;
+        let content: String = (0..script.tokens).map(token_text).collect();
+        return HttpResponse::Ok().json(json!({
+            "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": null, "finish_reason": script.finish}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": script.tokens, "total_tokens": prompt_tokens + script.tokens as u64},
+        }));
+    }
+    let body = async_stream::stream! {
+        tokio::time::sleep(script.first_delay).await;
+        yield Ok::<_, actix_web::Error>(chunk(&id, &model, json!({"role": "assistant", "content": ""}), None));
+        for i in 0..script.tokens {
+            if script.drop_after == Some(i) {
+                // Let the server write what it has before breaking the
+                // connection: a pending body makes actix flush its buffer.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                yield Err(actix_web::error::ErrorInternalServerError("fake connection drop"));
+                return;
+            }
+            if script.stall_after == Some(i) {
+                std::future::pending::<()>().await;
+            }
+            if i > 0 && !script.delay.is_zero() {
+                tokio::time::sleep(script.delay).await;
+            }
+            yield Ok(chunk(&id, &model, json!({"content": token_text(i)}), None));
+        }
+        yield Ok(chunk(&id, &model, json!({}), Some(&script.finish)));
+        if include_usage {
+            let usage = json!({
+                "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
+                "choices": [],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": script.tokens, "total_tokens": prompt_tokens + script.tokens as u64},
+            });
+            yield Ok(Bytes::from(format!("data: {usage}\n\n")));
+        }
+        yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
+    };
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(body)
+}

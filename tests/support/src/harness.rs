@@ -1,0 +1,116 @@
+//! A test harness: a fake upstream and a `sluice` pointed at it, with REST
+//! helpers.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::fake_upstream::FakeUpstream;
+use crate::process::{Sluice, SluiceBuilder};
+
+/// A fake upstream plus a running `sluice`.
+pub struct Harness {
+    /// The fake provider.
+    pub upstream: FakeUpstream,
+    /// The server under test.
+    pub sluice: Sluice,
+    /// An HTTP client.
+    pub http: reqwest::Client,
+    builder: SluiceBuilder,
+    _data: tempfile::TempDir,
+}
+
+impl Harness {
+    /// Starts both with the default settings.
+    pub fn start(bin: &str) -> Self {
+        Self::start_with(bin, &[])
+    }
+
+    /// Starts both, with extra environment for `sluice`.
+    pub fn start_with(bin: &str, env: &[(&str, &str)]) -> Self {
+        let upstream = FakeUpstream::start();
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut builder = SluiceBuilder::new(PathBuf::from(bin), data.path())
+            .env("SLUICE_LLM_BASE_URL", upstream.base_url())
+            .env("SLUICE_LLM_API_KEY", "upstream-key")
+            .env("SLUICE_LLM_MODEL", "fake:tokens=20");
+        for (k, v) in env {
+            builder = builder.env(k, *v);
+        }
+        let sluice = builder.start();
+        Self {
+            upstream,
+            sluice,
+            http: reqwest::Client::new(),
+            builder,
+            _data: data,
+        }
+    }
+
+    /// Starts a new `sluice` on the same data directory (after the old one
+    /// was stopped or killed).
+    pub fn restart(&mut self) {
+        self.sluice.kill();
+        self.sluice = self.builder.start();
+    }
+
+    /// `http://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        self.sluice.url(path)
+    }
+
+    /// `ws://addr/v1/sessions/{id}/ws{query}`.
+    pub fn ws_url(&self, id: &str, query: &str) -> String {
+        self.sluice.ws_url(&format!("/v1/sessions/{id}/ws{query}"))
+    }
+
+    /// `http://addr/v1/sessions/{id}/events{query}`.
+    pub fn events_url(&self, id: &str, query: &str) -> String {
+        self.url(&format!("/v1/sessions/{id}/events{query}"))
+    }
+
+    /// Creates a session using `model`; returns its id.
+    pub async fn create_session(&self, model: &str) -> String {
+        let response = self
+            .http
+            .post(self.url("/v1/sessions"))
+            .json(&json!({"model": model}))
+            .send()
+            .await
+            .expect("create session");
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// `POST /v1/sessions/{id}/messages`.
+    pub async fn send(
+        &self,
+        id: &str,
+        content: &str,
+        client_msg_id: Option<&str>,
+    ) -> reqwest::Response {
+        let mut body = json!({"content": content});
+        if let Some(c) = client_msg_id {
+            body["client_msg_id"] = json!(c);
+        }
+        self.http
+            .post(self.url(&format!("/v1/sessions/{id}/messages")))
+            .json(&body)
+            .send()
+            .await
+            .expect("send")
+    }
+
+    /// `GET /v1/sessions/{id}` as JSON (asserting 200).
+    pub async fn session(&self, id: &str) -> Value {
+        let response = self
+            .http
+            .get(self.url(&format!("/v1/sessions/{id}")))
+            .send()
+            .await
+            .expect("get session");
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+}

@@ -1,0 +1,156 @@
+//! Runs the real `sluice` binary for a test: port 0, a temp data dir, JSON
+//! logs on stdout (read to learn the bound address), stopped on drop.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long a start may take before the test fails (a hang guard, not a
+/// performance check).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running `sluice`.
+pub struct Sluice {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its `SLUICE_DATA_DIR`.
+    pub data_dir: PathBuf,
+    /// Every log line so far.
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// How to start one.
+pub struct SluiceBuilder {
+    bin: PathBuf,
+    data_dir: PathBuf,
+    env: HashMap<String, String>,
+}
+
+impl SluiceBuilder {
+    /// `bin` is `env!("CARGO_BIN_EXE_sluice")`; `data_dir` is kept by the caller.
+    pub fn new(bin: impl Into<PathBuf>, data_dir: &Path) -> Self {
+        Self {
+            bin: bin.into(),
+            data_dir: data_dir.to_owned(),
+            env: HashMap::new(),
+        }
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Starts the process and waits for its `listening` line.
+    pub fn start(&self) -> Sluice {
+        let mut command = Command::new(&self.bin);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SLUICE_ADDR", "127.0.0.1:0")
+            .env("SLUICE_DATA_DIR", &self.data_dir)
+            .env("SLUICE_LOG_FORMAT", "json")
+            .env("SLUICE_LOG_LEVEL", "info")
+            .env("SLUICE_WORKERS", "2")
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn sluice");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (reader, tx) in [
+            (
+                Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+                tx.clone(),
+            ),
+            (Box::new(child.stderr.take().unwrap()), tx),
+        ] {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(reader).lines().map_while(Result::ok) {
+                    logs.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        loop {
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = match rx.recv_timeout(remaining) {
+                Ok(line) => line,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("sluice did not start: {:#?}", logs.lock().unwrap());
+                }
+            };
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if value["message"] == "listening" {
+                let addr = value["addr"]
+                    .as_str()
+                    .expect("addr field")
+                    .parse()
+                    .expect("socket address");
+                return Sluice {
+                    child,
+                    addr,
+                    data_dir: self.data_dir.clone(),
+                    logs,
+                };
+            }
+        }
+    }
+}
+
+impl Sluice {
+    /// `http://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `ws://addr{path}`.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        self.child.wait().expect("wait for sluice")
+    }
+
+    /// Kills the process at once (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether a log line contains `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.logs.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- sluice logs ---");
+            for line in self.logs.lock().unwrap().iter() {
+                eprintln!("{line}");
+            }
+        }
+        self.kill();
+    }
+}
