@@ -1,0 +1,328 @@
+//! The process around the sessions: restarts keep conversations, signals
+//! shut down gracefully, auth isolates users, the operations endpoints.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+use sluice_test_support::client::{SseClient, WsClient, WsFrame, token_text};
+use sluice_test_support::expected_text;
+use sluice_test_support::harness::Harness;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+const SECRET: &str = "test-secret-0123456789";
+
+#[tokio::test]
+async fn a_restart_keeps_the_conversation_and_changes_the_epoch() {
+    let mut h = Harness::start(BIN);
+    let id = h.create_session("fake:tokens=8").await;
+    let mut ws = WsClient::connect(&h.ws_url(&id, "")).await.unwrap();
+    let epoch = ws.next_json().await["epoch"].clone();
+    ws.next_json().await;
+    ws.send_json(json!({"type": "send", "content": "first question"}))
+        .await;
+    let frames = ws.until("generation_end").await;
+    let last_seq = frames.last().unwrap()["seq"].as_u64().unwrap();
+    drop(ws);
+    assert!(h.sluice.terminate().success());
+
+    h.restart();
+    let session = h.session(&id).await;
+    assert_eq!(session["last_seq"], last_seq);
+    assert_eq!(session["title"], "first question");
+    let messages = session["messages"].as_array().unwrap();
+    assert_eq!(messages[0]["content"], "first question");
+    assert_eq!(messages[1]["content"], expected_text(8));
+    assert_eq!(messages[1]["status"], "complete");
+    let list: Value = h
+        .http
+        .get(h.url("/v1/sessions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"][0]["id"], id.as_str());
+
+    // The in-memory event log did not survive: a new epoch, and a cursor
+    // into the old log is a gap; seqs continue where they were.
+    let mut ws = WsClient::connect(&h.ws_url(&id, "?after=3")).await.unwrap();
+    let hello = ws.next_json().await;
+    assert_ne!(hello["epoch"], epoch);
+    assert_eq!(hello["last_seq"], last_seq);
+    assert_eq!(ws.next_json().await["type"], "gap");
+    assert_eq!(ws.next_json().await["type"], "snapshot");
+    ws.send_json(json!({"type": "send", "content": "second question"}))
+        .await;
+    let frames = ws.until("generation_end").await;
+    assert_eq!(frames[0]["seq"], last_seq + 1);
+    // The model saw the earlier turns.
+    let request = h.upstream.requests().pop().unwrap();
+    let contents: Vec<&str> = request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        contents,
+        vec![
+            "first question",
+            expected_text(8).as_str(),
+            "second question"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_killed_process_leaves_the_partial_answer_interrupted() {
+    let mut h = Harness::start(BIN);
+    let id = h.create_session("fake:tokens=100000,delay_ms=2").await;
+    let mut ws = WsClient::connect(&h.ws_url(&id, "")).await.unwrap();
+    ws.until("snapshot").await;
+    ws.send_json(json!({"type": "send", "content": "go"})).await;
+    // Read past a checkpoint (taken every second while streaming).
+    let mut frames = Vec::new();
+    loop {
+        frames.push(ws.next_json().await);
+        if frames
+            .iter()
+            .filter(|f: &&Value| f["type"] == "token")
+            .count()
+            >= 800
+        {
+            break;
+        }
+    }
+    h.restart(); // SIGKILL, then start again on the same data
+    let session = h.session(&id).await;
+    let assistant = &session["messages"][1];
+    assert_eq!(assistant["status"], "interrupted");
+    let text = assistant["content"].as_str().unwrap();
+    assert!(!text.is_empty(), "the checkpointed text is kept");
+    assert!(expected_text(100000).starts_with(text));
+    // The session works again.
+    let response = h.send(&id, "again", None).await;
+    assert_eq!(response.status(), 202);
+}
+
+#[tokio::test]
+async fn sigterm_closes_websockets_with_1001_and_lets_the_generation_finish() {
+    let mut h = Harness::start(BIN);
+    let id = h.create_session("fake:tokens=150,delay_ms=10").await;
+    let mut ws = WsClient::connect(&h.ws_url(&id, "")).await.unwrap();
+    let mut sse = SseClient::connect(&h.events_url(&id, ""), None).await;
+    ws.until("snapshot").await;
+    ws.send_json(json!({"type": "send", "content": "go"})).await;
+    ws.until("token").await;
+    let pid_kill = Command::new("kill")
+        .args(["-TERM", &h.sluice.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(pid_kill.success());
+    loop {
+        match ws.next().await {
+            WsFrame::Json(_) => continue,
+            WsFrame::Closed(frame) => {
+                assert_eq!(u16::from(frame.expect("a close frame").code), 1001);
+                break;
+            }
+        }
+    }
+    // The SSE stream ends too (clients reconnect with Last-Event-ID).
+    while sse.next().await.is_some() {}
+    assert!(h.sluice.wait().success(), "exits cleanly");
+
+    h.restart();
+    let session = h.session(&id).await;
+    assert_eq!(
+        session["messages"][1]["status"], "complete",
+        "finished within the grace period"
+    );
+    assert_eq!(session["messages"][1]["content"], expected_text(150));
+}
+
+fn mint(sub: &str, ttl: &str) -> String {
+    let output = Command::new(BIN)
+        .args(["token", "--sub", sub, "--ttl", ttl])
+        .env("SLUICE_JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn jwt_auth_isolates_users() {
+    let h = Harness::start_with(BIN, &[("SLUICE_JWT_SECRET", SECRET)]);
+    let alice = mint("alice", "1h");
+    let bob = mint("bob", "1h");
+    let an_hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 3600;
+    let expired = sluice_web::auth::mint(SECRET, "alice", an_hour_ago).unwrap();
+    let wrong_key =
+        sluice_web::auth::mint("another-secret-0123456789", "alice", an_hour_ago + 7200).unwrap();
+
+    let create = |token: Option<&str>| {
+        let mut request = h.http.post(h.url("/v1/sessions"));
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        request.send()
+    };
+    for token in [
+        None,
+        Some("not-a-jwt"),
+        Some(expired.as_str()),
+        Some(wrong_key.as_str()),
+    ] {
+        let response = create(token).await.unwrap();
+        assert_eq!(response.status(), 401, "{token:?}");
+        assert_eq!(
+            response.json::<Value>().await.unwrap()["error"]["code"],
+            "unauthorized"
+        );
+    }
+    let response = create(Some(&alice)).await.unwrap();
+    assert_eq!(response.status(), 201);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Bob cannot see, use, or delete Alice's session: 404, not 403.
+    let path = |p: &str| h.url(&format!("/v1/sessions/{id}{p}"));
+    for request in [
+        h.http.get(path("")),
+        h.http.delete(path("")),
+        h.http
+            .post(path("/messages"))
+            .json(&json!({"content": "x"})),
+        h.http.post(path("/cancel")),
+        h.http.get(path("/events")),
+    ] {
+        let response = request.bearer_auth(&bob).send().await.unwrap();
+        assert_eq!(response.status(), 404);
+    }
+    let ws_bob = h.ws_url(&id, &format!("?access_token={bob}"));
+    assert!(WsClient::connect(&ws_bob).await.is_err());
+    let bobs: Value = h
+        .http
+        .get(h.url("/v1/sessions"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bobs["data"], json!([]));
+
+    // Browsers pass the token as a query parameter on WS and SSE.
+    let mut ws = WsClient::connect(&h.ws_url(&id, &format!("?access_token={alice}")))
+        .await
+        .unwrap();
+    assert_eq!(ws.next_json().await["type"], "hello");
+    let sse = h
+        .http
+        .get(h.events_url(&id, &format!("?access_token={alice}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    // ... but not on REST routes, where headers work.
+    let response = h
+        .http
+        .get(format!("{}?access_token={alice}", path("")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    ws.send_json(json!({"type": "send", "content": "hi"})).await;
+    assert_eq!(
+        token_text(&ws.until("generation_end").await),
+        expected_text(20)
+    );
+}
+
+#[test]
+fn local_mode_refuses_a_non_loopback_address() {
+    let output = Command::new(BIN)
+        .env_clear()
+        .env("SLUICE_ADDR", "0.0.0.0:0")
+        .env("SLUICE_DATA_DIR", tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("local mode"));
+}
+
+#[test]
+fn help_lists_the_configuration() {
+    let output = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    for name in [
+        "SLUICE_ADDR",
+        "SLUICE_DATA_DIR",
+        "SLUICE_LLM_BASE_URL",
+        "SLUICE_LLM_API_KEY",
+        "SLUICE_LLM_MODEL",
+        "SLUICE_JWT_SECRET",
+        "SLUICE_REDIS_URL",
+        "SLUICE_POSTGRES_URL",
+        "SLUICE_REPLICA_ID",
+        "SLUICE_METRICS_ADDR",
+        "SLUICE_EVENT_RETENTION",
+        "SLUICE_SHUTDOWN_GRACE_SECONDS",
+        "ARK_API_KEY",
+        "OPENAI_MODEL",
+        "REQUEST_TIMEOUT",
+        "token",
+    ] {
+        assert!(help.contains(name), "--help lacks {name}");
+    }
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics_report_the_server() {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let h = Harness::start_with(BIN, &[("SLUICE_METRICS_ADDR", &metrics_addr)]);
+    let health = h.http.get(h.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = h.http.get(h.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["backends"]["store"]["state"], "up");
+    assert_eq!(ready["backends"]["llm"]["kind"], "openai");
+
+    let id = h.create_session("fake:tokens=12").await;
+    let mut ws = WsClient::connect(&h.ws_url(&id, "")).await.unwrap();
+    ws.until("snapshot").await;
+    ws.send_json(json!({"type": "send", "content": "go"})).await;
+    ws.until("generation_end").await;
+    for url in [h.url("/metrics"), format!("http://{metrics_addr}/metrics")] {
+        let text = h.http.get(&url).send().await.unwrap().text().await.unwrap();
+        for needle in [
+            "sluice_tokens_streamed_total{path=\"session\"} 12",
+            "sluice_live_connections{transport=\"ws\"} 1",
+            "sluice_generations_total{finish_reason=\"stop\"} 1",
+            "sluice_time_to_first_token_seconds_count{path=\"session\"} 1",
+            "sluice_http_requests_total{method=\"POST\",route=\"/v1/sessions\",status=\"201\"} 1",
+            "sluice_live_sessions 1",
+        ] {
+            assert!(text.contains(needle), "{url} lacks {needle}:\n{text}");
+        }
+    }
+}
