@@ -197,19 +197,34 @@ impl SessionActor {
         let _ = self.outbox.send(OutboxCmd::Event(event));
     }
 
-    /// Queues a durable write of the session record and `messages`.
-    fn persist(
+    /// Queues a durable write of the session record and `messages`; a
+    /// failure is logged by the writer.
+    fn persist(&mut self, messages: Vec<MessageRecord>) {
+        self.queue_write(messages, None);
+    }
+
+    /// Like [`Self::persist`], and reports when the write has landed.
+    fn persist_acked(
         &mut self,
         messages: Vec<MessageRecord>,
     ) -> oneshot::Receiver<Result<(), StoreError>> {
         let (done, rx) = oneshot::channel();
+        self.queue_write(messages, Some(done));
+        rx
+    }
+
+    fn queue_write(
+        &mut self,
+        messages: Vec<MessageRecord>,
+        done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    ) {
         self.record.last_seq = self.last_seq;
+        // The writer lives as long as this actor.
         let _ = self.writer.send(StoreWrite {
             session: self.record.clone(),
             messages,
-            done: Some(done),
+            done,
         });
-        rx
     }
 
     /// The prompt for a generation: the system prompt, then the recent
@@ -336,7 +351,7 @@ impl SessionActor {
         });
         if checkpoint {
             let message = self.messages[index].clone();
-            let _ = self.persist(vec![message]);
+            self.persist(vec![message]);
         }
     }
 
@@ -371,7 +386,7 @@ impl SessionActor {
             .with_label_values(&[finish_reason_label(reason)])
             .inc();
         self.record.updated_at = now_rfc3339();
-        let _ = self.persist(vec![message]);
+        self.persist(vec![message]);
         for waiter in self.drain_waiters.drain(..) {
             let _ = waiter.send(());
         }
@@ -399,7 +414,7 @@ impl SessionActor {
     /// Stops the actor once its writes are flushed, telling the registry first.
     fn retire(&mut self, ctx: &mut Context<Self>) {
         self.retiring = true;
-        let flushed = self.persist(Vec::new());
+        let flushed = self.persist_acked(Vec::new());
         let registry = self.registry.clone();
         let session_id = self.record.id.clone();
         let addr = ctx.address();
@@ -449,7 +464,7 @@ impl Actor for SessionActor {
         let repaired = std::mem::take(&mut self.repaired);
         if !repaired.is_empty() {
             tracing::info!(session_id = %self.record.id, count = repaired.len(), "marked unfinished messages interrupted");
-            let _ = self.persist(repaired);
+            self.persist(repaired);
         }
         ctx.run_interval(
             IDLE_CHECK_INTERVAL.min(self.deps.config.idle_timeout),
@@ -613,7 +628,7 @@ impl Handler<Send> for SessionActor {
         self.record.updated_at = now;
         // The user message is durable before its generation starts; the
         // assistant message is stored as `streaming` in the same transaction.
-        let saved = self.persist(vec![user.clone(), assistant.clone()]);
+        let saved = self.persist_acked(vec![user.clone(), assistant.clone()]);
         Box::pin(
             async move {
                 saved
@@ -740,7 +755,7 @@ impl Handler<Drain> for SessionActor {
             .into_actor(self)
             .then(|_, act, _| {
                 act.finish(FinishReason::Interrupted, None);
-                let flushed = act.persist(Vec::new());
+                let flushed = act.persist_acked(Vec::new());
                 async move {
                     let _ = flushed.await;
                 }

@@ -23,8 +23,9 @@ pub enum Auth {
     Jwt {
         /// The verification key.
         key: DecodingKey,
-        /// Algorithm and `exp` checks.
-        validation: Validation,
+        /// Algorithm and `exp` checks (boxed: it is large, and `Auth` is
+        /// built once).
+        validation: Box<Validation>,
     },
 }
 
@@ -39,7 +40,7 @@ impl Auth {
                 validation.leeway = 0;
                 Self::Jwt {
                     key: DecodingKey::from_secret(secret.as_bytes()),
-                    validation,
+                    validation: Box::new(validation),
                 }
             }
         }

@@ -87,6 +87,7 @@ impl SluiceBuilder {
                 Ok(line) => line,
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!("sluice did not start: {:#?}", logs.lock().unwrap());
                 }
             };
