@@ -231,8 +231,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// JWT secret; `None` is local mode.
     pub jwt_secret: Option<Secret>,
-    /// This replica's name.
-    pub replica_id: String,
+    /// This replica's name; `None` means `<hostname>:<bound port>`.
+    pub replica_id: Option<String>,
     /// Second listener for `/metrics`.
     pub metrics_addr: Option<SocketAddr>,
     /// Events kept per session.
@@ -348,8 +348,7 @@ impl Config {
                 60.0,
             )?),
             jwt_secret: get("SLUICE_JWT_SECRET").map(Secret::new),
-            replica_id: get("SLUICE_REPLICA_ID")
-                .unwrap_or_else(|| format!("{}:{}", hostname(), addr.port())),
+            replica_id: get("SLUICE_REPLICA_ID"),
             metrics_addr,
             event_retention: parse(
                 "SLUICE_EVENT_RETENTION",
@@ -418,7 +417,8 @@ fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-fn hostname() -> String {
+/// This machine's host name, for the default replica id.
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())

@@ -63,8 +63,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let store = RedbSessionStore::open(&store_path)?;
     tracing::info!(path = %store_path.display(), "session store: redb (embedded)");
 
+    // Bound first, so that the default replica id names the real port.
+    let listener = TcpListener::bind(config.addr)
+        .with_context(|| format!("cannot listen on {}", config.addr))?;
+    let bound = listener.local_addr()?;
+    let replica_id = config
+        .replica_id
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", crate::config::hostname(), bound.port()));
     let session_config = SessionConfig {
-        replica_id: config.replica_id.clone(),
+        replica_id: replica_id.clone(),
         default_model: config.llm_model.clone(),
         idle_timeout: config.session_idle,
         event_retention: config.event_retention,
@@ -84,8 +92,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .collect();
     let sessions = Sessions::start(deps, arbiters);
 
-    let listener = TcpListener::bind(config.addr)
-        .with_context(|| format!("cannot listen on {}", config.addr))?;
     let metrics_listener = config
         .metrics_addr
         .map(|addr| {
@@ -94,9 +100,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .transpose()?;
     let auth = Auth::new(config.jwt_secret.as_ref().map(|s| s.expose()));
     tracing::info!(
-        addr = %listener.local_addr()?,
+        addr = %bound,
         metrics_addr = ?metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
-        replica = %config.replica_id,
+        replica = %replica_id,
         auth = if auth.is_local() { "local" } else { "jwt" },
         "listening"
     );

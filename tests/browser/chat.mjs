@@ -1,0 +1,94 @@
+// Drives the embedded chat page in Debian's Chromium (playwright-core,
+// never a downloaded browser) against the real `sluice` binary on the
+// built-in demo model: create a chat, stream an answer, drop the socket
+// mid-answer and check the page resumes with every token exactly once,
+// reload and find the history. Prints `N passed, N failed`.
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const root = resolve(import.meta.dirname, "../..");
+const target = process.env.CARGO_TARGET_DIR || join(root, "target");
+const dataDir = mkdtempSync(join(tmpdir(), "sluice-browser-"));
+const sluice = spawn(join(target, "debug", "sluice"), [], {
+  env: {
+    PATH: process.env.PATH,
+    SLUICE_ADDR: "127.0.0.1:0",
+    SLUICE_DATA_DIR: dataDir,
+    SLUICE_LOG_FORMAT: "json",
+    SLUICE_DEMO_TOKEN_DELAY_MS: "15",
+  },
+  stdio: ["ignore", "pipe", "inherit"],
+});
+const addr = await new Promise((ok, fail) => {
+  const timer = setTimeout(() => fail(new Error("sluice did not start")), 30000);
+  createInterface({ input: sluice.stdout }).on("line", (line) => {
+    try {
+      const record = JSON.parse(line);
+      if (record.message === "listening") { clearTimeout(timer); ok(record.addr); }
+    } catch { /* not a log record */ }
+  });
+});
+const base = `http://${addr}`;
+
+let passed = 0, failed = 0;
+async function check(name, fn) {
+  try { await fn(); passed++; console.log(`ok     ${name}`); }
+  catch (e) { failed++; console.log(`FAILED ${name}\n${e.stack}`); }
+}
+function assert(cond, msg) { if (!cond) throw new Error(msg); }
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const page = await browser.newPage();
+const answers = page.locator(".msg.assistant");
+const finished = (i) => page.waitForFunction(
+  (i) => document.querySelectorAll(".msg.assistant .meta")[i]?.textContent.includes("tokens"),
+  i, { timeout: 30000 });
+
+try {
+  await page.goto(base + "/");
+  await check("a new chat streams an answer from the demo model", async () => {
+    await page.click("#new");
+    await page.waitForSelector("#input:not([disabled])");
+    await page.waitForFunction(() => document.querySelector("#status").textContent.startsWith("Connected"));
+    await page.fill("#input", "hello from the browser");
+    await page.press("#input", "Enter");
+    await finished(0);
+    const text = await answers.nth(0).locator("div").first().textContent();
+    assert(text.startsWith("[Sluice demo model]"), text);
+    assert(text.includes('You said: "hello from the browser"'), text);
+  });
+
+  await check("a dropped socket resumes mid-answer without losing or repeating a token", async () => {
+    await page.fill("#input", "second question");
+    await page.press("#input", "Enter");
+    await page.waitForFunction(() => (document.querySelectorAll(".msg.assistant")[1]?.firstChild.textContent.length ?? 0) > 20);
+    await page.evaluate(() => state.ws.close());
+    await finished(1);
+    const shown = await answers.nth(1).locator("div").first().textContent();
+    const sessionId = await page.evaluate(() => state.sessionId);
+    const stored = await (await fetch(`${base}/v1/sessions/${sessionId}`)).json();
+    assert(stored.messages[3].status === "complete", stored.messages[3].status);
+    assert(shown === stored.messages[3].content, `shown:\n${shown}\nstored:\n${stored.messages[3].content}`);
+  });
+
+  await check("the chat is listed with its title and its history reloads", async () => {
+    await page.reload();
+    await page.click("#sessions li >> text=hello from the browser");
+    await page.waitForFunction(() => document.querySelectorAll(".msg").length === 4);
+    await page.screenshot({ path: join(target, "browser-chat.png") });
+  });
+} finally {
+  await browser.close();
+  sluice.kill("SIGKILL");
+  rmSync(dataDir, { recursive: true, force: true });
+}
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);

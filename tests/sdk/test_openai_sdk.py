@@ -1,0 +1,163 @@
+"""The official OpenAI Python SDK against Sluice's OpenAI-compatible API.
+
+Starts the fake upstream and the real `sluice` binary (both built by cargo),
+points `OpenAI(base_url=..., api_key=TOKEN)` at Sluice, and checks that
+streaming, usage, non-streaming, errors and model listing behave as the SDK
+expects. Run by scripts/test; prints `N passed, N failed`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import openai
+from openai import OpenAI
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
+SECRET = "sdk-test-secret-0123456789"
+
+
+def expected(n):
+    return "".join(f"<{i}>" for i in range(n))
+
+
+class Processes:
+    """The fake upstream and a sluice, stopped by pid at the end."""
+
+    def __init__(self, jwt):
+        self.children = []
+        fake = self.spawn([BIN / "fake-upstream"], dict(os.environ))
+        self.upstream = fake.stdout.readline().strip()
+        self.data = tempfile.TemporaryDirectory()
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "SLUICE_ADDR": "127.0.0.1:0",
+            "SLUICE_DATA_DIR": self.data.name,
+            "SLUICE_LOG_FORMAT": "json",
+            "SLUICE_LLM_BASE_URL": self.upstream,
+            "SLUICE_LLM_MODEL": "fake:tokens=25",
+        }
+        if jwt:
+            env["SLUICE_JWT_SECRET"] = SECRET
+        sluice = self.spawn([BIN / "sluice"], env)
+        for line in sluice.stdout:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("message") == "listening":
+                self.base_url = f"http://{record['addr']}/v1"
+                break
+        else:
+            raise RuntimeError("sluice did not start")
+
+    def spawn(self, argv, env):
+        child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.children.append(child)
+        return child
+
+    def close(self):
+        for child in self.children:
+            child.kill()
+            child.wait()
+        self.data.cleanup()
+
+
+def mint(sub):
+    out = subprocess.run(
+        [BIN / "sluice", "token", "--sub", sub, "--ttl", "10m"],
+        env={"PATH": os.environ.get("PATH", ""), "SLUICE_JWT_SECRET": SECRET},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip()
+
+
+def test_streaming(client):
+    stream = client.chat.completions.create(
+        model="fake:tokens=30",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+    assert text == expected(30), text
+
+
+def test_streaming_usage(client):
+    chunks = list(
+        client.chat.completions.create(
+            model="fake:tokens=12",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage.completion_tokens == 12
+    assert chunks[-2].choices[0].finish_reason == "stop"
+
+
+def test_non_streaming_and_default_model(client):
+    completion = client.chat.completions.create(messages=[{"role": "user", "content": "hi"}], model="")
+    assert completion.choices[0].message.content == expected(25)
+    assert completion.usage.completion_tokens == 25
+
+
+def test_upstream_error_is_raised(client):
+    try:
+        client.chat.completions.create(
+            model="fake:status=500", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    except openai.APIStatusError as e:
+        assert e.status_code == 502, e.status_code
+        assert e.code == "upstream_error", e.body
+    else:
+        raise AssertionError("no error raised")
+
+
+def test_models(client):
+    assert [m.id for m in client.models.list().data] == ["fake:tokens=25"]
+
+
+def main():
+    passed = failed = 0
+    for jwt in (False, True):
+        procs = Processes(jwt)
+        try:
+            token = mint("sdk-user") if jwt else "local"
+            client = OpenAI(base_url=procs.base_url, api_key=token, max_retries=0)
+            tests = [test_streaming, test_streaming_usage, test_non_streaming_and_default_model,
+                     test_upstream_error_is_raised, test_models]
+            for test in tests:
+                name = f"{test.__name__}[{'jwt' if jwt else 'local'}]"
+                try:
+                    test(client)
+                    passed += 1
+                    print(f"ok     {name}")
+                except Exception:
+                    failed += 1
+                    print(f"FAILED {name}")
+                    traceback.print_exc()
+            if jwt:
+                bad = OpenAI(base_url=procs.base_url, api_key="not-a-token", max_retries=0)
+                try:
+                    bad.models.list()
+                    failed += 1
+                    print("FAILED a bad token is refused")
+                except openai.AuthenticationError as e:
+                    assert e.code == "unauthorized"
+                    passed += 1
+                    print("ok     a bad token is refused")
+        finally:
+            procs.close()
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
