@@ -326,3 +326,43 @@ async fn health_ready_and_metrics_report_the_server() {
         }
     }
 }
+
+/// Reads `/metrics` until `needle` appears (the server reports the state
+/// change; the loop is bounded by the hang guard, not a timing threshold).
+async fn wait_for_metric(h: &Harness, needle: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = h.http.get(h.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if text.contains(needle) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never saw {needle}:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_idle_session_is_evicted_and_reloads_where_it_left_off() {
+    let h = Harness::start_with(BIN, &[("SLUICE_SESSION_IDLE_SECONDS", "1")]);
+    let id = h.create_session("fake:tokens=4").await;
+    let mut ws = WsClient::connect(&h.ws_url(&id, "")).await.unwrap();
+    let epoch = ws.next_json().await["epoch"].clone();
+    ws.next_json().await;
+    ws.send_json(json!({"type": "send", "content": "one"})).await;
+    let first = ws.until("generation_end").await;
+    let last_seq = first.last().unwrap()["seq"].as_u64().unwrap();
+    ws.close().await;
+    wait_for_metric(&h, "sluice_live_sessions 0").await;
+
+    // The reloaded actor continues the same seq line on the same log, so an
+    // old cursor still replays.
+    let mut ws = WsClient::connect(&h.ws_url(&id, "?after=0")).await.unwrap();
+    let hello = ws.next_json().await;
+    assert_eq!(hello["epoch"], epoch);
+    assert_eq!(hello["last_seq"], last_seq);
+    assert_eq!(ws.until("generation_end").await, first);
+    ws.send_json(json!({"type": "send", "content": "two"})).await;
+    let second = ws.until("generation_end").await;
+    assert_eq!(second[0]["seq"], last_seq + 1);
+    assert_eq!(token_text(&second), expected_text(4));
+}
