@@ -95,6 +95,12 @@ pub const VARS: &[Var] = &[
         "events kept per session for resume",
     ),
     var(
+        "SLUICE_SUBSCRIBER_MAX_BYTES",
+        &[],
+        "4194304",
+        "bytes queued for one slow client before it is disconnected (it then resumes)",
+    ),
+    var(
         "SLUICE_SESSION_IDLE_SECONDS",
         &["CACHE_TTL"],
         "300",
@@ -237,6 +243,8 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// Events kept per session.
     pub event_retention: usize,
+    /// Bytes queued for one subscriber before it is disconnected.
+    pub subscriber_max_bytes: usize,
     /// Idle session eviction.
     pub session_idle: Duration,
     /// Shutdown grace.
@@ -355,6 +363,11 @@ impl Config {
                 get("SLUICE_EVENT_RETENTION"),
                 10_000,
             )?,
+            subscriber_max_bytes: parse(
+                "SLUICE_SUBSCRIBER_MAX_BYTES",
+                get("SLUICE_SUBSCRIBER_MAX_BYTES"),
+                4 * 1024 * 1024,
+            )?,
             session_idle: Duration::from_secs(parse(
                 "SLUICE_SESSION_IDLE_SECONDS",
                 get("SLUICE_SESSION_IDLE_SECONDS"),
@@ -385,6 +398,9 @@ impl Config {
         }
         if self.event_retention == 0 {
             bail!("SLUICE_EVENT_RETENTION must be above 0");
+        }
+        if self.subscriber_max_bytes < 1024 {
+            bail!("SLUICE_SUBSCRIBER_MAX_BYTES must be at least 1024");
         }
         if self.workers == 0 {
             bail!("SLUICE_WORKERS must be above 0");

@@ -76,6 +76,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         default_model: config.llm_model.clone(),
         idle_timeout: config.session_idle,
         event_retention: config.event_retention,
+        subscriber_max_bytes: config.subscriber_max_bytes,
         shutdown_grace: config.shutdown_grace,
         temperature: config.llm_temperature,
         ..SessionConfig::default()

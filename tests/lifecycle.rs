@@ -332,11 +332,22 @@ async fn health_ready_and_metrics_report_the_server() {
 async fn wait_for_metric(h: &Harness, needle: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let text = h.http.get(h.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let text = h
+            .http
+            .get(h.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         if text.contains(needle) {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "never saw {needle}:\n{text}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw {needle}:\n{text}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
@@ -348,7 +359,8 @@ async fn an_idle_session_is_evicted_and_reloads_where_it_left_off() {
     let mut ws = WsClient::connect(&h.ws_url(&id, "")).await.unwrap();
     let epoch = ws.next_json().await["epoch"].clone();
     ws.next_json().await;
-    ws.send_json(json!({"type": "send", "content": "one"})).await;
+    ws.send_json(json!({"type": "send", "content": "one"}))
+        .await;
     let first = ws.until("generation_end").await;
     let last_seq = first.last().unwrap()["seq"].as_u64().unwrap();
     ws.close().await;
@@ -361,7 +373,8 @@ async fn an_idle_session_is_evicted_and_reloads_where_it_left_off() {
     assert_eq!(hello["epoch"], epoch);
     assert_eq!(hello["last_seq"], last_seq);
     assert_eq!(ws.until("generation_end").await, first);
-    ws.send_json(json!({"type": "send", "content": "two"})).await;
+    ws.send_json(json!({"type": "send", "content": "two"}))
+        .await;
     let second = ws.until("generation_end").await;
     assert_eq!(second[0]["seq"], last_seq + 1);
     assert_eq!(token_text(&second), expected_text(4));

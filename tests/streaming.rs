@@ -658,3 +658,68 @@ async fn sessions_are_listed_newest_first_and_deleted() {
         .unwrap();
     assert_eq!(response.status(), 404);
 }
+
+#[tokio::test]
+async fn a_slow_client_is_coalesced_then_dropped_and_resumes_without_loss() {
+    // 2,000 tokens of 10 KB: 20 MB of text, far more than the kernel's
+    // socket buffers (4 MiB at most here) plus the 1 MiB queue limit.
+    let (tokens, pad) = (2_000, 10_000);
+    let h = Harness::start_with(BIN, &[("SLUICE_SUBSCRIBER_MAX_BYTES", "1048576")]);
+    let id = h
+        .create_session(&format!("fake:tokens={tokens},pad={pad}"))
+        .await;
+    let mut slow = WsClient::connect_slow(&h.ws_url(&id, ""), 64 * 1024).await;
+    slow.until("snapshot").await;
+    slow.send_json(json!({"type": "send", "content": "go"}))
+        .await;
+    // Stop reading until the whole answer is stored: the producer must not
+    // wait for this client.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while h.session(&id).await["messages"][1]["status"] != "complete" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the generation never finished"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Now read: what was buffered, then a 1013 close.
+    let mut frames = Vec::new();
+    let close = loop {
+        match slow.next().await {
+            WsFrame::Json(frame) => frames.push(frame),
+            WsFrame::Closed(frame) => break frame,
+        }
+    };
+    assert_eq!(
+        u16::from(close.expect("a close frame").code),
+        1013,
+        "a lagging client is told to come back"
+    );
+    assert!(!frames.iter().any(|f| f["type"] == "generation_end"));
+    let cursor = *seqs(&frames).last().unwrap();
+    // Resume from the cursor: the rest, exactly once.
+    let mut ws = WsClient::connect(&h.ws_url(&id, &format!("?after={cursor}")))
+        .await
+        .unwrap();
+    assert_eq!(ws.next_json().await["generating"], false);
+    frames.extend(ws.until("generation_end").await);
+    assert!(
+        token_text(&frames) == sluice_test_support::expected_padded_text(tokens, pad),
+        "the text is whole"
+    );
+    let seqs = seqs(&frames);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs only grow");
+    let metrics = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sluice_slow_consumer_disconnects_total 1"),
+        "{metrics}"
+    );
+}

@@ -34,6 +34,26 @@ impl WsClient {
         Ok(Self { stream })
     }
 
+    /// Connects with a small receive buffer, so that a client that stops
+    /// reading backs up into the server quickly (a slow consumer).
+    pub async fn connect_slow(url: &str, recv_buffer: u32) -> Self {
+        let addr = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+            .expect("ws://host:port/...");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(recv_buffer).expect("SO_RCVBUF");
+        let tcp = socket
+            .connect(addr.parse().expect("address"))
+            .await
+            .expect("connect");
+        let (stream, _) =
+            tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+                .await
+                .expect("handshake");
+        Self { stream }
+    }
+
     /// Sends a JSON text frame.
     pub async fn send_json(&mut self, value: Value) {
         self.send_text(&value.to_string()).await;

@@ -12,6 +12,7 @@
 //! - `drop_after=N`: send N content chunks, then break the connection.
 //! - `stall_after=N`: send N content chunks, then go silent.
 //! - `finish=length`: the finish reason of the last chunk.
+//! - `pad=N`: each chunk is `<i>` followed by N dots (large tokens).
 //!
 //! Any other model streams the default. Every request body is recorded with
 //! its `Authorization` header and can be read at `GET /_requests`.
@@ -25,7 +26,7 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::token_text;
+use crate::padded_token_text;
 
 /// What the fake remembers.
 #[derive(Default, Clone)]
@@ -45,6 +46,7 @@ struct Script {
     drop_after: Option<usize>,
     stall_after: Option<usize>,
     finish: String,
+    pad: usize,
 }
 
 impl Script {
@@ -58,6 +60,7 @@ impl Script {
             drop_after: None,
             stall_after: None,
             finish: "stop".into(),
+            pad: 0,
         };
         let Some(spec) = model.strip_prefix("fake:") else {
             return script;
@@ -74,6 +77,7 @@ impl Script {
                 "drop_after" => script.drop_after = Some(number as usize),
                 "stall_after" => script.stall_after = Some(number as usize),
                 "finish" => script.finish = value.to_owned(),
+                "pad" => script.pad = number as usize,
                 _ => {}
             }
         }
@@ -205,7 +209,9 @@ async fn completions(
     let id = "chatcmpl-fake".to_owned();
     if !stream {
         tokio::time::sleep(script.first_delay).await;
-        let content: String = (0..script.tokens).map(token_text).collect();
+        let content: String = (0..script.tokens)
+            .map(|i| padded_token_text(i, script.pad))
+            .collect();
         return HttpResponse::Ok().json(json!({
             "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": null, "finish_reason": script.finish}],
@@ -229,7 +235,7 @@ async fn completions(
             if i > 0 && !script.delay.is_zero() {
                 tokio::time::sleep(script.delay).await;
             }
-            yield Ok(chunk(&id, &model, json!({"content": token_text(i)}), None));
+            yield Ok(chunk(&id, &model, json!({"content": padded_token_text(i, script.pad)}), None));
         }
         yield Ok(chunk(&id, &model, json!({}), Some(&script.finish)));
         if include_usage {

@@ -17,6 +17,18 @@ pub fn token_text(i: usize) -> String {
     format!("<{i}>")
 }
 
+/// Token `i` followed by `pad` dots (the fake's `pad=N` option).
+pub fn padded_token_text(i: usize, pad: usize) -> String {
+    let mut text = token_text(i);
+    text.extend(std::iter::repeat_n('.', pad));
+    text
+}
+
+/// The full text of tokens `0..n` with `pad` dots each.
+pub fn expected_padded_text(n: usize, pad: usize) -> String {
+    (0..n).map(|i| padded_token_text(i, pad)).collect()
+}
+
 /// The full text of tokens `0..n`.
 pub fn expected_text(n: usize) -> String {
     (0..n).map(token_text).collect()
