@@ -33,15 +33,7 @@ async fn a_restart_keeps_the_conversation_and_changes_the_epoch() {
     assert_eq!(messages[0]["content"], "first question");
     assert_eq!(messages[1]["content"], expected_text(8));
     assert_eq!(messages[1]["status"], "complete");
-    let list: Value = h
-        .http
-        .get(h.url("/v1/sessions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = h.get_json(&h.url("/v1/sessions")).await;
     assert_eq!(list["data"][0]["id"], id.as_str());
 
     // The in-memory event log did not survive: a new epoch, and a cursor
@@ -332,15 +324,7 @@ async fn health_ready_and_metrics_report_the_server() {
 async fn wait_for_metric(h: &Harness, needle: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let text = h
-            .http
-            .get(h.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = h.metrics().await;
         if text.contains(needle) {
             return;
         }

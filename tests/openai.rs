@@ -171,15 +171,7 @@ async fn upstream_and_request_errors_use_the_envelope() {
 #[tokio::test]
 async fn models_are_listed() {
     let h = Harness::start(BIN);
-    let body: Value = h
-        .http
-        .get(h.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = h.get_json(&h.url("/v1/models")).await;
     assert_eq!(body["object"], "list");
     assert_eq!(body["data"][0]["id"], "fake:tokens=20");
 }

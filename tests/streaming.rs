@@ -490,102 +490,74 @@ async fn malformed_frames_get_an_error_and_the_connection_stays() {
 async fn rest_errors_use_the_envelope_and_every_response_has_a_request_id() {
     let h = Harness::start(BIN);
     let id = h.create_session("fake").await;
-    let check = |response: reqwest::Response, status: u16, code: &'static str| async move {
-        assert_eq!(response.status(), status, "{code}");
-        assert!(response.headers().contains_key("x-request-id"));
+    let messages = h.url(&format!("/v1/sessions/{id}/messages"));
+    let post = || h.http.post(&messages);
+    for (name, request, status, code) in [
+        ("truncated JSON", post().body("{"), 400, "bad_request"),
+        (
+            "wrong type",
+            post().body(r#"{"content":5}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            "invalid UTF-8",
+            post().body(vec![b'"', 0xff, b'"']),
+            400,
+            "bad_request",
+        ),
+        (
+            "content over 32 KiB",
+            post().json(&json!({"content": "x".repeat(40 * 1024)})),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "body over 1 MiB",
+            post().body(vec![b' '; 2 * 1024 * 1024]),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "unknown session",
+            h.http.get(h.url("/v1/sessions/nope")),
+            404,
+            "not_found",
+        ),
+        (
+            "unknown route",
+            h.http.get(h.url("/v1/nothing-here")),
+            404,
+            "not_found",
+        ),
+        (
+            "bad query",
+            h.http.get(h.url("/v1/sessions?limit=x")),
+            400,
+            "bad_request",
+        ),
+        (
+            "unknown field",
+            h.http
+                .post(h.url("/v1/sessions"))
+                .body(r#"{"titel":"typo"}"#),
+            400,
+            "bad_request",
+        ),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{name}");
+        assert!(response.headers().contains_key("x-request-id"), "{name}");
         let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["code"], code);
-        assert_eq!(body["error"]["type"], code);
+        assert_eq!(body["error"]["code"], code, "{name}");
+        assert_eq!(body["error"]["type"], code, "{name}");
         assert!(
             body["error"]["message"]
                 .as_str()
-                .is_some_and(|m| !m.is_empty())
+                .is_some_and(|m| !m.is_empty()),
+            "{name}"
         );
-    };
-    let messages = h.url(&format!("/v1/sessions/{id}/messages"));
-    check(
-        h.http.post(&messages).body("{").send().await.unwrap(),
-        400,
-        "bad_request",
-    )
-    .await;
-    check(
-        h.http
-            .post(&messages)
-            .body(r#"{"content":5}"#)
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "bad_request",
-    )
-    .await;
-    check(
-        h.http
-            .post(&messages)
-            .body(vec![b'"', 0xff, b'"'])
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "bad_request",
-    )
-    .await;
-    check(
-        h.http
-            .post(&messages)
-            .json(&json!({"content": "x".repeat(40 * 1024)}))
-            .send()
-            .await
-            .unwrap(),
-        413,
-        "payload_too_large",
-    )
-    .await;
-    check(
-        h.http
-            .post(&messages)
-            .body(vec![b' '; 2 * 1024 * 1024])
-            .send()
-            .await
-            .unwrap(),
-        413,
-        "payload_too_large",
-    )
-    .await;
-    check(
-        h.http.get(h.url("/v1/sessions/nope")).send().await.unwrap(),
-        404,
-        "not_found",
-    )
-    .await;
-    check(
-        h.http.get(h.url("/v1/nothing-here")).send().await.unwrap(),
-        404,
-        "not_found",
-    )
-    .await;
-    check(
-        h.http
-            .get(h.url("/v1/sessions?limit=x"))
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "bad_request",
-    )
-    .await;
-    check(
-        h.http
-            .post(h.url("/v1/sessions"))
-            .body(r#"{"titel":"typo"}"#)
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "bad_request",
-    )
-    .await;
+    }
     let response = h
         .http
         .get(h.url("/v1/nothing-here"))
@@ -607,15 +579,7 @@ async fn sessions_are_listed_newest_first_and_deleted() {
     for _ in 0..3 {
         ids.push(h.create_session("fake").await);
     }
-    let list: Value = h
-        .http
-        .get(h.url("/v1/sessions?limit=2"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = h.get_json(&h.url("/v1/sessions?limit=2")).await;
     let listed: Vec<&str> = list["data"]
         .as_array()
         .unwrap()
@@ -625,38 +589,21 @@ async fn sessions_are_listed_newest_first_and_deleted() {
     assert_eq!(listed, vec![ids[2].as_str(), ids[1].as_str()]);
     assert_eq!(list["has_more"], true);
     let older: Value = h
-        .http
-        .get(h.url(&format!("/v1/sessions?before={}", ids[1])))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&h.url(&format!("/v1/sessions?before={}", ids[1])))
+        .await;
     assert_eq!(older["data"][0]["id"], ids[0].as_str());
     assert_eq!(older["has_more"], false);
 
-    let response = h
-        .http
-        .delete(h.url(&format!("/v1/sessions/{}", ids[0])))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
-    let response = h
-        .http
-        .get(h.url(&format!("/v1/sessions/{}", ids[0])))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 404);
-    let response = h
-        .http
-        .delete(h.url(&format!("/v1/sessions/{}", ids[0])))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 404);
+    let url = h.url(&format!("/v1/sessions/{}", ids[0]));
+    let status =
+        |request: reqwest::RequestBuilder| async move { request.send().await.unwrap().status() };
+    assert_eq!(status(h.http.delete(&url)).await, 204);
+    assert_eq!(status(h.http.get(&url)).await, 404);
+    assert_eq!(
+        status(h.http.delete(&url)).await,
+        404,
+        "a second delete finds nothing"
+    );
 }
 
 #[tokio::test]
@@ -709,15 +656,7 @@ async fn a_slow_client_is_coalesced_then_dropped_and_resumes_without_loss() {
     );
     let seqs = seqs(&frames);
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs only grow");
-    let metrics = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     assert!(
         metrics.contains("sluice_slow_consumer_disconnects_total 1"),
         "{metrics}"

@@ -102,6 +102,23 @@ impl Harness {
             .expect("send")
     }
 
+    /// `GET url` as JSON, whatever the status.
+    pub async fn get_json(&self, url: &str) -> Value {
+        let response = self.http.get(url).send().await.expect("GET");
+        response.json().await.expect("a JSON body")
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics");
+        response.text().await.expect("metrics text")
+    }
+
     /// `GET /v1/sessions/{id}` as JSON (asserting 200).
     pub async fn session(&self, id: &str) -> Value {
         let response = self
