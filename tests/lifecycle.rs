@@ -298,6 +298,8 @@ async fn health_ready_and_metrics_report_the_server() {
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["backends"]["store"]["state"], "up");
     assert_eq!(ready["backends"]["llm"]["kind"], "openai");
+    assert_eq!(ready["backends"]["event_log"]["kind"], "memory");
+    assert_eq!(ready["backends"]["store"]["kind"], "redb");
 
     let id = h.create_session("fake:tokens=12").await;
     let mut ws = WsClient::connect(&h.ws_url(&id, "")).await.unwrap();

@@ -58,6 +58,11 @@ impl Sessions {
         &self.deps.store
     }
 
+    /// The event log (for readiness checks).
+    pub fn log(&self) -> &Arc<dyn crate::log::EventLog> {
+        &self.deps.log
+    }
+
     /// Metric handles.
     pub fn metrics(&self) -> &Metrics {
         &self.deps.metrics

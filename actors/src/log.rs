@@ -45,6 +45,9 @@ pub struct LogError(pub String);
 
 /// A session-keyed, bounded, ordered event log.
 pub trait EventLog: Send + Sync + 'static {
+    /// A short name for `/ready` (`memory`, `redis`).
+    fn name(&self) -> &'static str;
+
     /// The identity of this log's contents for `session_id`.
     fn epoch(&self, session_id: &str) -> BoxFuture<'static, Result<String, LogError>>;
 

@@ -53,6 +53,10 @@ impl MemoryEventLog {
 }
 
 impl EventLog for MemoryEventLog {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
     fn epoch(&self, _session_id: &str) -> BoxFuture<'static, Result<String, LogError>> {
         let epoch = self.epoch.clone();
         Box::pin(async move { Ok(epoch) })

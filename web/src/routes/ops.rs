@@ -26,7 +26,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         "draining": draining,
         "backends": {
             "store": store_state,
-            "event_log": {"kind": "memory", "state": "up"},
+            "event_log": {"kind": state.sessions.log().name(), "state": "up"},
             "llm": {"kind": state.sessions.llm().name(), "state": "configured"},
         },
     });
