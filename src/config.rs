@@ -136,10 +136,11 @@ pub const VARS: &[Var] = &[
         &["REDIS_URL"],
         "Redis for the multi-replica bus, log and leases",
     ),
-    unsupported(
+    var(
         "SLUICE_POSTGRES_URL",
         &["POSTGRES_URL"],
-        "PostgreSQL session store",
+        "",
+        "PostgreSQL session store (postgres://...); unset: the embedded redb store in SLUICE_DATA_DIR",
     ),
     unsupported("SLUICE_S3_ENDPOINT", &[], "S3/MinIO endpoint for uploads"),
     unsupported("SLUICE_S3_BUCKET", &[], "S3 bucket"),
@@ -227,6 +228,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Provider base URL; `None` means the demo model.
     pub llm_base_url: Option<String>,
+    /// PostgreSQL URL; `None` means the embedded store.
+    pub postgres_url: Option<Secret>,
     /// Provider key.
     pub llm_api_key: Option<Secret>,
     /// Default model.
@@ -341,6 +344,7 @@ impl Config {
             addr,
             data_dir: PathBuf::from(get("SLUICE_DATA_DIR").unwrap_or_else(|| "./data".into())),
             llm_api_key: get("SLUICE_LLM_API_KEY").map(Secret::new),
+            postgres_url: get("SLUICE_POSTGRES_URL").map(Secret::new),
             llm_model: get("SLUICE_LLM_MODEL").unwrap_or_else(|| default_model.into()),
             llm_temperature: get("SLUICE_LLM_TEMPERATURE")
                 .map(|t| {
@@ -480,6 +484,8 @@ mod tests {
         assert_eq!(c.llm_model, "m2");
         let c = config(&[("METRICS_PORT", "9100")]).unwrap();
         assert_eq!(c.metrics_addr.unwrap().to_string(), "0.0.0.0:9100");
+        let c = config(&[("POSTGRES_URL", "postgres://u:p@db/sluice")]).unwrap();
+        assert_eq!(c.postgres_url.unwrap().expose(), "postgres://u:p@db/sluice");
     }
 
     #[test]
@@ -501,6 +507,7 @@ mod tests {
             &[("SLUICE_LLM_BASE_URL", "ftp://x")],
             &[("SLUICE_LOG_FORMAT", "xml")],
             &[("REDIS_URL", "redis://127.0.0.1")],
+            &[("SLUICE_SESSION_IDLE_SECONDS", "-1")],
             &[("SLUICE_JWT_SECRET", "short")],
         ] {
             assert!(config(vars).is_err(), "{vars:?}");

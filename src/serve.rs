@@ -10,6 +10,8 @@ use sluice_actors::llm::demo::DemoProvider;
 use sluice_actors::llm::openai::{OpenAiConfig, OpenAiProvider};
 use sluice_actors::log::memory::MemoryEventLog;
 use sluice_actors::session::SessionDeps;
+use sluice_actors::store::SessionStore;
+use sluice_actors::store::postgres::PostgresSessionStore;
 use sluice_actors::store::redb::RedbSessionStore;
 use sluice_actors::{Metrics, SessionConfig, Sessions};
 use sluice_web::auth::Auth;
@@ -17,6 +19,9 @@ use sluice_web::{AppState, ServerOptions};
 use tokio::sync::watch;
 
 use crate::config::Config;
+
+/// Connections in the PostgreSQL pool.
+const POSTGRES_POOL_SIZE: usize = 16;
 
 /// Runs the server on its own actix system until SIGTERM/SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -59,9 +64,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             config.data_dir.display()
         )
     })?;
-    let store_path = config.data_dir.join("sluice.redb");
-    let store = RedbSessionStore::open(&store_path)?;
-    tracing::info!(path = %store_path.display(), "session store: redb (embedded)");
+    let store: Arc<dyn SessionStore> = match &config.postgres_url {
+        Some(url) => {
+            let store = PostgresSessionStore::connect(url.expose(), POSTGRES_POOL_SIZE)
+                .await
+                .context("cannot open the PostgreSQL session store")?;
+            tracing::info!("session store: PostgreSQL");
+            Arc::new(store)
+        }
+        None => {
+            let path = config.data_dir.join("sluice.redb");
+            let store = RedbSessionStore::open(&path)?;
+            tracing::info!(path = %path.display(), "session store: redb (embedded)");
+            Arc::new(store)
+        }
+    };
 
     // Bound first, so that the default replica id names the real port.
     let listener = TcpListener::bind(config.addr)
@@ -82,7 +99,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ..SessionConfig::default()
     };
     let deps = SessionDeps {
-        store: Arc::new(store),
+        store,
         log: Arc::new(MemoryEventLog::new(config.event_retention)),
         llm: llm_provider(&config)?,
         metrics,

@@ -365,3 +365,87 @@ async fn an_idle_session_is_evicted_and_reloads_where_it_left_off() {
     assert_eq!(second[0]["seq"], last_seq + 1);
     assert_eq!(token_text(&second), expected_text(4));
 }
+
+#[tokio::test]
+async fn with_postgres_the_conversation_lives_in_the_database() {
+    let db = sluice_test_support::postgres::TestPostgres::start();
+    let url = db.url();
+    let mut h = Harness::start_with(BIN, &[("POSTGRES_URL", &url)]);
+    let ready = h.get_json(&h.url("/ready")).await;
+    assert_eq!(
+        ready["backends"]["store"],
+        json!({"kind": "postgres", "state": "up"})
+    );
+    let id = h.create_session("fake:tokens=6").await;
+    let mut ws = WsClient::connect(&h.ws_url(&id, "")).await.unwrap();
+    ws.until("snapshot").await;
+    ws.send_json(json!({"type": "send", "content": "kept in postgres", "client_msg_id": "pg-1"}))
+        .await;
+    ws.until("generation_end").await;
+    drop(ws);
+    h.restart();
+
+    // A server with another data directory but the same database sees it:
+    // the conversation is in Postgres, not in the embedded store.
+    let other = Harness::start_with(BIN, &[("SLUICE_POSTGRES_URL", &url)]);
+    for server in [&h, &other] {
+        let session = server.session(&id).await;
+        assert_eq!(session["title"], "kept in postgres");
+        assert_eq!(session["messages"][1]["content"], expected_text(6));
+        assert_eq!(session["messages"][1]["status"], "complete");
+    }
+    // Idempotency survives the restart too.
+    let again = h.send(&id, "kept in postgres", Some("pg-1")).await;
+    assert_eq!(again.status(), 202);
+    assert_eq!(
+        h.session(&id).await["messages"].as_array().unwrap().len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn with_postgres_down_sends_are_overloaded_and_service_returns_by_itself() {
+    let mut db = sluice_test_support::postgres::TestPostgres::start();
+    let h = Harness::start_with(BIN, &[("SLUICE_POSTGRES_URL", &db.url())]);
+    let id = h.create_session("fake:tokens=3").await;
+    assert_eq!(h.send(&id, "before", None).await.status(), 202);
+    let mut ws = WsClient::connect(&h.ws_url(&id, "?after=0")).await.unwrap();
+    ws.until("generation_end").await;
+
+    db.stop();
+    let response = h.send(&id, "while down", None).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "overloaded");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("session store unavailable"),
+        "{body}"
+    );
+    let ready = h.http.get(h.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["backends"]["store"]["state"], "down");
+    assert!(
+        ready["backends"]["store"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+    );
+    // The live WebSocket stays open meanwhile.
+    ws.send_json(json!({"type": "ping"})).await;
+    assert_eq!(ws.next_json().await, json!({"type": "pong"}));
+
+    db.resume();
+    assert_eq!(
+        h.http.get(h.url("/ready")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(h.send(&id, "after", None).await.status(), 202);
+    let frames = ws.until("generation_end").await;
+    assert_eq!(token_text(&frames), expected_text(3));
+    let messages = h.session(&id).await["messages"].as_array().unwrap().len();
+    assert_eq!(messages, 4, "the refused send left nothing behind");
+}

@@ -69,6 +69,9 @@ pub struct SessionActor {
     /// A send whose messages are being persisted: a second send conflicts
     /// (or, with the same `client_msg_id`, gets the same answer).
     sending: Option<PendingSend>,
+    /// A generation that ended and whose `generation_end` waits for the final
+    /// write: its text, for snapshots; its `seq` is `last_seq`.
+    finishing: Option<Partial>,
     /// A cancel arrived while a send was being persisted.
     cancel_requested: bool,
     /// Ordered log-then-deliver queue.
@@ -165,6 +168,7 @@ impl SessionActor {
             epoch,
             generation: None,
             sending: None,
+            finishing: None,
             cancel_requested: false,
             outbox,
             writer,
@@ -355,9 +359,11 @@ impl SessionActor {
         }
     }
 
-    /// Ends the running generation: emits `generation_end`, settles the
-    /// assistant message, persists it.
-    fn finish(&mut self, reason: FinishReason, error: Option<EventError>) {
+    /// Ends the running generation: settles the assistant message, and
+    /// emits `generation_end` once the final message is durable, so a client
+    /// that sees the end can rely on the stored answer. The event's `seq` is
+    /// allocated now, so the persisted `last_seq` includes it.
+    fn finish(&mut self, ctx: &mut Context<Self>, reason: FinishReason, error: Option<EventError>) {
         let Some(generation) = self.generation.take() else {
             return;
         };
@@ -371,29 +377,49 @@ impl SessionActor {
         let message = &mut self.messages[generation.message_index];
         message.status = status;
         message.usage = generation.usage;
-        let message_id = message.id.clone();
         let message = message.clone();
-        self.emit(EventBody::GenerationEnd {
-            generation_id: generation.id,
-            message_id,
-            finish_reason: reason,
-            usage: generation.usage,
-            error,
-        });
+        self.last_seq += 1;
+        let event = Arc::new(EncodedEvent::new(Event {
+            seq: self.last_seq,
+            body: EventBody::GenerationEnd {
+                generation_id: generation.id.clone(),
+                message_id: message.id.clone(),
+                finish_reason: reason,
+                usage: generation.usage,
+                error,
+            },
+        }));
         self.deps
             .metrics
             .generations_total
             .with_label_values(&[finish_reason_label(reason)])
             .inc();
         self.record.updated_at = now_rfc3339();
-        self.persist(vec![message]);
-        for waiter in self.drain_waiters.drain(..) {
-            let _ = waiter.send(());
-        }
-        self.touch();
+        self.finishing = Some(Partial {
+            generation_id: generation.id,
+            message_id: message.id.clone(),
+            content: message.content.clone(),
+        });
+        let saved = self.persist_acked(vec![message]);
+        ctx.spawn(saved.into_actor(self).map(move |saved, act, _| {
+            if !matches!(saved, Ok(Ok(()))) {
+                tracing::error!(session_id = %act.record.id, "the final answer was not saved");
+            }
+            act.finishing = None;
+            // Nothing else was emitted meanwhile: sends conflict while
+            // `finishing` is set, so the order of seqs holds.
+            let _ = act.outbox.send(OutboxCmd::Event(event));
+            for waiter in act.drain_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+            act.touch();
+        }));
     }
 
     fn partial(&self) -> Option<Partial> {
+        if let Some(finishing) = &self.finishing {
+            return Some(finishing.clone());
+        }
         let generation = self.generation.as_ref()?;
         let message = &self.messages[generation.message_index];
         Some(Partial {
@@ -407,6 +433,7 @@ impl SessionActor {
         self.watchers.retain(|q| !q.is_closed());
         self.generation.is_none()
             && self.sending.is_none()
+            && self.finishing.is_none()
             && self.watchers.is_empty()
             && self.last_active.elapsed() >= self.deps.config.idle_timeout
     }
@@ -580,7 +607,7 @@ impl Handler<Send> for SessionActor {
                 "the server is shutting down".into(),
             ));
         }
-        if self.sending.is_some() || self.generation.is_some() {
+        if self.sending.is_some() || self.generation.is_some() || self.finishing.is_some() {
             return refused(SessionError::Conflict);
         }
         self.touch();
@@ -654,7 +681,7 @@ impl Handler<Send> for SessionActor {
                 }
                 act.start_generation(ctx, generation_id, act.messages.len() - 1);
                 if std::mem::take(&mut act.cancel_requested) {
-                    act.finish(FinishReason::Cancelled, None);
+                    act.finish(ctx, FinishReason::Cancelled, None);
                 }
                 Ok(accepted)
             }),
@@ -665,13 +692,13 @@ impl Handler<Send> for SessionActor {
 impl Handler<Cancel> for SessionActor {
     type Result = Result<(), SessionError>;
 
-    fn handle(&mut self, _: Cancel, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _: Cancel, ctx: &mut Self::Context) -> Self::Result {
         if self.retiring {
             return Err(SessionError::Retired);
         }
         self.touch();
         if self.generation.is_some() {
-            self.finish(FinishReason::Cancelled, None);
+            self.finish(ctx, FinishReason::Cancelled, None);
         } else if self.sending.is_some() {
             self.cancel_requested = true;
         }
@@ -694,9 +721,12 @@ impl Handler<Subscribe> for SessionActor {
             queue: msg.queue,
             registered,
         });
+        // While `generation_end` waits for its write, it is not yet in the
+        // outbox: the joiner starts before it and receives it live.
+        let finishing = self.finishing.is_some();
         Ok(Joined {
-            last_seq: self.last_seq,
-            generating: self.generation.is_some(),
+            last_seq: self.last_seq - u64::from(finishing),
+            generating: self.generation.is_some() || finishing,
             epoch: self.epoch.clone(),
             partial: self.partial(),
             registered: rx,
@@ -753,8 +783,8 @@ impl Handler<Drain> for SessionActor {
                 }
             }
             .into_actor(self)
-            .then(|_, act, _| {
-                act.finish(FinishReason::Interrupted, None);
+            .then(|_, act, ctx| {
+                act.finish(ctx, FinishReason::Interrupted, None);
                 let flushed = act.persist_acked(Vec::new());
                 async move {
                     let _ = flushed.await;
@@ -768,7 +798,7 @@ impl Handler<Drain> for SessionActor {
 impl Handler<GenerationStep> for SessionActor {
     type Result = ();
 
-    fn handle(&mut self, msg: GenerationStep, _: &mut Self::Context) {
+    fn handle(&mut self, msg: GenerationStep, ctx: &mut Self::Context) {
         if self.generation.as_ref().map(|g| g.id.as_str()) != Some(msg.generation_id.as_str()) {
             return;
         }
@@ -784,6 +814,7 @@ impl Handler<GenerationStep> for SessionActor {
                     .inc();
                 tracing::warn!(session_id = %self.record.id, %error, "generation failed");
                 self.finish(
+                    ctx,
                     FinishReason::Error,
                     Some(EventError {
                         code,
@@ -797,7 +828,7 @@ impl Handler<GenerationStep> for SessionActor {
                     .as_ref()
                     .and_then(|g| g.finish)
                     .unwrap_or(FinishReason::Stop);
-                self.finish(reason, None);
+                self.finish(ctx, reason, None);
             }
         }
     }

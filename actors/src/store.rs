@@ -9,6 +9,7 @@
 //!   `before` (an id).
 //! - `messages` is oldest first.
 
+pub mod postgres;
 pub mod redb;
 
 use futures::future::BoxFuture;

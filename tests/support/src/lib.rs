@@ -5,10 +5,12 @@
 //! - [`process`]: starts the real `sluice` binary on port 0 and stops it.
 //! - [`client`]: WebSocket and SSE clients that read Sluice frames.
 //! - [`harness`]: a fake upstream plus a `sluice` pointed at it.
+//! - [`postgres`]: a throwaway PostgreSQL server.
 
 pub mod client;
 pub mod fake_upstream;
 pub mod harness;
+pub mod postgres;
 pub mod process;
 
 /// The text of token `i` from the fake upstream: its index in brackets, so a

@@ -1,0 +1,400 @@
+//! The production session store: PostgreSQL through a deadpool-postgres pool.
+//!
+//! The schema is embedded in the binary and migrated at start. Migrations run
+//! in one transaction holding an advisory lock, so several replicas starting
+//! at once apply each migration exactly once. Messages are keyed by
+//! (session, id) and deleted with their session (`ON DELETE CASCADE`); a
+//! `client_msg_id` is unique per session.
+
+use std::str::FromStr;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures::future::BoxFuture;
+use sluice_protocol::{MessageStatus, Role, Usage};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio_postgres::{NoTls, Row};
+
+use super::{MessageRecord, SessionRecord, SessionStore, StoreError};
+
+/// Held (as a transaction-scoped advisory lock) while migrating.
+const MIGRATION_LOCK: i64 = 0x5106_ce00_0000_0001;
+
+/// Longest wait for a pooled connection, a new one, or a recycle check.
+const POOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The schema, in order. Never edit an applied migration: add a new one.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE sessions (
+        id text PRIMARY KEY,
+        user_id text NOT NULL,
+        title text NOT NULL,
+        model text NOT NULL,
+        system_prompt text,
+        created_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL,
+        last_seq bigint NOT NULL DEFAULT 0
+    );
+    CREATE INDEX sessions_by_user ON sessions (user_id, id DESC);
+    CREATE TABLE messages (
+        session_id text NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        id text NOT NULL,
+        role text NOT NULL,
+        content text NOT NULL,
+        attachments text[] NOT NULL DEFAULT '{}',
+        status text NOT NULL,
+        created_at timestamptz NOT NULL,
+        client_msg_id text,
+        generation_id text,
+        prompt_tokens bigint,
+        completion_tokens bigint,
+        PRIMARY KEY (session_id, id)
+    );
+    CREATE UNIQUE INDEX messages_client_msg_id ON messages (session_id, client_msg_id)
+        WHERE client_msg_id IS NOT NULL;",
+)];
+
+/// The PostgreSQL store. Cloning shares the pool.
+#[derive(Clone)]
+pub struct PostgresSessionStore {
+    pool: Pool,
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+fn timestamp(text: &str) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map_err(|e| StoreError(format!("bad timestamp {text:?}: {e}")))
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339)
+        .expect("RFC 3339 formatting of a stored time cannot fail")
+}
+
+/// The wire name of a serde enum (`Role`, `MessageStatus`), stored as text.
+fn enum_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .expect("unit enum serialises to a string")
+}
+
+fn enum_from<T: serde::de::DeserializeOwned>(text: String) -> Result<T, StoreError> {
+    serde_json::from_value(serde_json::Value::String(text.clone()))
+        .map_err(|_| StoreError(format!("unknown stored value {text:?}")))
+}
+
+fn session_from(row: &Row) -> Result<SessionRecord, StoreError> {
+    Ok(SessionRecord {
+        id: row.get("id"),
+        user_id: row.get("user_id"),
+        title: row.get("title"),
+        model: row.get("model"),
+        system_prompt: row.get("system_prompt"),
+        created_at: rfc3339(row.get("created_at")),
+        updated_at: rfc3339(row.get("updated_at")),
+        last_seq: row.get::<_, i64>("last_seq") as u64,
+    })
+}
+
+fn message_from(row: &Row) -> Result<MessageRecord, StoreError> {
+    let prompt: Option<i64> = row.get("prompt_tokens");
+    let completion: Option<i64> = row.get("completion_tokens");
+    Ok(MessageRecord {
+        id: row.get("id"),
+        session_id: row.get("session_id"),
+        role: enum_from::<Role>(row.get("role"))?,
+        content: row.get("content"),
+        attachments: row.get("attachments"),
+        status: enum_from::<MessageStatus>(row.get("status"))?,
+        created_at: rfc3339(row.get("created_at")),
+        client_msg_id: row.get("client_msg_id"),
+        generation_id: row.get("generation_id"),
+        usage: prompt.zip(completion).map(|(p, c)| Usage {
+            prompt_tokens: p as u64,
+            completion_tokens: c as u64,
+        }),
+    })
+}
+
+impl PostgresSessionStore {
+    /// Builds the pool for `url` and applies the migrations.
+    pub async fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
+        let config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError(format!("bad Postgres URL: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        // Bounded waits: with the database down, a request fails fast with
+        // `overloaded` instead of hanging.
+        let pool = Pool::builder(manager)
+            .max_size(max_connections)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_TIMEOUT))
+            .create_timeout(Some(POOL_TIMEOUT))
+            .recycle_timeout(Some(POOL_TIMEOUT))
+            .build()
+            .map_err(err)?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies the migrations not yet applied, once, whatever the number of
+    /// replicas starting together.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await.map_err(err)?;
+        let tx = client.transaction().await.map_err(err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(err)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS sluice_migrations (
+                version integer PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(err)?;
+        let applied: Vec<i32> = tx
+            .query("SELECT version FROM sluice_migrations", &[])
+            .await
+            .map_err(err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for (version, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            tx.batch_execute(sql)
+                .await
+                .map_err(|e| StoreError(format!("migration {version}: {e}")))?;
+            tx.execute(
+                "INSERT INTO sluice_migrations (version) VALUES ($1)",
+                &[version],
+            )
+            .await
+            .map_err(err)?;
+            tracing::info!(version, "applied a database migration");
+        }
+        tx.commit().await.map_err(err)
+    }
+
+    /// Pool size and connections in use, for metrics and `/ready`.
+    pub fn pool_status(&self) -> (usize, usize) {
+        let status = self.pool.status();
+        (status.size, status.size - status.available)
+    }
+}
+
+impl SessionStore for PostgresSessionStore {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn create_session(&self, session: SessionRecord) -> BoxFuture<'static, Result<(), StoreError>> {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(err)?;
+            client
+                .execute(
+                    "INSERT INTO sessions (id, user_id, title, model, system_prompt, created_at, updated_at, last_seq)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    &[
+                        &session.id,
+                        &session.user_id,
+                        &session.title,
+                        &session.model,
+                        &session.system_prompt,
+                        &timestamp(&session.created_at)?,
+                        &timestamp(&session.updated_at)?,
+                        &(session.last_seq as i64),
+                    ],
+                )
+                .await
+                .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn get_session(
+        &self,
+        id: &str,
+    ) -> BoxFuture<'static, Result<Option<SessionRecord>, StoreError>> {
+        let pool = self.pool.clone();
+        let id = id.to_owned();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(err)?;
+            let row = client
+                .query_opt("SELECT * FROM sessions WHERE id = $1", &[&id])
+                .await
+                .map_err(err)?;
+            row.as_ref().map(session_from).transpose()
+        })
+    }
+
+    fn list_sessions(
+        &self,
+        user_id: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> BoxFuture<'static, Result<Vec<SessionRecord>, StoreError>> {
+        let pool = self.pool.clone();
+        let user_id = user_id.to_owned();
+        let before = before.map(str::to_owned);
+        Box::pin(async move {
+            let client = pool.get().await.map_err(err)?;
+            let rows = client
+                .query(
+                    "SELECT * FROM sessions WHERE user_id = $1 AND ($2::text IS NULL OR id < $2)
+                     ORDER BY id DESC LIMIT $3",
+                    &[&user_id, &before, &(limit as i64)],
+                )
+                .await
+                .map_err(err)?;
+            rows.iter().map(session_from).collect()
+        })
+    }
+
+    fn delete_session(&self, id: &str) -> BoxFuture<'static, Result<bool, StoreError>> {
+        let pool = self.pool.clone();
+        let id = id.to_owned();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(err)?;
+            let deleted = client
+                .execute("DELETE FROM sessions WHERE id = $1", &[&id])
+                .await
+                .map_err(err)?;
+            Ok(deleted > 0)
+        })
+    }
+
+    fn messages(
+        &self,
+        session_id: &str,
+    ) -> BoxFuture<'static, Result<Vec<MessageRecord>, StoreError>> {
+        let pool = self.pool.clone();
+        let session_id = session_id.to_owned();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(err)?;
+            let rows = client
+                .query(
+                    "SELECT * FROM messages WHERE session_id = $1 ORDER BY id",
+                    &[&session_id],
+                )
+                .await
+                .map_err(err)?;
+            rows.iter().map(message_from).collect()
+        })
+    }
+
+    fn save(
+        &self,
+        session: SessionRecord,
+        messages: Vec<MessageRecord>,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let mut client = pool.get().await.map_err(err)?;
+            let tx = client.transaction().await.map_err(err)?;
+            let updated = tx
+                .execute(
+                    "UPDATE sessions SET title = $2, model = $3, system_prompt = $4, updated_at = $5, last_seq = $6
+                     WHERE id = $1",
+                    &[
+                        &session.id,
+                        &session.title,
+                        &session.model,
+                        &session.system_prompt,
+                        &timestamp(&session.updated_at)?,
+                        &(session.last_seq as i64),
+                    ],
+                )
+                .await
+                .map_err(err)?;
+            if updated == 0 {
+                // Deleted meanwhile: a late checkpoint must not bring it back.
+                return Ok(());
+            }
+            let upsert = tx
+                .prepare(
+                    "INSERT INTO messages (session_id, id, role, content, attachments, status, created_at,
+                                           client_msg_id, generation_id, prompt_tokens, completion_tokens)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                     ON CONFLICT (session_id, id) DO UPDATE SET
+                        content = EXCLUDED.content, status = EXCLUDED.status,
+                        attachments = EXCLUDED.attachments,
+                        prompt_tokens = EXCLUDED.prompt_tokens, completion_tokens = EXCLUDED.completion_tokens",
+                )
+                .await
+                .map_err(err)?;
+            for m in &messages {
+                tx.execute(
+                    &upsert,
+                    &[
+                        &m.session_id,
+                        &m.id,
+                        &enum_text(&m.role),
+                        &m.content,
+                        &m.attachments,
+                        &enum_text(&m.status),
+                        &timestamp(&m.created_at)?,
+                        &m.client_msg_id,
+                        &m.generation_id,
+                        &m.usage.map(|u| u.prompt_tokens as i64),
+                        &m.usage.map(|u| u.completion_tokens as i64),
+                    ],
+                )
+                .await
+                .map_err(err)?;
+            }
+            tx.commit().await.map_err(err)
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(err)?;
+            client.simple_query("SELECT 1").await.map_err(err)?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_test_support::postgres::TestPostgres;
+
+    #[tokio::test]
+    async fn postgres_store_conforms_and_migrations_are_idempotent() {
+        let server = TestPostgres::start();
+        // Several replicas starting at once: every one migrates, once.
+        let url = server.url();
+        let starts = (0..4).map(|_| PostgresSessionStore::connect(&url, 4));
+        let stores: Vec<_> = futures::future::join_all(starts)
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let client = stores[0].pool.get().await.unwrap();
+        let versions: i64 = client
+            .query_one("SELECT count(*) FROM sluice_migrations", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(versions, MIGRATIONS.len() as i64);
+        drop(client);
+        crate::store::conformance::run(stores[0].clone()).await;
+    }
+}
