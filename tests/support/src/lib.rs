@@ -6,12 +6,14 @@
 //! - [`client`]: WebSocket and SSE clients that read Sluice frames.
 //! - [`harness`]: a fake upstream plus a `sluice` pointed at it.
 //! - [`postgres`]: a throwaway PostgreSQL server.
+//! - [`redis`]: a throwaway Redis server.
 
 pub mod client;
 pub mod fake_upstream;
 pub mod harness;
 pub mod postgres;
 pub mod process;
+pub mod redis;
 
 /// The text of token `i` from the fake upstream: its index in brackets, so a
 /// test can check order and completeness of any stretch of text.

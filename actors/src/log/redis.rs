@@ -1,0 +1,213 @@
+//! The production event log: one Redis Stream per session, through fred.
+//!
+//! - Entries are added with the event's `seq` as the stream id (`{seq}-0`),
+//!   so a replay is one `XRANGE` from `after + 1` to `up_to`, and Redis
+//!   itself refuses an id that does not grow.
+//! - `XADD ... MAXLEN ~ retention` bounds each stream (Redis trims in whole
+//!   blocks, so slightly more than `retention` may be kept).
+//! - The epoch is a key beside the stream, created with `SET NX` the first
+//!   time a session's log is used; both keys expire together after
+//!   [`RedisEventLog::idle_ttl`] without appends. If Redis loses its data,
+//!   the epoch key is gone with the stream, so the next use creates a new
+//!   epoch and clients reload, as the protocol says.
+//! - Keys are hash-tagged by session (`sluice:{<id>}:...`), so a session's
+//!   keys live in one slot on Redis Cluster.
+//! - One batch of events is one pipeline: one round trip.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::streams::XID;
+use fred::types::{Expiration, SetOptions};
+use futures::future::BoxFuture;
+use sluice_protocol::Event;
+
+use super::{EncodedEvent, EventLog, LogError};
+
+/// Logs untouched for this long expire (stream and epoch together).
+pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The Redis-backed event log. Cloning shares the client.
+#[derive(Clone)]
+pub struct RedisEventLog {
+    client: Client,
+    retention: usize,
+    idle_ttl: Duration,
+}
+
+fn err(e: impl std::fmt::Display) -> LogError {
+    LogError(e.to_string())
+}
+
+fn log_key(session_id: &str) -> String {
+    format!("sluice:{{{session_id}}}:log")
+}
+
+fn epoch_key(session_id: &str) -> String {
+    format!("sluice:{{{session_id}}}:epoch")
+}
+
+impl RedisEventLog {
+    /// A log on `client` (already connected) keeping `retention` events per
+    /// session.
+    pub fn new(client: Client, retention: usize) -> Self {
+        Self {
+            client,
+            retention: retention.max(1),
+            idle_ttl: DEFAULT_IDLE_TTL,
+        }
+    }
+
+    /// Sets how long an untouched session log lives.
+    pub fn idle_ttl(mut self, ttl: Duration) -> Self {
+        self.idle_ttl = ttl;
+        self
+    }
+
+    /// Connects a client to `url` and waits for the connection.
+    pub async fn connect(url: &str, retention: usize) -> Result<Self, LogError> {
+        let config = Config::from_url(url).map_err(|e| LogError(format!("bad Redis URL: {e}")))?;
+        let client = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(5);
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .build()
+            .map_err(err)?;
+        client.init().await.map_err(err)?;
+        Ok(Self::new(client, retention))
+    }
+}
+
+impl EventLog for RedisEventLog {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn epoch(&self, session_id: &str) -> BoxFuture<'static, Result<String, LogError>> {
+        let client = self.client.clone();
+        let key = epoch_key(session_id);
+        let ttl = self.idle_ttl.as_secs() as i64;
+        Box::pin(async move {
+            let fresh = crate::ids::new_id();
+            // SET NX GET: the existing epoch, or nil when ours was set.
+            let existing: Option<String> = client
+                .set(
+                    &key,
+                    fresh.as_str(),
+                    Some(Expiration::EX(ttl)),
+                    Some(SetOptions::NX),
+                    true,
+                )
+                .await
+                .map_err(err)?;
+            Ok(existing.unwrap_or(fresh))
+        })
+    }
+
+    fn append(
+        &self,
+        session_id: &str,
+        events: Vec<Arc<EncodedEvent>>,
+    ) -> BoxFuture<'static, Result<(), LogError>> {
+        let client = self.client.clone();
+        let log = log_key(session_id);
+        let epoch = epoch_key(session_id);
+        let retention = self.retention as i64;
+        let ttl_ms = self.idle_ttl.as_millis() as i64;
+        Box::pin(async move {
+            let pipeline = client.pipeline();
+            for event in &events {
+                let _: () = pipeline
+                    .xadd(
+                        &log,
+                        false,
+                        ("MAXLEN", "~", retention),
+                        XID::Manual(format!("{}-0", event.seq()).into()),
+                        vec![("e", event.json.as_str())],
+                    )
+                    .await
+                    .map_err(err)?;
+            }
+            let _: () = pipeline.pexpire(&log, ttl_ms, None).await.map_err(err)?;
+            let _: () = pipeline.pexpire(&epoch, ttl_ms, None).await.map_err(err)?;
+            let results: Vec<Value> = pipeline.all().await.map_err(err)?;
+            drop(results);
+            Ok(())
+        })
+    }
+
+    fn read_after(
+        &self,
+        session_id: &str,
+        after: u64,
+        up_to: u64,
+    ) -> BoxFuture<'static, Result<Vec<Arc<EncodedEvent>>, LogError>> {
+        let client = self.client.clone();
+        let log = log_key(session_id);
+        Box::pin(async move {
+            if up_to <= after {
+                return Ok(Vec::new());
+            }
+            let entries: Vec<(String, Vec<(String, String)>)> = client
+                .xrange(&log, format!("{}-0", after + 1), format!("{up_to}-0"), None)
+                .await
+                .map_err(err)?;
+            entries
+                .into_iter()
+                .map(|(id, fields)| {
+                    let json = fields
+                        .into_iter()
+                        .find_map(|(name, value)| (name == "e").then_some(value))
+                        .ok_or_else(|| LogError(format!("log entry {id} has no event")))?;
+                    let event: Event = serde_json::from_str(&json)
+                        .map_err(|e| LogError(format!("log entry {id} is corrupt: {e}")))?;
+                    Ok(Arc::new(EncodedEvent { event, json }))
+                })
+                .collect()
+        })
+    }
+
+    fn remove(&self, session_id: &str) -> BoxFuture<'static, Result<(), LogError>> {
+        let client = self.client.clone();
+        let keys = vec![log_key(session_id), epoch_key(session_id)];
+        Box::pin(async move {
+            let _: i64 = client.del(keys).await.map_err(err)?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_test_support::redis::TestRedis;
+
+    #[tokio::test]
+    async fn redis_log_conforms() {
+        let server = TestRedis::start();
+        let client = RedisEventLog::connect(&server.url(), 1)
+            .await
+            .unwrap()
+            .client;
+        // Each log the suite asks for starts from an empty server.
+        crate::log::conformance::run(|retention| {
+            assert_eq!(server.cli(&["FLUSHALL"]).as_deref(), Some("OK"));
+            RedisEventLog::new(client.clone(), retention)
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_lost_log_gets_a_new_epoch_and_keys_share_a_slot() {
+        let server = TestRedis::start();
+        let log = RedisEventLog::connect(&server.url(), 100).await.unwrap();
+        let first = log.epoch("s").await.unwrap();
+        assert_eq!(log.epoch("s").await.unwrap(), first);
+        assert_eq!(server.cli(&["FLUSHALL"]).as_deref(), Some("OK"));
+        assert_ne!(log.epoch("s").await.unwrap(), first);
+        assert_eq!(log_key("s"), "sluice:{s}:log");
+        assert_eq!(epoch_key("s"), "sluice:{s}:epoch");
+    }
+}
