@@ -5,12 +5,14 @@
 //! - [`process`]: starts the real `sluice` binary on port 0 and stops it.
 //! - [`client`]: WebSocket and SSE clients that read Sluice frames.
 //! - [`harness`]: a fake upstream plus a `sluice` pointed at it.
+//! - [`nginx`]: nginx in front of Sluice, from the repository template.
 //! - [`postgres`]: a throwaway PostgreSQL server.
 //! - [`redis`]: a throwaway Redis server.
 
 pub mod client;
 pub mod fake_upstream;
 pub mod harness;
+pub mod nginx;
 pub mod postgres;
 pub mod process;
 pub mod redis;
