@@ -13,7 +13,8 @@
 //!   calls, and [`Subscription`](handle::Subscription), the resume logic of
 //!   PROTOCOL.md §4 shared by WebSocket and SSE.
 //! - Backends, each a trait with its implementations beside it:
-//!   [`log`] (event log), [`store`] (sessions and messages), [`llm`] (providers).
+//!   [`log`] (event log), [`store`] (sessions and messages), [`llm`] (providers),
+//!   [`lease`] (which replica owns a session).
 //! - [`metrics`]: the Prometheus handles, registered on an injected registry.
 //!
 //! This crate knows nothing of HTTP: the web crate maps [`SessionError`] to
@@ -23,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod handle;
 pub mod ids;
+pub mod lease;
 pub mod llm;
 pub mod log;
 pub mod metrics;
