@@ -34,6 +34,22 @@ fn ready<T: Send + 'static>(value: T) -> BoxFuture<'static, Result<T, LeaseError
     Box::pin(async move { Ok(value) })
 }
 
+/// Extends `owner`'s live lease; false if someone else (or nobody) holds it.
+fn extend(
+    held: &mut HashMap<String, (String, Instant)>,
+    session_id: &str,
+    owner: &str,
+    ttl: Duration,
+) -> bool {
+    match held.get_mut(session_id) {
+        Some((current, expiry)) if current == owner => {
+            *expiry = Instant::now() + ttl;
+            true
+        }
+        _ => false,
+    }
+}
+
 impl Leases for MemoryLeases {
     fn acquire(
         &self,
@@ -41,19 +57,18 @@ impl Leases for MemoryLeases {
         owner: &str,
         ttl: Duration,
     ) -> BoxFuture<'static, Result<bool, LeaseError>> {
-        ready(self.with(|held| match held.get_mut(session_id) {
-            Some((current, expiry)) if current == owner => {
-                *expiry = Instant::now() + ttl;
-                true
+        ready(self.with(|held| {
+            if extend(held, session_id, owner, ttl) {
+                return true;
             }
-            Some(_) => false,
-            None => {
-                held.insert(
-                    session_id.to_owned(),
-                    (owner.to_owned(), Instant::now() + ttl),
-                );
-                true
+            if held.contains_key(session_id) {
+                return false;
             }
+            held.insert(
+                session_id.to_owned(),
+                (owner.to_owned(), Instant::now() + ttl),
+            );
+            true
         }))
     }
 
@@ -63,13 +78,7 @@ impl Leases for MemoryLeases {
         owner: &str,
         ttl: Duration,
     ) -> BoxFuture<'static, Result<bool, LeaseError>> {
-        ready(self.with(|held| match held.get_mut(session_id) {
-            Some((current, expiry)) if current == owner => {
-                *expiry = Instant::now() + ttl;
-                true
-            }
-            _ => false,
-        }))
+        ready(self.with(|held| extend(held, session_id, owner, ttl)))
     }
 
     fn release(&self, session_id: &str, owner: &str) -> BoxFuture<'static, Result<(), LeaseError>> {

@@ -49,13 +49,15 @@ impl Leases for RedisLeases {
     ) -> BoxFuture<'static, Result<bool, LeaseError>> {
         let client = self.client.clone();
         let key = key(session_id);
-        let owner = owner.to_owned();
+        let owner_value = owner.to_owned();
         let ttl_ms = ttl.as_millis() as i64;
+        // Held already: by us (then `renew` extends it), or by someone else.
+        let renew = self.renew(session_id, owner, ttl);
         Box::pin(async move {
             let set: Option<String> = client
                 .set(
                     &key,
-                    owner.as_str(),
+                    owner_value.as_str(),
                     Some(Expiration::PX(ttl_ms)),
                     Some(SetOptions::NX),
                     false,
@@ -65,12 +67,7 @@ impl Leases for RedisLeases {
             if set.is_some() {
                 return Ok(true);
             }
-            // Held already: by us (then extend it), or by someone else.
-            let renewed: i64 = client
-                .eval(RENEW, vec![key], vec![owner, ttl_ms.to_string()])
-                .await
-                .map_err(err)?;
-            Ok(renewed == 1)
+            renew.await
         })
     }
 
