@@ -69,10 +69,9 @@ async fn a_restart_keeps_the_conversation_and_changes_the_epoch() {
 #[tokio::test]
 async fn a_killed_process_leaves_the_partial_answer_interrupted() {
     let mut h = Harness::start(BIN);
-    let id = h.create_session("fake:tokens=100000,delay_ms=2").await;
-    let mut ws = WsClient::connect(&h.ws_url(&id, "")).await.unwrap();
-    ws.until("snapshot").await;
-    ws.send_json(json!({"type": "send", "content": "go"})).await;
+    let (id, mut ws) = h
+        .session_with_ws("fake:tokens=100000,delay_ms=2", "go")
+        .await;
     // Read past a checkpoint (taken every second while streaming).
     let mut frames = Vec::new();
     loop {
@@ -301,10 +300,7 @@ async fn health_ready_and_metrics_report_the_server() {
     assert_eq!(ready["backends"]["event_log"]["kind"], "memory");
     assert_eq!(ready["backends"]["store"]["kind"], "redb");
 
-    let id = h.create_session("fake:tokens=12").await;
-    let mut ws = WsClient::connect(&h.ws_url(&id, "")).await.unwrap();
-    ws.until("snapshot").await;
-    ws.send_json(json!({"type": "send", "content": "go"})).await;
+    let (_, mut ws) = h.session_with_ws("fake:tokens=12", "go").await;
     ws.until("generation_end").await;
     for url in [h.url("/metrics"), format!("http://{metrics_addr}/metrics")] {
         let text = h.http.get(&url).send().await.unwrap().text().await.unwrap();

@@ -135,10 +135,7 @@ async fn read_tokens(ws: &mut WsClient, tokens: usize) -> Vec<Value> {
 #[tokio::test]
 async fn websocket_disconnect_then_resume_gets_every_token_exactly_once() {
     let h = Harness::start(BIN);
-    let id = h.create_session("fake:tokens=300,delay_ms=2").await;
-    let mut ws = WsClient::connect(&h.ws_url(&id, "")).await.unwrap();
-    ws.until("snapshot").await;
-    ws.send_json(json!({"type": "send", "content": "go"})).await;
+    let (id, mut ws) = h.session_with_ws("fake:tokens=300,delay_ms=2", "go").await;
     let before = read_tokens(&mut ws, 40).await;
     let cursor = *seqs(&before).last().unwrap();
     ws.close().await;
@@ -161,10 +158,7 @@ async fn websocket_disconnect_then_resume_gets_every_token_exactly_once() {
 #[tokio::test]
 async fn websocket_resume_frame_replays_on_the_same_connection() {
     let h = Harness::start(BIN);
-    let id = h.create_session("fake:tokens=50").await;
-    let mut ws = WsClient::connect(&h.ws_url(&id, "")).await.unwrap();
-    ws.until("snapshot").await;
-    ws.send_json(json!({"type": "send", "content": "go"})).await;
+    let (_, mut ws) = h.session_with_ws("fake:tokens=50", "go").await;
     let first = ws.until("generation_end").await;
     ws.send_json(json!({"type": "resume", "after": 10})).await;
     assert_eq!(ws.next_json().await["type"], "hello");
@@ -251,10 +245,7 @@ async fn a_client_joining_mid_stream_gets_a_snapshot_then_live_tokens() {
 #[tokio::test]
 async fn a_cursor_older_than_retention_gets_a_gap_then_a_snapshot() {
     let h = Harness::start_with(BIN, &[("SLUICE_EVENT_RETENTION", "10")]);
-    let id = h.create_session("fake:tokens=40").await;
-    let mut ws = WsClient::connect(&h.ws_url(&id, "")).await.unwrap();
-    ws.until("snapshot").await;
-    ws.send_json(json!({"type": "send", "content": "go"})).await;
+    let (id, mut ws) = h.session_with_ws("fake:tokens=40", "go").await;
     let frames = ws.until("generation_end").await;
     let last_seq = frames.last().unwrap()["seq"].as_u64().unwrap();
 
@@ -289,10 +280,7 @@ async fn a_cursor_older_than_retention_gets_a_gap_then_a_snapshot() {
 #[tokio::test]
 async fn cancel_stops_the_generation_and_keeps_the_partial_text() {
     let h = Harness::start(BIN);
-    let id = h.create_session("fake:tokens=5000,delay_ms=5").await;
-    let mut ws = WsClient::connect(&h.ws_url(&id, "")).await.unwrap();
-    ws.until("snapshot").await;
-    ws.send_json(json!({"type": "send", "content": "go"})).await;
+    let (id, mut ws) = h.session_with_ws("fake:tokens=5000,delay_ms=5", "go").await;
     read_tokens(&mut ws, 5).await;
     // Cancel over REST (a WS cancel is covered below).
     let response = h
@@ -396,10 +384,7 @@ async fn a_send_during_a_generation_is_a_conflict() {
 /// Sends one message in a fresh session using `model` and returns the
 /// generation's frames.
 async fn generation_with(h: &Harness, model: &str) -> (String, Vec<Value>) {
-    let id = h.create_session(model).await;
-    let mut ws = WsClient::connect(&h.ws_url(&id, "")).await.unwrap();
-    ws.until("snapshot").await;
-    ws.send_json(json!({"type": "send", "content": "go"})).await;
+    let (id, mut ws) = h.session_with_ws(model, "go").await;
     (id, ws.until("generation_end").await)
 }
 

@@ -345,11 +345,6 @@ impl Subscription {
             }
         }
     }
-
-    /// The highest `seq` handed out so far (the client's cursor).
-    pub fn cursor(&self) -> u64 {
-        self.last_sent
-    }
 }
 
 impl Drop for Subscription {

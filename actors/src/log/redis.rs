@@ -59,12 +59,6 @@ impl RedisEventLog {
         }
     }
 
-    /// Sets how long an untouched session log lives.
-    pub fn idle_ttl(mut self, ttl: Duration) -> Self {
-        self.idle_ttl = ttl;
-        self
-    }
-
     /// Connects a client to `url` and waits for the connection.
     pub async fn connect(url: &str, retention: usize) -> Result<Self, LogError> {
         let config = Config::from_url(url).map_err(|e| LogError(format!("bad Redis URL: {e}")))?;

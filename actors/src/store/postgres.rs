@@ -188,12 +188,6 @@ impl PostgresSessionStore {
         }
         tx.commit().await.map_err(err)
     }
-
-    /// Pool size and connections in use, for metrics and `/ready`.
-    pub fn pool_status(&self) -> (usize, usize) {
-        let status = self.pool.status();
-        (status.size, status.size - status.available)
-    }
 }
 
 impl SessionStore for PostgresSessionStore {

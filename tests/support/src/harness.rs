@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
+use crate::client::WsClient;
 use crate::fake_upstream::FakeUpstream;
 use crate::process::{Sluice, SluiceBuilder};
 
@@ -81,6 +82,20 @@ impl Harness {
         assert_eq!(response.status(), 201);
         let body: Value = response.json().await.unwrap();
         body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a session using `model`, follows it over WebSocket (past
+    /// `hello` and `snapshot`) and sends `content`; returns the session id
+    /// and the connection.
+    pub async fn session_with_ws(&self, model: &str, content: &str) -> (String, WsClient) {
+        let id = self.create_session(model).await;
+        let mut ws = WsClient::connect(&self.ws_url(&id, ""))
+            .await
+            .expect("connect");
+        ws.until("snapshot").await;
+        ws.send_json(json!({"type": "send", "content": content}))
+            .await;
+        (id, ws)
     }
 
     /// `POST /v1/sessions/{id}/messages`.

@@ -18,8 +18,6 @@ pub struct Sluice {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
-    /// Its `SLUICE_DATA_DIR`.
-    pub data_dir: PathBuf,
     /// Every log line so far.
     pub logs: Arc<Mutex<Vec<String>>>,
 }
@@ -100,12 +98,7 @@ impl SluiceBuilder {
                     .expect("addr field")
                     .parse()
                     .expect("socket address");
-                return Sluice {
-                    child,
-                    addr,
-                    data_dir: self.data_dir.clone(),
-                    logs,
-                };
+                return Sluice { child, addr, logs };
             }
         }
     }
@@ -146,11 +139,6 @@ impl Sluice {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-
-    /// Whether a log line contains `needle`.
-    pub fn logged(&self, needle: &str) -> bool {
-        self.logs.lock().unwrap().iter().any(|l| l.contains(needle))
     }
 }
 
