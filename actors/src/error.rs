@@ -24,6 +24,10 @@ pub enum SessionError {
     /// crate retry it; clients only see it as `overloaded` if retries run out.
     #[error("the session is restarting, retry")]
     Retired,
+    /// Another replica owns the session (or took it over meanwhile); ask
+    /// where it lives again. Callers in this crate retry it.
+    #[error("the session moved to another replica, retry")]
+    NotOwner,
     /// A bug or an unexpected backend answer.
     #[error("{0}")]
     Internal(String),
@@ -37,7 +41,7 @@ impl SessionError {
             Self::Conflict => ErrorCode::Conflict,
             Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::Protocol(e) => e.code(),
-            Self::Overloaded(_) | Self::Retired => ErrorCode::Overloaded,
+            Self::Overloaded(_) | Self::Retired | Self::NotOwner => ErrorCode::Overloaded,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }

@@ -6,8 +6,10 @@
 //! implementation to it):
 //! - `acquire` succeeds only if nobody holds the lease (or it expired), and
 //!   is idempotent for the current owner.
-//! - `renew` and `release` act only for the current owner: a replica that
-//!   lost its lease can neither extend nor drop the new owner's.
+//! - `renew` extends the owner's lease, or takes it back if nobody holds it
+//!   (it expired, or the store lost it in a restart); it fails if another
+//!   owner holds it, so a replica that lost its lease learns it at its next
+//!   renewal. `release` acts only for the current owner.
 //! - A lease not renewed within its time-to-live expires by itself.
 
 pub mod memory;
@@ -32,7 +34,8 @@ pub trait Leases: Send + Sync + 'static {
         ttl: Duration,
     ) -> BoxFuture<'static, Result<bool, LeaseError>>;
 
-    /// Extends `owner`'s lease; false if `owner` no longer holds it.
+    /// Extends `owner`'s lease (taking it back if nobody holds it); false if
+    /// another owner holds it.
     fn renew(
         &self,
         session_id: &str,
@@ -98,5 +101,18 @@ pub(crate) mod conformance {
         }
         assert!(leases.acquire("t", "b", LONG).await.unwrap());
         assert!(!leases.renew("t", "a", LONG).await.unwrap());
+
+        // An owner whose lease vanished unnoticed takes it back on renewal.
+        assert!(
+            leases
+                .acquire("u", "a", Duration::from_millis(100))
+                .await
+                .unwrap()
+        );
+        while leases.owner("u").await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(leases.renew("u", "a", LONG).await.unwrap());
+        assert_eq!(leases.owner("u").await.unwrap().as_deref(), Some("a"));
     }
 }

@@ -14,12 +14,17 @@
 //!   PROTOCOL.md §4 shared by WebSocket and SSE.
 //! - Backends, each a trait with its implementations beside it:
 //!   [`log`] (event log), [`store`] (sessions and messages), [`llm`] (providers),
-//!   [`lease`] (which replica owns a session).
+//!   [`lease`] (which replica owns a session), [`bus`] (messages between
+//!   replicas). [`redis`] holds a replica's Redis connections.
+//! - [`cluster`]: session ownership across replicas, and requests forwarded
+//!   to a session's owner.
 //! - [`metrics`]: the Prometheus handles, registered on an injected registry.
 //!
 //! This crate knows nothing of HTTP: the web crate maps [`SessionError`] to
 //! statuses and close codes.
 
+pub mod bus;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod handle;
@@ -29,6 +34,7 @@ pub mod llm;
 pub mod log;
 pub mod metrics;
 pub mod outbox;
+pub mod redis;
 pub mod registry;
 pub mod secret;
 pub mod session;

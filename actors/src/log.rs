@@ -67,6 +67,9 @@ pub trait EventLog: Send + Sync + 'static {
         up_to: u64,
     ) -> BoxFuture<'static, Result<Vec<Arc<EncodedEvent>>, LogError>>;
 
+    /// The highest `seq` in the session's log (0 if none).
+    fn last_seq(&self, session_id: &str) -> BoxFuture<'static, Result<u64, LogError>>;
+
     /// Forgets the session's events (the session was deleted).
     fn remove(&self, session_id: &str) -> BoxFuture<'static, Result<(), LogError>>;
 }
@@ -106,6 +109,8 @@ pub(crate) mod conformance {
             vec![4, 5, 6]
         );
         assert!(log.read_after("s", 8, 8).await.unwrap().is_empty());
+        assert_eq!(log.last_seq("s").await.unwrap(), 8);
+        assert_eq!(log.last_seq("other").await.unwrap(), 0);
         assert!(log.read_after("other", 0, 100).await.unwrap().is_empty());
         let events = log.read_after("s", 6, 7).await.unwrap();
         assert_eq!(events[0].json, token(7).json);
@@ -127,7 +132,9 @@ pub(crate) mod conformance {
         // The epoch is stable while the log lives; remove forgets a session.
         let e1 = log.epoch("s").await.unwrap();
         assert_eq!(log.epoch("s").await.unwrap(), e1);
+        assert_eq!(log.last_seq("s").await.unwrap(), 1000);
         log.remove("s").await.unwrap();
+        assert_eq!(log.last_seq("s").await.unwrap(), 0);
         assert!(log.read_after("s", 0, 1000).await.unwrap().is_empty());
     }
 }

@@ -34,19 +34,24 @@ fn ready<T: Send + 'static>(value: T) -> BoxFuture<'static, Result<T, LeaseError
     Box::pin(async move { Ok(value) })
 }
 
-/// Extends `owner`'s live lease; false if someone else (or nobody) holds it.
-fn extend(
+/// Takes or extends the lease for `owner`; false if someone else holds it.
+fn take(
     held: &mut HashMap<String, (String, Instant)>,
     session_id: &str,
     owner: &str,
     ttl: Duration,
 ) -> bool {
+    let expiry = Instant::now() + ttl;
     match held.get_mut(session_id) {
-        Some((current, expiry)) if current == owner => {
-            *expiry = Instant::now() + ttl;
+        Some((current, _)) if current != owner => false,
+        Some((_, until)) => {
+            *until = expiry;
             true
         }
-        _ => false,
+        None => {
+            held.insert(session_id.to_owned(), (owner.to_owned(), expiry));
+            true
+        }
     }
 }
 
@@ -57,19 +62,7 @@ impl Leases for MemoryLeases {
         owner: &str,
         ttl: Duration,
     ) -> BoxFuture<'static, Result<bool, LeaseError>> {
-        ready(self.with(|held| {
-            if extend(held, session_id, owner, ttl) {
-                return true;
-            }
-            if held.contains_key(session_id) {
-                return false;
-            }
-            held.insert(
-                session_id.to_owned(),
-                (owner.to_owned(), Instant::now() + ttl),
-            );
-            true
-        }))
+        self.renew(session_id, owner, ttl)
     }
 
     fn renew(
@@ -78,7 +71,7 @@ impl Leases for MemoryLeases {
         owner: &str,
         ttl: Duration,
     ) -> BoxFuture<'static, Result<bool, LeaseError>> {
-        ready(self.with(|held| extend(held, session_id, owner, ttl)))
+        ready(self.with(|held| take(held, session_id, owner, ttl)))
     }
 
     fn release(&self, session_id: &str, owner: &str) -> BoxFuture<'static, Result<(), LeaseError>> {

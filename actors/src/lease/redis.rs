@@ -1,19 +1,21 @@
 //! Leases in Redis: one key per session (`sluice:{<id>}:owner`, hash-tagged
-//! like the session's log), set with `SET NX PX`. Renew and release compare
-//! the owner and act in one Lua script, so a replica that lost its lease
+//! like the session's log), taken and renewed by one Lua script (take if free,
+//! extend if ours) and released by another; both compare the owner and act atomically, so a replica that lost its lease
 //! cannot touch the next owner's.
 
 use std::time::Duration;
 
 use fred::prelude::*;
-use fred::types::{Expiration, SetOptions};
 use futures::future::BoxFuture;
 
 use super::{LeaseError, Leases};
 
-/// Extends the lease if ARGV[1] owns it (ARGV[2]: milliseconds); 1 or 0.
-const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-                     return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+/// Takes or extends the lease for ARGV[1] (ARGV[2]: milliseconds) unless
+/// someone else holds it; 1 or 0.
+const TAKE: &str = "local v = redis.call('GET', KEYS[1]) \
+                    if v == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
+                    if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end \
+                    return 0";
 
 /// Deletes the lease if ARGV[1] owns it.
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
@@ -47,28 +49,7 @@ impl Leases for RedisLeases {
         owner: &str,
         ttl: Duration,
     ) -> BoxFuture<'static, Result<bool, LeaseError>> {
-        let client = self.client.clone();
-        let key = key(session_id);
-        let owner_value = owner.to_owned();
-        let ttl_ms = ttl.as_millis() as i64;
-        // Held already: by us (then `renew` extends it), or by someone else.
-        let renew = self.renew(session_id, owner, ttl);
-        Box::pin(async move {
-            let set: Option<String> = client
-                .set(
-                    &key,
-                    owner_value.as_str(),
-                    Some(Expiration::PX(ttl_ms)),
-                    Some(SetOptions::NX),
-                    false,
-                )
-                .await
-                .map_err(err)?;
-            if set.is_some() {
-                return Ok(true);
-            }
-            renew.await
-        })
+        self.renew(session_id, owner, ttl)
     }
 
     fn renew(
@@ -81,8 +62,8 @@ impl Leases for RedisLeases {
         let key = key(session_id);
         let args = vec![owner.to_owned(), (ttl.as_millis() as i64).to_string()];
         Box::pin(async move {
-            let renewed: i64 = client.eval(RENEW, vec![key], args).await.map_err(err)?;
-            Ok(renewed == 1)
+            let taken: i64 = client.eval(TAKE, vec![key], args).await.map_err(err)?;
+            Ok(taken == 1)
         })
     }
 
@@ -114,9 +95,10 @@ mod tests {
     #[tokio::test]
     async fn redis_leases_conform() {
         let server = TestRedis::start();
-        let config = Config::from_url(&server.url()).unwrap();
-        let client = Builder::from_config(config).build().unwrap();
-        client.init().await.unwrap();
+        let client = crate::redis::RedisConnections::connect(&server.url())
+            .await
+            .unwrap()
+            .client();
         crate::lease::conformance::run(|| {
             assert_eq!(server.cli(&["FLUSHALL"]).as_deref(), Some("OK"));
             RedisLeases::new(client.clone())

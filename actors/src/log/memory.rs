@@ -113,6 +113,16 @@ impl EventLog for MemoryEventLog {
         Box::pin(async move { Ok(events) })
     }
 
+    fn last_seq(&self, session_id: &str) -> BoxFuture<'static, Result<u64, LogError>> {
+        let last = self
+            .lock()
+            .sessions
+            .get(session_id)
+            .and_then(|log| log.events.back())
+            .map_or(0, |e| e.seq());
+        Box::pin(async move { Ok(last) })
+    }
+
     fn remove(&self, session_id: &str) -> BoxFuture<'static, Result<(), LogError>> {
         self.lock().sessions.remove(session_id);
         Box::pin(async { Ok(()) })

@@ -58,20 +58,6 @@ impl RedisEventLog {
             idle_ttl: DEFAULT_IDLE_TTL,
         }
     }
-
-    /// Connects a client to `url` and waits for the connection.
-    pub async fn connect(url: &str, retention: usize) -> Result<Self, LogError> {
-        let config = Config::from_url(url).map_err(|e| LogError(format!("bad Redis URL: {e}")))?;
-        let client = Builder::from_config(config)
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(5);
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-            .build()
-            .map_err(err)?;
-        client.init().await.map_err(err)?;
-        Ok(Self::new(client, retention))
-    }
 }
 
 impl EventLog for RedisEventLog {
@@ -163,6 +149,24 @@ impl EventLog for RedisEventLog {
         })
     }
 
+    fn last_seq(&self, session_id: &str) -> BoxFuture<'static, Result<u64, LogError>> {
+        let client = self.client.clone();
+        let log = log_key(session_id);
+        Box::pin(async move {
+            let entries: Vec<(String, Vec<(String, String)>)> = client
+                .xrevrange(&log, "+", "-", Some(1))
+                .await
+                .map_err(err)?;
+            let Some((id, _)) = entries.first() else {
+                return Ok(0);
+            };
+            id.split('-')
+                .next()
+                .and_then(|seq| seq.parse().ok())
+                .ok_or_else(|| LogError(format!("log entry id {id} is not a seq")))
+        })
+    }
+
     fn remove(&self, session_id: &str) -> BoxFuture<'static, Result<(), LogError>> {
         let client = self.client.clone();
         let keys = vec![log_key(session_id), epoch_key(session_id)];
@@ -176,15 +180,16 @@ impl EventLog for RedisEventLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redis::RedisConnections;
     use sluice_test_support::redis::TestRedis;
 
     #[tokio::test]
     async fn redis_log_conforms() {
         let server = TestRedis::start();
-        let client = RedisEventLog::connect(&server.url(), 1)
+        let client = RedisConnections::connect(&server.url())
             .await
             .unwrap()
-            .client;
+            .client();
         // Each log the suite asks for starts from an empty server.
         crate::log::conformance::run(|retention| {
             assert_eq!(server.cli(&["FLUSHALL"]).as_deref(), Some("OK"));
@@ -196,7 +201,8 @@ mod tests {
     #[tokio::test]
     async fn a_lost_log_gets_a_new_epoch_and_keys_share_a_slot() {
         let server = TestRedis::start();
-        let log = RedisEventLog::connect(&server.url(), 100).await.unwrap();
+        let conns = RedisConnections::connect(&server.url()).await.unwrap();
+        let log = RedisEventLog::new(conns.client(), 100);
         let first = log.epoch("s").await.unwrap();
         assert_eq!(log.epoch("s").await.unwrap(), first);
         assert_eq!(server.cli(&["FLUSHALL"]).as_deref(), Some("OK"));

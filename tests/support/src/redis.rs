@@ -20,34 +20,45 @@ impl TestRedis {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server (install redis-server)");
+        let child = spawn(port, dir.path());
         let server = Self {
             child,
             port,
             _dir: dir,
         };
+        server.wait_up();
+        server
+    }
+
+    fn wait_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while server.cli(&["PING"]).is_none_or(|out| out != "PONG") {
+        while self.cli(&["PING"]).is_none_or(|out| out != "PONG") {
             assert!(Instant::now() < deadline, "redis did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        server
+    }
+
+    /// Kills the server (its data is gone: nothing is persisted).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again, empty, on the same port.
+    pub fn resume(&mut self) {
+        self.child = spawn(self.port, self._dir.path());
+        self.wait_up();
+    }
+
+    /// Kills the server and starts it again, empty, on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.resume();
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// A connection URL.
@@ -66,6 +77,26 @@ impl TestRedis {
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
+}
+
+fn spawn(port: u16, dir: &std::path::Path) -> Child {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server (install redis-server)")
 }
 
 impl Drop for TestRedis {
