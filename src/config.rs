@@ -131,10 +131,18 @@ pub const VARS: &[Var] = &[
         "pretty",
         "log format: pretty or json",
     ),
-    unsupported(
+    var(
         "SLUICE_REDIS_URL",
         &["REDIS_URL"],
-        "Redis for the multi-replica bus, log and leases",
+        "",
+        "Redis (redis://...) for the event log, the bus between replicas and session leases; \
+         unset: in-process, one replica",
+    ),
+    var(
+        "SLUICE_LEASE_SECONDS",
+        &[],
+        "10",
+        "with Redis: how long a replica's hold on a session outlives the replica (takeover delay)",
     ),
     var(
         "SLUICE_POSTGRES_URL",
@@ -230,6 +238,10 @@ pub struct Config {
     pub llm_base_url: Option<String>,
     /// PostgreSQL URL; `None` means the embedded store.
     pub postgres_url: Option<Secret>,
+    /// Redis URL; `None` means the in-process log and one replica.
+    pub redis_url: Option<Secret>,
+    /// How long a session lease lasts unrenewed.
+    pub lease_ttl: Duration,
     /// Provider key.
     pub llm_api_key: Option<Secret>,
     /// Default model.
@@ -345,6 +357,12 @@ impl Config {
             data_dir: PathBuf::from(get("SLUICE_DATA_DIR").unwrap_or_else(|| "./data".into())),
             llm_api_key: get("SLUICE_LLM_API_KEY").map(Secret::new),
             postgres_url: get("SLUICE_POSTGRES_URL").map(Secret::new),
+            redis_url: get("SLUICE_REDIS_URL").map(Secret::new),
+            lease_ttl: Duration::from_secs_f64(parse(
+                "SLUICE_LEASE_SECONDS",
+                get("SLUICE_LEASE_SECONDS"),
+                10.0,
+            )?),
             llm_model: get("SLUICE_LLM_MODEL").unwrap_or_else(|| default_model.into()),
             llm_temperature: get("SLUICE_LLM_TEMPERATURE")
                 .map(|t| {
@@ -408,6 +426,14 @@ impl Config {
         }
         if self.workers == 0 {
             bail!("SLUICE_WORKERS must be above 0");
+        }
+        if !(0.3..=3600.0).contains(&self.lease_ttl.as_secs_f64()) {
+            bail!("SLUICE_LEASE_SECONDS must be between 0.3 and 3600");
+        }
+        if let Some(url) = &self.redis_url
+            && !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://"))
+        {
+            bail!("SLUICE_REDIS_URL must be a redis:// or rediss:// URL");
         }
         if self.jwt_secret.is_none() && !self.addr.ip().is_loopback() {
             bail!(
@@ -484,6 +510,9 @@ mod tests {
         assert_eq!(c.llm_model, "m2");
         let c = config(&[("METRICS_PORT", "9100")]).unwrap();
         assert_eq!(c.metrics_addr.unwrap().to_string(), "0.0.0.0:9100");
+        let c = config(&[("REDIS_URL", "redis://127.0.0.1:6390")]).unwrap();
+        assert_eq!(c.redis_url.unwrap().expose(), "redis://127.0.0.1:6390");
+        assert_eq!(c.lease_ttl, Duration::from_secs(10));
         let c = config(&[("POSTGRES_URL", "postgres://u:p@db/sluice")]).unwrap();
         assert_eq!(c.postgres_url.unwrap().expose(), "postgres://u:p@db/sluice");
     }
@@ -506,7 +535,9 @@ mod tests {
             &[("SLUICE_EVENT_RETENTION", "lots")][..],
             &[("SLUICE_LLM_BASE_URL", "ftp://x")],
             &[("SLUICE_LOG_FORMAT", "xml")],
-            &[("REDIS_URL", "redis://127.0.0.1")],
+            &[("SLUICE_S3_BUCKET", "b")],
+            &[("REDIS_URL", "http://127.0.0.1")],
+            &[("SLUICE_LEASE_SECONDS", "0")],
             &[("SLUICE_SESSION_IDLE_SECONDS", "-1")],
             &[("SLUICE_JWT_SECRET", "short")],
         ] {

@@ -5,14 +5,20 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use anyhow::Context;
+use sluice_actors::cluster::Cluster;
+use sluice_actors::lease::redis::RedisLeases;
 use sluice_actors::llm::LlmProvider;
 use sluice_actors::llm::demo::DemoProvider;
 use sluice_actors::llm::openai::{OpenAiConfig, OpenAiProvider};
+use sluice_actors::log::EventLog;
 use sluice_actors::log::memory::MemoryEventLog;
+use sluice_actors::log::redis::RedisEventLog;
+use sluice_actors::redis::RedisConnections;
 use sluice_actors::session::SessionDeps;
 use sluice_actors::store::SessionStore;
 use sluice_actors::store::postgres::PostgresSessionStore;
 use sluice_actors::store::redb::RedbSessionStore;
+use sluice_actors::supervisor::{Probe, RedisProbe, StoreProbe, Supervisor};
 use sluice_actors::{Metrics, SessionConfig, Sessions};
 use sluice_web::auth::Auth;
 use sluice_web::{AppState, ServerOptions};
@@ -98,17 +104,48 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         temperature: config.llm_temperature,
         ..SessionConfig::default()
     };
+    let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(StoreProbe(store.clone()))];
+    let (log, cluster): (Arc<dyn EventLog>, _) = match &config.redis_url {
+        Some(url) => {
+            let redis = RedisConnections::connect(url.expose())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot connect to Redis: {e}"))?;
+            if config.postgres_url.is_none() {
+                tracing::warn!(
+                    "Redis without SLUICE_POSTGRES_URL: the session store is this replica's own \
+                     redb file, so run only one replica"
+                );
+            }
+            tracing::info!(lease = ?config.lease_ttl, "event log, bus and leases: Redis");
+            let cluster = Cluster::new(
+                replica_id.clone(),
+                Arc::new(redis.bus()),
+                Arc::new(RedisLeases::new(redis.client())),
+                config.lease_ttl,
+            );
+            probes.push(Arc::new(RedisProbe(redis.clone())));
+            (
+                Arc::new(RedisEventLog::new(redis.client(), config.event_retention)),
+                Some(Arc::new(cluster)),
+            )
+        }
+        None => (Arc::new(MemoryEventLog::new(config.event_retention)), None),
+    };
+    let supervisor = Supervisor::spawn(probes, metrics.clone());
     let deps = SessionDeps {
         store,
-        log: Arc::new(MemoryEventLog::new(config.event_retention)),
+        log,
         llm: llm_provider(&config)?,
         metrics,
         config: session_config,
+        cluster,
     };
     let arbiters = (0..config.workers)
         .map(|_| actix_rt::Arbiter::new().handle())
         .collect();
-    let sessions = Sessions::start(deps, arbiters);
+    let sessions = Sessions::start(deps, arbiters)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot join the cluster: {e}"))?;
 
     let metrics_listener = config
         .metrics_addr
@@ -129,6 +166,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         sessions,
         auth: Arc::new(auth),
         registry,
+        supervisor,
         shutdown: shutdown_rx,
     };
     sluice_web::run(

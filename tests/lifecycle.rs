@@ -2,6 +2,7 @@
 //! shut down gracefully, auth isolates users, the operations endpoints.
 
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice_test_support::client::{SseClient, WsClient, WsFrame, token_text};
@@ -66,35 +67,81 @@ async fn a_restart_keeps_the_conversation_and_changes_the_epoch() {
     );
 }
 
-#[tokio::test]
-async fn a_killed_process_leaves_the_partial_answer_interrupted() {
-    let mut h = Harness::start(BIN);
-    let (id, mut ws) = h
-        .session_with_ws("fake:tokens=100000,delay_ms=2", "go")
-        .await;
-    // Read past a checkpoint (taken every second while streaming).
-    let mut frames = Vec::new();
-    loop {
-        frames.push(ws.next_json().await);
-        if frames
-            .iter()
-            .filter(|f: &&Value| f["type"] == "token")
-            .count()
-            >= 800
-        {
-            break;
+/// Streams until at least `count` tokens arrived (past a checkpoint, which
+/// is taken every second while streaming), then kills and restarts the server.
+async fn kill_mid_answer(h: &mut Harness, model: &str, count: usize) -> String {
+    let (id, mut ws) = h.session_with_ws(model, "go").await;
+    let mut tokens = 0;
+    while tokens < count {
+        if ws.next_json().await["type"] == "token" {
+            tokens += 1;
         }
     }
     h.restart(); // SIGKILL, then start again on the same data
-    let session = h.session(&id).await;
-    let assistant = &session["messages"][1];
-    assert_eq!(assistant["status"], "interrupted");
-    let text = assistant["content"].as_str().unwrap();
-    assert!(!text.is_empty(), "the checkpointed text is kept");
-    assert!(expected_text(100000).starts_with(text));
-    // The session works again.
-    let response = h.send(&id, "again", None).await;
-    assert_eq!(response.status(), 202);
+    id
+}
+
+/// Waits until the session's last message is no longer streaming.
+async fn settled_answer(h: &Harness, id: &str) -> Value {
+    for _ in 0..600 {
+        let session = h.session(id).await;
+        let last = session["messages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        if last["status"] != "streaming" {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the answer never settled");
+}
+
+#[tokio::test]
+async fn a_killed_process_continues_the_answer_after_restart() {
+    let mut h = Harness::start(BIN);
+    let id = kill_mid_answer(&mut h, "fake:tokens=1500,delay_ms=2", 700).await;
+    // A client resuming over the new process sees the answer go on and end.
+    let mut ws = WsClient::connect(&h.ws_url(&id, "")).await.unwrap();
+    let frames = ws.until("generation_end").await;
+    let end = frames.last().unwrap();
+    assert_eq!(end["finish_reason"], "stop", "{end}");
+    let answer = settled_answer(&h, &id).await;
+    assert_eq!(answer["status"], "complete");
+    assert_eq!(
+        answer["content"],
+        expected_text(1500),
+        "whole, nothing twice"
+    );
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains("sluice_takeovers_total{outcome=\"continued\"} 1"),
+        "{metrics}"
+    );
+    // The provider was asked to continue from the checkpointed text.
+    let last = h.upstream.requests().last().unwrap().clone();
+    let messages = last["messages"].as_array().unwrap();
+    assert_eq!(messages.last().unwrap()["role"], "assistant");
+    assert_eq!(h.send(&id, "again", None).await.status(), 202);
+}
+
+#[tokio::test]
+async fn a_killed_process_leaves_the_answer_interrupted_when_it_cannot_continue() {
+    let mut h = Harness::start(BIN);
+    let id = kill_mid_answer(&mut h, "fake:tokens=1500,delay_ms=2,no_continue", 700).await;
+    let answer = settled_answer(&h, &id).await;
+    assert_eq!(answer["status"], "interrupted");
+    let text = answer["content"].as_str().unwrap();
+    assert!(!text.is_empty(), "the text so far is kept");
+    assert!(expected_text(1500).starts_with(text));
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains("sluice_generations_total{finish_reason=\"interrupted\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(h.send(&id, "again", None).await.status(), 202);
 }
 
 #[tokio::test]

@@ -18,6 +18,8 @@
 //!   replicas). [`redis`] holds a replica's Redis connections.
 //! - [`cluster`]: session ownership across replicas, and requests forwarded
 //!   to a session's owner.
+//! - [`supervisor`]: the actor that watches every backend for `/ready` and
+//!   the metrics.
 //! - [`metrics`]: the Prometheus handles, registered on an injected registry.
 //!
 //! This crate knows nothing of HTTP: the web crate maps [`SessionError`] to
@@ -40,6 +42,7 @@ pub mod secret;
 pub mod session;
 pub mod store;
 pub mod subscriber;
+pub mod supervisor;
 
 pub use config::SessionConfig;
 pub use error::SessionError;

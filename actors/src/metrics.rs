@@ -34,6 +34,23 @@ pub struct Metrics {
     pub coalesced_events_total: IntCounter,
     /// Malformed or oversized client input, by transport.
     pub rejected_frames_total: IntCounterVec,
+    /// Generations picked up from a replica that died, by outcome
+    /// (`continued`, `interrupted`).
+    pub takeovers_total: IntCounterVec,
+    /// Session leases lost to another replica while held.
+    pub lease_losses_total: IntCounter,
+    /// Requests forwarded to the replica owning the session, by operation and
+    /// outcome (`ok`, `error`, `owner_gone`, `no_answer`).
+    pub forwarded_requests_total: IntCounterVec,
+    /// Subscribers on a replica that does not own their session, closed so
+    /// they resume (the bus broke or skipped events).
+    pub remote_resyncs_total: IntCounter,
+    /// Whether each backend answers (1) or not (0).
+    pub backend_up: IntGaugeVec,
+    /// Reconnections of each backend's client.
+    pub backend_reconnects_total: IntCounterVec,
+    /// Connections in each backend's pool, by state (`open`, `in_use`).
+    pub backend_pool_connections: IntGaugeVec,
 }
 
 impl Metrics {
@@ -110,6 +127,46 @@ impl Metrics {
                 ),
                 &["transport"],
             )?,
+            takeovers_total: IntCounterVec::new(
+                Opts::new(
+                    "sluice_takeovers_total",
+                    "Generations picked up from a replica that died",
+                ),
+                &["outcome"],
+            )?,
+            lease_losses_total: IntCounter::new(
+                "sluice_lease_losses_total",
+                "Session leases lost to another replica while held",
+            )?,
+            forwarded_requests_total: IntCounterVec::new(
+                Opts::new(
+                    "sluice_forwarded_requests_total",
+                    "Requests forwarded to the replica owning the session",
+                ),
+                &["op", "outcome"],
+            )?,
+            remote_resyncs_total: IntCounter::new(
+                "sluice_remote_resyncs_total",
+                "Subscribers of another replica's session told to resume",
+            )?,
+            backend_up: IntGaugeVec::new(
+                Opts::new("sluice_backend_up", "Whether the backend answers"),
+                &["backend"],
+            )?,
+            backend_reconnects_total: IntCounterVec::new(
+                Opts::new(
+                    "sluice_backend_reconnects_total",
+                    "Reconnections of a backend's client",
+                ),
+                &["backend"],
+            )?,
+            backend_pool_connections: IntGaugeVec::new(
+                Opts::new(
+                    "sluice_backend_pool_connections",
+                    "Connections in a backend's pool",
+                ),
+                &["backend", "state"],
+            )?,
         };
         registry.register(Box::new(m.http_requests_total.clone()))?;
         registry.register(Box::new(m.http_request_duration_seconds.clone()))?;
@@ -124,6 +181,13 @@ impl Metrics {
         registry.register(Box::new(m.slow_consumer_disconnects_total.clone()))?;
         registry.register(Box::new(m.coalesced_events_total.clone()))?;
         registry.register(Box::new(m.rejected_frames_total.clone()))?;
+        registry.register(Box::new(m.takeovers_total.clone()))?;
+        registry.register(Box::new(m.lease_losses_total.clone()))?;
+        registry.register(Box::new(m.forwarded_requests_total.clone()))?;
+        registry.register(Box::new(m.remote_resyncs_total.clone()))?;
+        registry.register(Box::new(m.backend_up.clone()))?;
+        registry.register(Box::new(m.backend_reconnects_total.clone()))?;
+        registry.register(Box::new(m.backend_pool_connections.clone()))?;
         Ok(m)
     }
 

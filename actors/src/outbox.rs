@@ -1,5 +1,6 @@
-//! The per-session outbox: appends events to the event log, then hands them
-//! to subscribers, strictly in `seq` order.
+//! The per-session outbox: appends events to the event log, publishes them
+//! to other replicas, then hands them to local subscribers, strictly in `seq`
+//! order.
 //!
 //! The session actor sends commands without waiting; the outbox batches
 //! whatever has queued up into one log append, so a slow log slows delivery
@@ -12,6 +13,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::bus::Bus;
+use crate::cluster::events_channel;
 use crate::log::{EncodedEvent, EventLog};
 use crate::subscriber::{CloseReason, SubscriberQueue};
 
@@ -22,28 +25,35 @@ const MAX_BATCH: usize = 512;
 pub enum OutboxCmd {
     /// Log and deliver an event.
     Event(Arc<EncodedEvent>),
-    /// Start delivering to `queue`; `registered` fires once every earlier
-    /// event is in the log.
+    /// Start delivering to `queue` (if any); `registered` fires once every
+    /// earlier event is in the log and published.
     Subscribe {
-        /// The subscriber's queue.
-        queue: Arc<SubscriberQueue>,
+        /// The subscriber's queue; `None` for a subscriber on another replica,
+        /// which reads the bus.
+        queue: Option<Arc<SubscriberQueue>>,
         /// Acknowledges the registration.
         registered: oneshot::Sender<()>,
     },
 }
 
+/// Where an outbox sends events: the log, then (with several replicas) the
+/// session's bus channel, then local subscribers.
+pub struct Sinks {
+    /// The event log.
+    pub log: Arc<dyn EventLog>,
+    /// The bus, when other replicas may be listening.
+    pub bus: Option<Arc<dyn Bus>>,
+}
+
 /// Starts the outbox task of `session_id` on the current arbiter.
-pub fn spawn(session_id: String, log: Arc<dyn EventLog>) -> mpsc::UnboundedSender<OutboxCmd> {
+pub fn spawn(session_id: String, sinks: Sinks) -> mpsc::UnboundedSender<OutboxCmd> {
     let (tx, rx) = mpsc::unbounded_channel();
-    actix_rt::spawn(run(session_id, log, rx));
+    actix_rt::spawn(run(session_id, sinks, rx));
     tx
 }
 
-async fn run(
-    session_id: String,
-    log: Arc<dyn EventLog>,
-    mut rx: mpsc::UnboundedReceiver<OutboxCmd>,
-) {
+async fn run(session_id: String, sinks: Sinks, mut rx: mpsc::UnboundedReceiver<OutboxCmd>) {
+    let channel = events_channel(&session_id);
     let mut subscribers: Vec<Arc<SubscriberQueue>> = Vec::new();
     let mut commands = Vec::with_capacity(MAX_BATCH);
     let mut events: Vec<Arc<EncodedEvent>> = Vec::with_capacity(MAX_BATCH);
@@ -52,14 +62,14 @@ async fn run(
             match command {
                 OutboxCmd::Event(event) => events.push(event),
                 OutboxCmd::Subscribe { queue, registered } => {
-                    flush(&session_id, &*log, &mut events, &mut subscribers).await;
-                    subscribers.push(queue);
+                    flush(&session_id, &sinks, &channel, &mut events, &mut subscribers).await;
+                    subscribers.extend(queue);
                     // The subscriber may have given up waiting; that is fine.
                     let _ = registered.send(());
                 }
             }
         }
-        flush(&session_id, &*log, &mut events, &mut subscribers).await;
+        flush(&session_id, &sinks, &channel, &mut events, &mut subscribers).await;
     }
     // The session actor is gone: tell every subscriber the stream has ended.
     for queue in subscribers {
@@ -69,17 +79,30 @@ async fn run(
 
 async fn flush(
     session_id: &str,
-    log: &dyn EventLog,
+    sinks: &Sinks,
+    channel: &str,
     events: &mut Vec<Arc<EncodedEvent>>,
     subscribers: &mut Vec<Arc<SubscriberQueue>>,
 ) {
     if events.is_empty() {
         return;
     }
-    if let Err(e) = log.append(session_id, events.clone()).await {
+    if let Err(e) = sinks.log.append(session_id, events.clone()).await {
         // Live subscribers still get the events; a later resume across
         // these seqs will be told of a gap.
         tracing::warn!(session_id, error = %e, "events not logged");
+    }
+    if let Some(bus) = &sinks.bus {
+        // One message per batch: the events' JSON, one per line.
+        let mut payload = String::with_capacity(events.iter().map(|e| e.json.len() + 1).sum());
+        for event in events.iter() {
+            payload.push_str(&event.json);
+            payload.push('\n');
+        }
+        if let Err(e) = bus.publish(channel, payload).await {
+            // Subscribers on other replicas see the hole in seqs and resume.
+            tracing::warn!(session_id, error = %e, "events not published");
+        }
     }
     for event in events.drain(..) {
         subscribers.retain(|queue| queue.push(&event));

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::error::SessionError;
-use crate::session::{Drain, SessionActor, SessionDeps, Terminate};
+use sluice_protocol::MessageStatus;
+
+use crate::session::{Drain, Loaded, SessionActor, SessionDeps, Terminate};
 
 /// The registry actor.
 pub struct SessionRegistry {
@@ -39,14 +41,26 @@ impl Actor for SessionRegistry {
     type Context = Context<Self>;
 }
 
-/// Find (or start) the actor of a session owned by `user_id`.
+/// Find (or start) the actor of a session owned by `user_id`: here, or the
+/// replica that holds its lease.
 #[derive(Message)]
-#[rtype(result = "Result<Addr<SessionActor>, SessionError>")]
+#[rtype(result = "Result<Route, SessionError>")]
 pub struct Lookup {
     /// The caller.
     pub user_id: String,
     /// The session.
     pub session_id: String,
+    /// Never answer [`Route::Remote`] (the request was forwarded here):
+    /// [`SessionError::NotOwner`] instead.
+    pub local_only: bool,
+}
+
+/// Where a session lives.
+pub enum Route {
+    /// On this replica.
+    Local(Addr<SessionActor>),
+    /// On the replica of that name, which holds its lease.
+    Remote(String),
 }
 
 /// An actor is stopping; forget it (if it is still the one registered).
@@ -75,50 +89,126 @@ pub struct DrainAll {
     pub grace: std::time::Duration,
 }
 
+/// What a lookup found while loading.
+enum Found {
+    Load(Box<Loaded>),
+    Remote(String),
+}
+
+/// Takes the session's lease (with several replicas) and reads its state,
+/// or names the replica that holds the lease.
+async fn load(
+    deps: Arc<SessionDeps>,
+    session_id: String,
+    local_only: bool,
+) -> Result<Found, SessionError> {
+    let unavailable = |e: &dyn std::fmt::Display| SessionError::Overloaded(e.to_string());
+    if let Some(cluster) = &deps.cluster {
+        let leases = cluster.leases();
+        let taken = leases
+            .acquire(&session_id, cluster.replica_id(), cluster.lease_ttl())
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if !taken {
+            if local_only {
+                return Err(SessionError::NotOwner);
+            }
+            return match leases
+                .owner(&session_id)
+                .await
+                .map_err(|e| unavailable(&e))?
+            {
+                Some(owner) => Ok(Found::Remote(owner)),
+                // Released in between: ask again.
+                None => Err(SessionError::NotOwner),
+            };
+        }
+    }
+    let read = async {
+        let Some(record) = deps.store.get_session(&session_id).await? else {
+            return Err(SessionError::NotFound);
+        };
+        let messages = deps.store.messages(&session_id).await?;
+        let log = &deps.log;
+        let epoch = log.epoch(&session_id).await.map_err(|e| unavailable(&e))?;
+        let log_last_seq = log
+            .last_seq(&session_id)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let left_running = messages
+            .iter()
+            .any(|m| m.status == MessageStatus::Streaming);
+        let tail = if left_running && log_last_seq > record.last_seq {
+            log.read_after(&session_id, record.last_seq, log_last_seq)
+                .await
+                .ok()
+        } else {
+            Some(Vec::new())
+        };
+        Ok(Loaded {
+            record,
+            messages,
+            epoch,
+            log_last_seq,
+            tail,
+        })
+    };
+    match read.await {
+        Ok(loaded) => Ok(Found::Load(Box::new(loaded))),
+        Err(e) => {
+            // Not loaded here: let another replica have it.
+            if let Some(cluster) = &deps.cluster {
+                let _ = cluster
+                    .leases()
+                    .release(&session_id, cluster.replica_id())
+                    .await;
+            }
+            Err(e)
+        }
+    }
+}
+
 impl Handler<Lookup> for SessionRegistry {
-    type Result = ResponseActFuture<Self, Result<Addr<SessionActor>, SessionError>>;
+    type Result = ResponseActFuture<Self, Result<Route, SessionError>>;
 
     fn handle(&mut self, msg: Lookup, _: &mut Self::Context) -> Self::Result {
         if let Some((owner, addr)) = self.sessions.get(&msg.session_id)
             && addr.connected()
         {
             let result = if *owner == msg.user_id {
-                Ok(addr.clone())
+                Ok(Route::Local(addr.clone()))
             } else {
                 Err(SessionError::NotFound)
             };
             return Box::pin(fut::ready(result));
         }
-        let deps = self.deps.clone();
-        let session_id = msg.session_id.clone();
-        let load = async move {
-            let Some(record) = deps.store.get_session(&session_id).await? else {
-                return Err(SessionError::NotFound);
+        let load = load(self.deps.clone(), msg.session_id.clone(), msg.local_only);
+        Box::pin(load.into_actor(self).map(move |found, act, ctx| {
+            let loaded = match found? {
+                Found::Remote(owner) => return Ok(Route::Remote(owner)),
+                Found::Load(loaded) => loaded,
             };
-            let messages = deps.store.messages(&session_id).await?;
-            let epoch = deps
-                .log
-                .epoch(&session_id)
-                .await
-                .map_err(|e| SessionError::Overloaded(e.to_string()))?;
-            Ok((record, messages, epoch))
-        };
-        Box::pin(load.into_actor(self).map(move |loaded, act, ctx| {
-            let (record, messages, epoch) = loaded?;
-            if record.user_id != msg.user_id {
+            if loaded.record.user_id != msg.user_id {
+                if let Some(cluster) = &act.deps.cluster {
+                    let release = cluster
+                        .leases()
+                        .release(&msg.session_id, cluster.replica_id());
+                    actix_rt::spawn(async move {
+                        let _ = release.await;
+                    });
+                }
                 return Err(SessionError::NotFound);
             }
             // Another lookup may have started the actor while this one loaded.
             if let Some((_, addr)) = act.sessions.get(&msg.session_id)
                 && addr.connected()
             {
-                return Ok(addr.clone());
+                return Ok(Route::Local(addr.clone()));
             }
             let registry = ctx.address().recipient();
             let deps = act.deps.clone();
-            let build = move |_: &mut Context<SessionActor>| {
-                SessionActor::new(record, messages, epoch, registry, deps)
-            };
+            let build =
+                move |_: &mut Context<SessionActor>| SessionActor::new(*loaded, registry, deps);
             let addr = if act.arbiters.is_empty() {
                 SessionActor::create(build)
             } else {
@@ -127,7 +217,7 @@ impl Handler<Lookup> for SessionRegistry {
             };
             act.sessions
                 .insert(msg.session_id, (msg.user_id, addr.clone()));
-            Ok(addr)
+            Ok(Route::Local(addr))
         }))
     }
 }

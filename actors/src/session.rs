@@ -20,12 +20,13 @@ use sluice_protocol::{Event, EventBody, FinishReason, MessageStatus, Partial, Ro
 use tokio::sync::{mpsc, oneshot};
 
 use crate::SessionConfig;
+use crate::cluster::Cluster;
 use crate::error::SessionError;
 use crate::ids::{new_id, now_rfc3339};
 use crate::llm::{LlmChunk, LlmError, LlmProvider};
 use crate::log::{EncodedEvent, EventLog};
 use crate::metrics::{GaugeGuard, Metrics};
-use crate::outbox::{self, OutboxCmd};
+use crate::outbox::{self, OutboxCmd, Sinks};
 use crate::registry::Retire;
 use crate::store::{MessageRecord, SessionRecord, SessionStore, StoreError};
 use crate::subscriber::SubscriberQueue;
@@ -48,6 +49,24 @@ pub struct SessionDeps {
     pub metrics: Metrics,
     /// Settings.
     pub config: SessionConfig,
+    /// Ownership and the bus, when several replicas share the backends.
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+/// A session's state as read from the backends, to start its actor.
+pub struct Loaded {
+    /// The session as stored.
+    pub record: SessionRecord,
+    /// Its messages, oldest first.
+    pub messages: Vec<MessageRecord>,
+    /// The log's epoch.
+    pub epoch: String,
+    /// The highest `seq` in the log (it may be past `record.last_seq`: the
+    /// store is checkpointed, the log has every event).
+    pub log_last_seq: u64,
+    /// The logged events after `record.last_seq`, read when a generation was
+    /// left running; `None` if they could not be read.
+    pub tail: Option<Vec<Arc<EncodedEvent>>>,
 }
 
 /// The actor of one live session.
@@ -94,9 +113,14 @@ pub struct SessionActor {
     /// Told when this actor retires, so it forgets the address.
     registry: Recipient<Retire>,
     deps: Arc<SessionDeps>,
-    /// Messages found `streaming` at load (their process died), saved as
-    /// `interrupted` when the actor starts.
+    /// Older messages found `streaming` at load (their process died), or
+    /// whose end is in the log, saved settled when the actor starts.
     repaired: Vec<MessageRecord>,
+    /// A generation left running by a replica that died: continued (or ended
+    /// as `interrupted`) when the actor starts.
+    takeover: Option<Takeover>,
+    /// Set when another replica took the lease: nothing is released on stop.
+    lease_lost: bool,
     /// Keeps `sluice_live_sessions` counting this actor.
     _live: GaugeGuard,
 }
@@ -112,8 +136,20 @@ struct Generation {
     /// Set when the provider reported why it stopped.
     finish: Option<FinishReason>,
     /// The task reading the provider's stream; aborted on cancel.
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
     last_checkpoint: Instant,
+    /// A continuation after a takeover: a failure before its first token
+    /// ends it as `interrupted`, keeping the text so far.
+    continued: bool,
+}
+
+/// A generation to pick up after a takeover.
+struct Takeover {
+    generation_id: String,
+    message_index: usize,
+    /// Whether the answer so far is known exactly, so asking the provider to
+    /// continue it gives one whole answer.
+    continuable: bool,
 }
 
 struct PendingSend {
@@ -129,21 +165,71 @@ struct StoreWrite {
 }
 
 impl SessionActor {
-    /// Builds the actor from stored state. Messages left `streaming` by a
-    /// process that died are marked `interrupted` (and saved in `started`).
-    pub fn new(
-        record: SessionRecord,
-        mut messages: Vec<MessageRecord>,
-        epoch: String,
-        registry: Recipient<Retire>,
-        deps: Arc<SessionDeps>,
-    ) -> Self {
+    /// Builds the actor from stored state. A generation left `streaming` by
+    /// a replica that died is rebuilt from the checkpoint plus the logged
+    /// tokens after it, to be continued when the actor starts; older
+    /// `streaming` messages are settled as `interrupted`.
+    pub fn new(loaded: Loaded, registry: Recipient<Retire>, deps: Arc<SessionDeps>) -> Self {
+        let Loaded {
+            record,
+            mut messages,
+            epoch,
+            log_last_seq,
+            tail,
+        } = loaded;
         let mut repaired = Vec::new();
-        for m in &mut messages {
-            if m.status == MessageStatus::Streaming {
+        let mut takeover = None;
+        let last_streaming = messages
+            .iter()
+            .rposition(|m| m.status == MessageStatus::Streaming);
+        for (i, m) in messages.iter_mut().enumerate() {
+            if m.status != MessageStatus::Streaming {
+                continue;
+            }
+            let generation_id = m.generation_id.clone().unwrap_or_default();
+            if Some(i) != last_streaming || generation_id.is_empty() {
                 m.status = MessageStatus::Interrupted;
                 repaired.push(m.clone());
+                continue;
             }
+            // The checkpoint holds every token up to `record.last_seq`; the
+            // log holds the ones after it, if it kept them all.
+            let from = record.last_seq;
+            let events = tail.as_deref().unwrap_or_default();
+            let complete = log_last_seq <= from
+                || (tail.is_some()
+                    && events.len() as u64 == log_last_seq - from
+                    && events.first().is_some_and(|e| e.seq() == from + 1));
+            let mut ended = None;
+            if complete {
+                for e in events {
+                    match &e.event.body {
+                        EventBody::Token {
+                            generation_id: g,
+                            delta,
+                        } if *g == generation_id => m.content.push_str(delta),
+                        EventBody::GenerationEnd {
+                            generation_id: g,
+                            finish_reason,
+                            usage,
+                            ..
+                        } if *g == generation_id => ended = Some((*finish_reason, *usage)),
+                        _ => {}
+                    }
+                }
+            }
+            if let Some((reason, usage)) = ended {
+                // It ended and said so; only the final write was lost.
+                m.status = status_for(reason);
+                m.usage = usage;
+                repaired.push(m.clone());
+                continue;
+            }
+            takeover = Some(Takeover {
+                generation_id,
+                message_index: i,
+                continuable: complete,
+            });
         }
         let sent = messages
             .iter()
@@ -159,9 +245,15 @@ impl SessionActor {
             })
             .collect();
         let (writer, writer_rx) = mpsc::unbounded_channel();
-        let outbox = outbox::spawn(record.id.clone(), deps.log.clone());
+        let outbox = outbox::spawn(
+            record.id.clone(),
+            Sinks {
+                log: deps.log.clone(),
+                bus: deps.cluster.as_ref().map(|c| c.bus().clone()),
+            },
+        );
         Self {
-            last_seq: record.last_seq,
+            last_seq: record.last_seq.max(log_last_seq),
             record,
             messages,
             sent,
@@ -180,6 +272,8 @@ impl SessionActor {
             drain_waiters: Vec::new(),
             registry,
             repaired,
+            takeover,
+            lease_lost: false,
             _live: GaugeGuard::new(deps.metrics.live_sessions.clone()),
             deps,
         }
@@ -233,7 +327,7 @@ impl SessionActor {
 
     /// The prompt for a generation: the system prompt, then the recent
     /// conversation (skipping the assistant message being written).
-    fn build_request(&self, skip_index: usize) -> ChatRequest {
+    fn build_request(&self, skip_index: usize, continuation: bool) -> ChatRequest {
         let mut messages = Vec::new();
         if let Some(system) = &self.record.system_prompt {
             messages.push(ChatRequest::text_message("system", system));
@@ -256,6 +350,11 @@ impl SessionActor {
             };
             messages.push(ChatRequest::text_message(role, &m.content));
         }
+        // A continuation asks the model to go on from the answer so far.
+        let so_far = &self.messages[skip_index].content;
+        if continuation && !so_far.is_empty() {
+            messages.push(ChatRequest::text_message("assistant", so_far));
+        }
         let mut extra = serde_json::Map::new();
         if let Some(t) = self.deps.config.temperature {
             extra.insert("temperature".into(), t.into());
@@ -272,19 +371,26 @@ impl SessionActor {
         }
     }
 
+    /// Starts the provider's stream for the assistant message at
+    /// `message_index`. A continuation (after a takeover) emits no new
+    /// `generation_start`: clients see one generation go on.
     fn start_generation(
         &mut self,
         ctx: &mut Context<Self>,
         generation_id: String,
         message_index: usize,
+        continuation: bool,
     ) {
-        let message_id = self.messages[message_index].id.clone();
-        self.emit(EventBody::GenerationStart {
-            generation_id: generation_id.clone(),
-            message_id,
-            model: self.record.model.clone(),
-        });
-        let mut stream = self.deps.llm.stream(self.build_request(message_index));
+        if !continuation {
+            let message_id = self.messages[message_index].id.clone();
+            self.emit(EventBody::GenerationStart {
+                generation_id: generation_id.clone(),
+                message_id,
+                model: self.record.model.clone(),
+            });
+        }
+        let request = self.build_request(message_index, continuation);
+        let mut stream = self.deps.llm.stream(request);
         let addr = ctx.address();
         let id = generation_id.clone();
         let task = actix_rt::spawn(async move {
@@ -311,8 +417,9 @@ impl SessionActor {
             first_token: false,
             usage: None,
             finish: None,
-            task,
+            task: Some(task),
             last_checkpoint: now,
+            continued: continuation,
         });
     }
 
@@ -367,15 +474,11 @@ impl SessionActor {
         let Some(generation) = self.generation.take() else {
             return;
         };
-        generation.task.abort();
-        let status = match reason {
-            FinishReason::Stop | FinishReason::Length => MessageStatus::Complete,
-            FinishReason::Cancelled => MessageStatus::Cancelled,
-            FinishReason::Error => MessageStatus::Error,
-            FinishReason::Interrupted => MessageStatus::Interrupted,
-        };
+        if let Some(task) = &generation.task {
+            task.abort();
+        }
         let message = &mut self.messages[generation.message_index];
-        message.status = status;
+        message.status = status_for(reason);
         message.usage = generation.usage;
         let message = message.clone();
         self.last_seq += 1;
@@ -438,6 +541,65 @@ impl SessionActor {
             && self.last_active.elapsed() >= self.deps.config.idle_timeout
     }
 
+    /// Picks up a generation a replica that died left running: continues it
+    /// from the answer so far, or ends it as `interrupted` where the answer so
+    /// far is not known exactly.
+    fn take_over(&mut self, ctx: &mut Context<Self>, takeover: Takeover) {
+        let outcome = if takeover.continuable {
+            "continued"
+        } else {
+            "interrupted"
+        };
+        self.deps
+            .metrics
+            .takeovers_total
+            .with_label_values(&[outcome])
+            .inc();
+        tracing::info!(
+            session_id = %self.record.id,
+            generation_id = %takeover.generation_id,
+            outcome,
+            "took over a running generation"
+        );
+        if takeover.continuable {
+            self.start_generation(ctx, takeover.generation_id, takeover.message_index, true);
+        } else {
+            let now = Instant::now();
+            self.generation = Some(Generation {
+                id: takeover.generation_id,
+                message_index: takeover.message_index,
+                started: now,
+                first_token: true,
+                usage: None,
+                finish: None,
+                task: None,
+                last_checkpoint: now,
+                continued: true,
+            });
+            self.finish(ctx, FinishReason::Interrupted, None);
+        }
+    }
+
+    /// Another replica holds this session's lease now: stop at once, writing
+    /// nothing more, so there is never a second writer.
+    fn lose_lease(&mut self, ctx: &mut Context<Self>) {
+        if self.lease_lost {
+            return;
+        }
+        tracing::error!(session_id = %self.record.id, "lost the session's lease to another replica; stopping");
+        self.deps.metrics.lease_losses_total.inc();
+        self.lease_lost = true;
+        self.retiring = true;
+        if let Some(task) = self.generation.take().and_then(|g| g.task) {
+            task.abort();
+        }
+        self.registry.do_send(Retire {
+            session_id: self.record.id.clone(),
+            addr: ctx.address(),
+        });
+        ctx.stop();
+    }
+
     /// Stops the actor once its writes are flushed, telling the registry first.
     fn retire(&mut self, ctx: &mut Context<Self>) {
         self.retiring = true;
@@ -453,6 +615,16 @@ impl SessionActor {
             .into_actor(self)
             .map(|_, _, ctx| ctx.stop()),
         );
+    }
+}
+
+/// The stored status of an answer that ended for `reason`.
+fn status_for(reason: FinishReason) -> MessageStatus {
+    match reason {
+        FinishReason::Stop | FinishReason::Length => MessageStatus::Complete,
+        FinishReason::Cancelled => MessageStatus::Cancelled,
+        FinishReason::Error => MessageStatus::Error,
+        FinishReason::Interrupted => MessageStatus::Interrupted,
     }
 }
 
@@ -490,8 +662,29 @@ impl Actor for SessionActor {
         }
         let repaired = std::mem::take(&mut self.repaired);
         if !repaired.is_empty() {
-            tracing::info!(session_id = %self.record.id, count = repaired.len(), "marked unfinished messages interrupted");
+            tracing::info!(session_id = %self.record.id, count = repaired.len(), "settled messages left unfinished");
             self.persist(repaired);
+        }
+        if let Some(takeover) = self.takeover.take() {
+            self.take_over(ctx, takeover);
+        }
+        if let Some(cluster) = self.deps.cluster.clone() {
+            ctx.run_interval(cluster.lease_ttl() / 3, move |act, ctx| {
+                let renew = cluster.leases().renew(
+                    &act.record.id,
+                    cluster.replica_id(),
+                    cluster.lease_ttl(),
+                );
+                ctx.spawn(renew.into_actor(act).map(|renewed, act, ctx| match renewed {
+                    Ok(true) => {}
+                    Ok(false) => act.lose_lease(ctx),
+                    // Nobody else can take it while the lease store is down;
+                    // the next renewal tells.
+                    Err(e) => {
+                        tracing::warn!(session_id = %act.record.id, error = %e, "lease not renewed")
+                    }
+                }));
+            });
         }
         ctx.run_interval(
             IDLE_CHECK_INTERVAL.min(self.deps.config.idle_timeout),
@@ -505,8 +698,18 @@ impl Actor for SessionActor {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        if let Some(generation) = self.generation.take() {
-            generation.task.abort();
+        if let Some(task) = self.generation.take().and_then(|g| g.task) {
+            task.abort();
+        }
+        if let Some(cluster) = &self.deps.cluster
+            && !self.lease_lost
+        {
+            let release = cluster
+                .leases()
+                .release(&self.record.id, cluster.replica_id());
+            actix_rt::spawn(async move {
+                let _ = release.await;
+            });
         }
     }
 }
@@ -528,8 +731,9 @@ pub struct Cancel;
 #[derive(Message)]
 #[rtype(result = "Result<Joined, SessionError>")]
 pub struct Subscribe {
-    /// Where events go.
-    pub queue: Arc<SubscriberQueue>,
+    /// Where events go; `None` for a subscriber on another replica (it reads
+    /// the bus, and only needs the state it starts from).
+    pub queue: Option<Arc<SubscriberQueue>>,
 }
 
 /// The session's state at the moment a subscriber joined.
@@ -542,7 +746,7 @@ pub struct Joined {
     pub epoch: String,
     /// The running generation's text up to `last_seq`.
     pub partial: Option<Partial>,
-    /// Fires once every event up to `last_seq` is in the log.
+    /// Fires once every event up to `last_seq` is in the log and published.
     pub registered: oneshot::Receiver<()>,
 }
 
@@ -679,7 +883,7 @@ impl Handler<Send> for SessionActor {
                 if let Some(id) = client_msg_id {
                     act.sent.insert(id, accepted.clone());
                 }
-                act.start_generation(ctx, generation_id, act.messages.len() - 1);
+                act.start_generation(ctx, generation_id, act.messages.len() - 1, false);
                 if std::mem::take(&mut act.cancel_requested) {
                     act.finish(ctx, FinishReason::Cancelled, None);
                 }
@@ -715,7 +919,7 @@ impl Handler<Subscribe> for SessionActor {
         }
         self.touch();
         self.watchers.retain(|q| !q.is_closed());
-        self.watchers.push(msg.queue.clone());
+        self.watchers.extend(msg.queue.clone());
         let (registered, rx) = oneshot::channel();
         let _ = self.outbox.send(OutboxCmd::Subscribe {
             queue: msg.queue,
@@ -786,10 +990,32 @@ impl Handler<Drain> for SessionActor {
             .then(|_, act, ctx| {
                 act.finish(ctx, FinishReason::Interrupted, None);
                 let flushed = act.persist_acked(Vec::new());
+                // With several replicas, the lease is handed back at once so
+                // another replica can serve the session right away.
+                let release = act
+                    .deps
+                    .cluster
+                    .as_ref()
+                    .map(|c| c.leases().release(&act.record.id, c.replica_id()));
+                if release.is_some() {
+                    act.retiring = true;
+                }
                 async move {
                     let _ = flushed.await;
+                    if let Some(release) = release {
+                        let _ = release.await;
+                    }
                 }
                 .into_actor(act)
+                .map(|_, act, ctx| {
+                    if act.retiring {
+                        act.registry.do_send(Retire {
+                            session_id: act.record.id.clone(),
+                            addr: ctx.address(),
+                        });
+                        ctx.stop();
+                    }
+                })
             }),
         )
     }
@@ -813,9 +1039,14 @@ impl Handler<GenerationStep> for SessionActor {
                     .with_label_values(&[code.as_str()])
                     .inc();
                 tracing::warn!(session_id = %self.record.id, %error, "generation failed");
+                // A continuation that cannot start keeps the answer so far.
+                let reason = match &self.generation {
+                    Some(g) if g.continued && !g.first_token => FinishReason::Interrupted,
+                    _ => FinishReason::Error,
+                };
                 self.finish(
                     ctx,
-                    FinishReason::Error,
+                    reason,
                     Some(EventError {
                         code,
                         message: error.to_string(),

@@ -136,6 +136,20 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Checks that the store answers.
     fn ping(&self) -> BoxFuture<'static, Result<(), StoreError>>;
+
+    /// Connections open and in use, for a pooled store.
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
+}
+
+/// A connection pool's occupancy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections open.
+    pub open: usize,
+    /// Connections lent out now.
+    pub in_use: usize,
 }
 
 /// The conformance suite every [`SessionStore`] must pass.

@@ -37,6 +37,9 @@ pub enum CloseReason {
     Gone,
     /// The session stopped (deleted, or the server is shutting down).
     Ended,
+    /// Events may have been missed on the way from another replica (the bus
+    /// broke, or skipped a `seq`): the client should resume from its cursor.
+    Resume,
 }
 
 /// A bounded, coalescing, single-consumer event queue.

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
+use actix::Addr;
 use sluice_actors::Sessions;
+use sluice_actors::supervisor::Supervisor;
 use tokio::sync::watch;
 
 use crate::auth::Auth;
@@ -16,6 +18,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// The registry `/metrics` renders.
     pub registry: prometheus::Registry,
+    /// Watches the backends; `/ready` asks it.
+    pub supervisor: Addr<Supervisor>,
     /// Flips to true when shutdown begins: streams close (WS with 1001).
     pub shutdown: watch::Receiver<bool>,
 }

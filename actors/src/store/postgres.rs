@@ -363,6 +363,14 @@ impl SessionStore for PostgresSessionStore {
             Ok(())
         })
     }
+
+    fn pool_status(&self) -> Option<crate::store::PoolStatus> {
+        let status = self.pool.status();
+        Some(crate::store::PoolStatus {
+            open: status.size,
+            in_use: status.size.saturating_sub(status.available),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,12 @@
 //! - `stall_after=N`: send N content chunks, then go silent.
 //! - `finish=length`: the finish reason of the last chunk.
 //! - `pad=N`: each chunk is `<i>` followed by N dots (large tokens).
+//! - `no_continue`: refuse continuation requests (below) with a 400, as a
+//!   provider without prefix continuation might.
+//!
+//! A request whose last message is the assistant's asks to continue that
+//! answer (as providers with prefix continuation do): the stream starts at
+//! the first chunk not already in it (each chunk starts with `<`).
 //!
 //! Any other model streams the default. Every request body is recorded with
 //! its `Authorization` header and can be read at `GET /_requests`.
@@ -47,6 +53,7 @@ struct Script {
     stall_after: Option<usize>,
     finish: String,
     pad: usize,
+    no_continue: bool,
 }
 
 impl Script {
@@ -61,6 +68,7 @@ impl Script {
             stall_after: None,
             finish: "stop".into(),
             pad: 0,
+            no_continue: false,
         };
         let Some(spec) = model.strip_prefix("fake:") else {
             return script;
@@ -78,6 +86,7 @@ impl Script {
                 "stall_after" => script.stall_after = Some(number as usize),
                 "finish" => script.finish = value.to_owned(),
                 "pad" => script.pad = number as usize,
+                "no_continue" => script.no_continue = true,
                 _ => {}
             }
         }
@@ -202,10 +211,24 @@ async fn completions(
         }
     }
     let stream = body["stream"].as_bool().unwrap_or(false);
+    let continuation = body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .is_some_and(|m| m["role"] == "assistant");
+    if continuation && script.no_continue {
+        return HttpResponse::BadRequest().json(json!({"error": {"message": "this model cannot continue an assistant message", "type": "invalid_request_error", "code": null}}));
+    }
     let include_usage = body["stream_options"]["include_usage"]
         .as_bool()
         .unwrap_or(false);
     let prompt_tokens = body["messages"].as_array().map_or(0, Vec::len) as u64;
+    let last = body["messages"].as_array().and_then(|m| m.last());
+    let start = match last {
+        Some(m) if m["role"] == "assistant" => {
+            m["content"].as_str().unwrap_or("").matches('<').count()
+        }
+        _ => 0,
+    };
     let id = "chatcmpl-fake".to_owned();
     if !stream {
         tokio::time::sleep(script.first_delay).await;
@@ -221,7 +244,7 @@ async fn completions(
     let body = async_stream::stream! {
         tokio::time::sleep(script.first_delay).await;
         yield Ok::<_, actix_web::Error>(chunk(&id, &model, json!({"role": "assistant", "content": ""}), None));
-        for i in 0..script.tokens {
+        for i in start..script.tokens {
             if script.drop_after == Some(i) {
                 // Let the server write what it has before breaking the
                 // connection: a pending body makes actix flush its buffer.
@@ -232,7 +255,7 @@ async fn completions(
             if script.stall_after == Some(i) {
                 std::future::pending::<()>().await;
             }
-            if i > 0 && !script.delay.is_zero() {
+            if i > start && !script.delay.is_zero() {
                 tokio::time::sleep(script.delay).await;
             }
             yield Ok(chunk(&id, &model, json!({"content": padded_token_text(i, script.pad)}), None));
@@ -242,7 +265,7 @@ async fn completions(
             let usage = json!({
                 "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
                 "choices": [],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": script.tokens, "total_tokens": prompt_tokens + script.tokens as u64},
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": script.tokens - start, "total_tokens": prompt_tokens + (script.tokens - start) as u64},
             });
             yield Ok(Bytes::from(format!("data: {usage}\n\n")));
         }

@@ -3,6 +3,7 @@
 use actix_web::{HttpResponse, web};
 use prometheus::{Encoder, TextEncoder};
 use serde_json::json;
+use sluice_actors::supervisor::{BackendState, CheckNow};
 
 use crate::state::AppState;
 
@@ -14,23 +15,33 @@ pub async fn health() -> HttpResponse {
 /// `GET /ready`: 200 only when every configured backend answers; the body
 /// names each backend and its state.
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let store = state.sessions.store();
-    let store_state = match store.ping().await {
-        Ok(()) => json!({"kind": store.name(), "state": "up"}),
-        Err(e) => json!({"kind": store.name(), "state": "down", "error": e.to_string()}),
-    };
-    let store_up = store_state["state"] == "up";
+    let backends = state.supervisor.send(CheckNow).await.unwrap_or_default();
+    let all_up = backends.values().all(BackendState::is_up);
     let draining = *state.shutdown.borrow();
+    let sessions = &state.sessions;
+    let mut report = serde_json::Map::new();
+    for (backend, backend_state) in &backends {
+        report.insert((*backend).into(), json!(backend_state));
+    }
+    // The in-process event log is always up; the Redis one is Redis.
+    let log_kind = sessions.log().name();
+    let log_state = backends.get(log_kind).map_or("up", |b| b.state);
+    report.insert(
+        "event_log".into(),
+        json!({"kind": log_kind, "state": log_state}),
+    );
+    report.insert(
+        "llm".into(),
+        json!({"kind": sessions.llm().name(), "state": "configured"}),
+    );
+    let ready = all_up && !draining;
     let body = json!({
-        "status": if store_up && !draining { "ready" } else { "not_ready" },
+        "status": if ready { "ready" } else { "not_ready" },
         "draining": draining,
-        "backends": {
-            "store": store_state,
-            "event_log": {"kind": state.sessions.log().name(), "state": "up"},
-            "llm": {"kind": state.sessions.llm().name(), "state": "configured"},
-        },
+        "replica": sessions.config().replica_id,
+        "backends": report,
     });
-    if store_up && !draining {
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

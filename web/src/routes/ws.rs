@@ -222,6 +222,11 @@ impl StreamHandler<Delivery> for WsConnection {
                 "too slow to keep up; reconnect and resume from your cursor",
             ),
             Err(CloseReason::Ended) => Self::close(ctx, CloseCode::Normal, "session ended"),
+            Err(CloseReason::Resume) => Self::close(
+                ctx,
+                CloseCode::Restart,
+                "the stream moved; reconnect and resume from your cursor",
+            ),
             Err(CloseReason::Gone) => ctx.stop(),
         }
     }
