@@ -22,6 +22,7 @@ use sluice_actors::supervisor::{Probe, RedisProbe, StoreProbe, Supervisor};
 use sluice_actors::{Metrics, SessionConfig, Sessions};
 use sluice_web::auth::Auth;
 use sluice_web::{AppState, ServerOptions};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -123,10 +124,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 Arc::new(RedisLeases::new(redis.client())),
                 config.lease_ttl,
             );
+            let cluster = Arc::new(cluster);
+            let mut reconnected = redis.reconnected();
+            let watcher = cluster.clone();
+            tokio::spawn(async move {
+                loop {
+                    match reconnected.recv().await {
+                        Ok(_) | Err(RecvError::Lagged(_)) => watcher.lease_store_reconnected(),
+                        Err(RecvError::Closed) => break,
+                    }
+                }
+            });
             probes.push(Arc::new(RedisProbe(redis.clone())));
             (
                 Arc::new(RedisEventLog::new(redis.client(), config.event_retention)),
-                Some(Arc::new(cluster)),
+                Some(cluster),
             )
         }
         None => (Arc::new(MemoryEventLog::new(config.event_retention)), None),

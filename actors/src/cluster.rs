@@ -180,6 +180,8 @@ pub struct Cluster {
     lease_ttl: Duration,
     pending: Mutex<HashMap<u64, oneshot::Sender<Result<serde_json::Value, SessionError>>>>,
     next_id: AtomicU64,
+    /// Until then, take no lease nobody holds (see [`Cluster::lease_store_reconnected`]).
+    hold_until: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Cluster {
@@ -197,6 +199,25 @@ impl Cluster {
             lease_ttl,
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            hold_until: Mutex::new(None),
+        }
+    }
+
+    /// The connection to the lease store came back. It may have lost every
+    /// lease (a Redis restart), while their owners are alive and will take
+    /// them back at their next renewal, within a third of a lease. Until a
+    /// whole lease has passed, this replica takes no lease that nobody holds,
+    /// so it never takes a live owner's session.
+    pub fn lease_store_reconnected(&self) {
+        let until = tokio::time::Instant::now() + self.lease_ttl;
+        *self.hold_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(until);
+    }
+
+    /// Waits out a hold after a reconnection, if one is on.
+    pub async fn wait_before_taking(&self) {
+        let until = *self.hold_until.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
         }
     }
 

@@ -10,6 +10,7 @@
 //! registration is acknowledged.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -20,6 +21,11 @@ use crate::subscriber::{CloseReason, SubscriberQueue};
 
 /// Most commands folded into one batch.
 const MAX_BATCH: usize = 512;
+
+/// After the log or bus failed, how long to deliver without them before
+/// trying again, so a backend outage does not stall every batch by its
+/// timeout.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What the session actor asks of its outbox.
 pub enum OutboxCmd {
@@ -54,6 +60,7 @@ pub fn spawn(session_id: String, sinks: Sinks) -> mpsc::UnboundedSender<OutboxCm
 
 async fn run(session_id: String, sinks: Sinks, mut rx: mpsc::UnboundedReceiver<OutboxCmd>) {
     let channel = events_channel(&session_id);
+    let mut down_until: Option<Instant> = None;
     let mut subscribers: Vec<Arc<SubscriberQueue>> = Vec::new();
     let mut commands = Vec::with_capacity(MAX_BATCH);
     let mut events: Vec<Arc<EncodedEvent>> = Vec::with_capacity(MAX_BATCH);
@@ -62,14 +69,30 @@ async fn run(session_id: String, sinks: Sinks, mut rx: mpsc::UnboundedReceiver<O
             match command {
                 OutboxCmd::Event(event) => events.push(event),
                 OutboxCmd::Subscribe { queue, registered } => {
-                    flush(&session_id, &sinks, &channel, &mut events, &mut subscribers).await;
+                    flush(
+                        &session_id,
+                        &sinks,
+                        &channel,
+                        &mut down_until,
+                        &mut events,
+                        &mut subscribers,
+                    )
+                    .await;
                     subscribers.extend(queue);
                     // The subscriber may have given up waiting; that is fine.
                     let _ = registered.send(());
                 }
             }
         }
-        flush(&session_id, &sinks, &channel, &mut events, &mut subscribers).await;
+        flush(
+            &session_id,
+            &sinks,
+            &channel,
+            &mut down_until,
+            &mut events,
+            &mut subscribers,
+        )
+        .await;
     }
     // The session actor is gone: tell every subscriber the stream has ended.
     for queue in subscribers {
@@ -77,32 +100,51 @@ async fn run(session_id: String, sinks: Sinks, mut rx: mpsc::UnboundedReceiver<O
     }
 }
 
+async fn log_and_publish(
+    session_id: &str,
+    sinks: &Sinks,
+    channel: &str,
+    events: &[Arc<EncodedEvent>],
+) -> Result<(), String> {
+    sinks
+        .log
+        .append(session_id, events.to_vec())
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(bus) = &sinks.bus {
+        // One message per batch: the events' JSON, one per line.
+        let mut payload = String::with_capacity(events.iter().map(|e| e.json.len() + 1).sum());
+        for event in events {
+            payload.push_str(&event.json);
+            payload.push('\n');
+        }
+        bus.publish(channel, payload)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 async fn flush(
     session_id: &str,
     sinks: &Sinks,
     channel: &str,
+    down_until: &mut Option<Instant>,
     events: &mut Vec<Arc<EncodedEvent>>,
     subscribers: &mut Vec<Arc<SubscriberQueue>>,
 ) {
     if events.is_empty() {
         return;
     }
-    if let Err(e) = sinks.log.append(session_id, events.clone()).await {
-        // Live subscribers still get the events; a later resume across
-        // these seqs will be told of a gap.
-        tracing::warn!(session_id, error = %e, "events not logged");
-    }
-    if let Some(bus) = &sinks.bus {
-        // One message per batch: the events' JSON, one per line.
-        let mut payload = String::with_capacity(events.iter().map(|e| e.json.len() + 1).sum());
-        for event in events.iter() {
-            payload.push_str(&event.json);
-            payload.push('\n');
-        }
-        if let Err(e) = bus.publish(channel, payload).await {
-            // Subscribers on other replicas see the hole in seqs and resume.
-            tracing::warn!(session_id, error = %e, "events not published");
-        }
+    if down_until.is_some_and(|until| Instant::now() < until) {
+        // The log or bus failed a moment ago: local subscribers get the
+        // events without waiting; resumes across these seqs see a gap, and
+        // subscribers on other replicas a hole (they resume).
+    } else if let Err(e) = log_and_publish(session_id, sinks, channel, events).await {
+        tracing::warn!(session_id, error = %e, "events not logged or published");
+        *down_until = Some(Instant::now() + RETRY_AFTER);
+    } else {
+        *down_until = None;
     }
     for event in events.drain(..) {
         subscribers.retain(|queue| queue.push(&event));

@@ -79,6 +79,11 @@ impl RedisConnections {
         self.bus.clone()
     }
 
+    /// Tells of every reconnection of the command client (leases, log).
+    pub fn reconnected(&self) -> tokio::sync::broadcast::Receiver<fred::types::config::Server> {
+        self.client.reconnect_rx()
+    }
+
     /// Reconnections so far (both connections).
     pub fn reconnects(&self) -> u64 {
         self.reconnects.load(Ordering::Relaxed)

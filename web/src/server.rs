@@ -104,18 +104,27 @@ pub async fn run(
     }
 
     let sessions = state.sessions.clone();
-    actix_rt::spawn(async move {
+    let stopping = shutdown.subscribe();
+    let on_signal = actix_rt::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down: closing streams, draining sessions");
-        handle.pause().await;
+        // Streams close (WebSockets with 1001) and the listener closes, so a
+        // proxy sends reconnecting clients to another replica at once, while
+        // running generations finish (or are handed over) in the background.
         let _ = shutdown.send(true);
-        sessions.drain().await;
+        futures::future::join(handle.stop(true), sessions.drain()).await;
         if let Some(metrics_handle) = metrics_handle {
             metrics_handle.stop(true).await;
         }
-        handle.stop(true).await;
     });
-    server.await
+    let result = server.await;
+    if *stopping.borrow() {
+        // The server stopped accepting; wait for the drain to end too.
+        let _ = on_signal.await;
+    } else {
+        on_signal.abort();
+    }
+    result
 }
 
 async fn wait_for_signal() {

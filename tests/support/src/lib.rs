@@ -8,8 +8,10 @@
 //! - [`nginx`]: nginx in front of Sluice, from the repository template.
 //! - [`postgres`]: a throwaway PostgreSQL server.
 //! - [`redis`]: a throwaway Redis server.
+//! - [`cluster`]: Redis, PostgreSQL, N replicas and nginx, as in production.
 
 pub mod client;
+pub mod cluster;
 pub mod fake_upstream;
 pub mod harness;
 pub mod nginx;

@@ -117,12 +117,17 @@ impl Sluice {
 
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(&mut self) -> ExitStatus {
+        self.signal_term();
+        self.child.wait().expect("wait for sluice")
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM failed");
-        self.child.wait().expect("wait for sluice")
     }
 
     /// The process id.

@@ -1,0 +1,170 @@
+//! The production topology on loopback: a throwaway Redis and PostgreSQL,
+//! N `sluice` replicas sharing them (replica `i` is named `r{i}` and keeps
+//! its port across restarts), the fake provider, and nginx in front.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::fake_upstream::FakeUpstream;
+use crate::nginx::TestNginx;
+use crate::postgres::TestPostgres;
+use crate::process::{Sluice, SluiceBuilder};
+use crate::redis::TestRedis;
+
+/// Lease length the tests run with, in seconds: takeovers wait for it.
+pub const LEASE_SECONDS: &str = "2";
+
+/// A running cluster. Everything stops on drop.
+pub struct TestCluster {
+    /// Replicas by index; `None` while stopped.
+    pub replicas: Vec<Option<Sluice>>,
+    /// nginx in front of every replica.
+    pub nginx: TestNginx,
+    /// The fake provider.
+    pub upstream: FakeUpstream,
+    /// The shared Redis.
+    pub redis: TestRedis,
+    /// The shared PostgreSQL.
+    pub postgres: TestPostgres,
+    /// An HTTP client.
+    pub http: reqwest::Client,
+    builders: Vec<SluiceBuilder>,
+    addrs: Vec<SocketAddr>,
+    _data: Vec<tempfile::TempDir>,
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+impl TestCluster {
+    /// Starts everything with `n` replicas; `env` is added to each replica's.
+    pub fn start(bin: &str, n: usize, env: &[(&str, &str)]) -> Self {
+        let redis = TestRedis::start();
+        let postgres = TestPostgres::start();
+        let upstream = FakeUpstream::start();
+        let mut builders = Vec::new();
+        let mut addrs = Vec::new();
+        let mut data = Vec::new();
+        for i in 0..n {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let addr = free_addr();
+            let mut builder = SluiceBuilder::new(PathBuf::from(bin), dir.path())
+                .env("SLUICE_ADDR", addr.to_string())
+                .env("SLUICE_REPLICA_ID", format!("r{i}"))
+                .env("SLUICE_REDIS_URL", redis.url())
+                .env("SLUICE_POSTGRES_URL", postgres.url())
+                .env("SLUICE_LEASE_SECONDS", LEASE_SECONDS)
+                .env("SLUICE_SHUTDOWN_GRACE_SECONDS", "20")
+                .env("SLUICE_LLM_BASE_URL", upstream.base_url())
+                .env("SLUICE_LLM_MODEL", "fake:tokens=20");
+            for (k, v) in env {
+                builder = builder.env(k, *v);
+            }
+            builders.push(builder);
+            addrs.push(addr);
+            data.push(dir);
+        }
+        let replicas = builders.iter().map(|b| Some(b.start())).collect();
+        let nginx = TestNginx::start(&addrs);
+        Self {
+            replicas,
+            nginx,
+            upstream,
+            redis,
+            postgres,
+            http: reqwest::Client::new(),
+            builders,
+            addrs,
+            _data: data,
+        }
+    }
+
+    /// `http://replica{path}`.
+    pub fn url(&self, replica: usize, path: &str) -> String {
+        format!("http://{}{path}", self.addrs[replica])
+    }
+
+    /// `ws://replica{path}`.
+    pub fn ws_url(&self, replica: usize, path: &str) -> String {
+        format!("ws://{}{path}", self.addrs[replica])
+    }
+
+    /// The running replica `i`.
+    pub fn replica(&mut self, i: usize) -> &mut Sluice {
+        self.replicas[i].as_mut().expect("replica is running")
+    }
+
+    /// Kills replica `i` at once (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut sluice) = self.replicas[i].take() {
+            sluice.kill();
+        }
+    }
+
+    /// Starts replica `i` again on its port.
+    pub fn start_replica(&mut self, i: usize) {
+        self.replicas[i] = Some(self.builders[i].start());
+    }
+
+    /// Which replica holds the session's lease, if any.
+    pub fn owner(&self, session_id: &str) -> Option<usize> {
+        let owner = self
+            .redis
+            .cli(&["GET", &format!("sluice:{{{session_id}}}:owner")])?;
+        owner.strip_prefix('r')?.parse().ok()
+    }
+
+    /// Creates a session through replica `i`; its id.
+    pub async fn create_session(&self, replica: usize, model: &str) -> String {
+        let response = self
+            .http
+            .post(self.url(replica, "/v1/sessions"))
+            .json(&json!({"model": model}))
+            .send()
+            .await
+            .expect("create session");
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// `POST {base}/v1/sessions/{id}/{action}` with `body`.
+    pub async fn post(&self, base: &str, id: &str, action: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{base}/v1/sessions/{id}/{action}"))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// `GET {base}/v1/sessions/{id}` as JSON (asserting 200).
+    pub async fn session(&self, base: &str, id: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{base}/v1/sessions/{id}"))
+            .send()
+            .await
+            .expect("GET session");
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// Replica `i`'s metrics text.
+    pub async fn metrics(&self, i: usize) -> String {
+        self.http
+            .get(self.url(i, "/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .unwrap()
+    }
+}
