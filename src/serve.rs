@@ -128,11 +128,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             let mut reconnected = redis.reconnected();
             let watcher = cluster.clone();
             tokio::spawn(async move {
-                loop {
-                    match reconnected.recv().await {
-                        Ok(_) | Err(RecvError::Lagged(_)) => watcher.lease_store_reconnected(),
-                        Err(RecvError::Closed) => break,
-                    }
+                while !matches!(reconnected.recv().await, Err(RecvError::Closed)) {
+                    watcher.lease_store_reconnected();
                 }
             });
             probes.push(Arc::new(RedisProbe(redis.clone())));
