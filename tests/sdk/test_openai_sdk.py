@@ -3,7 +3,10 @@
 Starts the fake upstream and the real `sluice` binary (both built by cargo),
 points `OpenAI(base_url=..., api_key=TOKEN)` at Sluice, and checks that
 streaming, usage, non-streaming, errors and model listing behave as the SDK
-expects. Run by scripts/test; prints `N passed, N failed`.
+expects. With SLUICE_CLUSTER_URL set (nginx in front of replicas started by
+scripts/cluster, with the fake upstream and `fake:tokens=25` as the default
+model), the same checks also run through the cluster. Run by scripts/test;
+prints `N passed, N failed`.
 """
 
 import json
@@ -124,17 +127,29 @@ def test_models(client):
     assert [m.id for m in client.models.list().data] == ["fake:tokens=25"]
 
 
+class Cluster:
+    """An already running cluster (scripts/cluster), in local mode."""
+
+    def __init__(self, url):
+        self.base_url = f"{url}/v1"
+
+    def close(self):
+        pass
+
+
 def main():
     passed = failed = 0
-    for jwt in (False, True):
-        procs = Processes(jwt)
+    modes = ["local", "jwt"] + (["cluster"] if os.environ.get("SLUICE_CLUSTER_URL") else [])
+    for mode in modes:
+        jwt = mode == "jwt"
+        procs = Cluster(os.environ["SLUICE_CLUSTER_URL"]) if mode == "cluster" else Processes(jwt)
         try:
             token = mint("sdk-user") if jwt else "local"
             client = OpenAI(base_url=procs.base_url, api_key=token, max_retries=0)
             tests = [test_streaming, test_streaming_usage, test_non_streaming_and_default_model,
                      test_upstream_error_is_raised, test_models]
             for test in tests:
-                name = f"{test.__name__}[{'jwt' if jwt else 'local'}]"
+                name = f"{test.__name__}[{mode}]"
                 try:
                     test(client)
                     passed += 1
