@@ -285,8 +285,16 @@ async fn mid_generation(c: &TestCluster) -> (String, usize, usize, WsClient, Fol
 async fn the_owner_killed_mid_generation_is_taken_over_without_losing_a_token() {
     let mut c = TestCluster::start(BIN, 3, &[]);
     let (id, owner, other, ws, mut on_ws, sse) = mid_generation(&c).await;
+    // The lease outlives its owner by what is left of it.
+    let lease_left: u64 = c
+        .redis
+        .cli(&["PTTL", &format!("sluice:{{{id}}}:owner")])
+        .unwrap()
+        .parse()
+        .unwrap();
     let killed = Instant::now();
     c.kill(owner);
+    let expiry = killed + Duration::from_millis(lease_left);
 
     let ws_url = c.nginx.ws_url(&ws_path(&id));
     let mut on_sse = Followed::default();
@@ -295,10 +303,12 @@ async fn the_owner_killed_mid_generation_is_taken_over_without_losing_a_token() 
         follow_ws(ws, || ws_url.clone(), &mut on_ws),
         follow_sse(sse, &sse_url, &mut on_sse),
     );
-    let takeover = on_ws.first_after_reconnect.unwrap() - killed;
+    let continued = on_ws.first_after_reconnect.unwrap();
     eprintln!(
-        "takeover: kill -9 to the first continued event at the client: {} ms (lease {LEASE_SECONDS} s)",
-        takeover.as_millis()
+        "takeover: lease {LEASE_SECONDS} s, {lease_left} ms of it left at kill -9; \
+         kill to first continued event {} ms; lease expiry to it {} ms",
+        (continued - killed).as_millis(),
+        continued.saturating_duration_since(expiry).as_millis(),
     );
 
     assert_eq!(on_ws.reconnects, 1);
@@ -440,10 +450,23 @@ async fn with_postgres_down_sends_are_overloaded_and_service_returns() {
         assert_eq!(ready["backends"]["store"]["state"], "down");
         assert_eq!(ready["backends"]["redis"]["state"], "up");
     }
+    assert!(
+        c.metrics(0)
+            .await
+            .contains("sluice_backend_up{backend=\"store\"} 0")
+    );
     c.postgres.resume();
     for i in 0..3 {
         let ready = c.http.get(c.url(i, "/ready")).send().await.unwrap();
         assert_eq!(ready.status(), 200);
+    }
+    let metrics = c.metrics(0).await;
+    for line in [
+        "sluice_backend_up{backend=\"store\"} 1",
+        "sluice_backend_up{backend=\"redis\"} 1",
+        "sluice_backend_pool_connections{backend=\"store\",state=\"open\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
     }
     let mut ws = WsClient::connect(&c.nginx.ws_url(&ws_path(&id)))
         .await
