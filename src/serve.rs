@@ -140,7 +140,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
         None => (Arc::new(MemoryEventLog::new(config.event_retention)), None),
     };
-    let supervisor = Supervisor::spawn(probes, metrics.clone());
+    let supervisors = probes
+        .into_iter()
+        .map(|probe| Supervisor::spawn(probe, metrics.clone()))
+        .collect();
     let deps = SessionDeps {
         store,
         log,
@@ -175,7 +178,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         sessions,
         auth: Arc::new(auth),
         registry,
-        supervisor,
+        supervisors,
         shutdown: shutdown_rx,
     };
     sluice_web::run(

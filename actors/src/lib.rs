@@ -18,7 +18,7 @@
 //!   replicas). [`redis`] holds a replica's Redis connections.
 //! - [`cluster`]: session ownership across replicas, and requests forwarded
 //!   to a session's owner.
-//! - [`supervisor`]: the actor that watches every backend for `/ready` and
+//! - [`supervisor`]: one actor per backend that watches it for `/ready` and
 //!   the metrics.
 //! - [`metrics`]: the Prometheus handles, registered on an injected registry.
 //!

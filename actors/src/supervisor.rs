@@ -1,16 +1,15 @@
-//! The backend supervisor: one actor that watches every backend's client or
-//! pool, so `/ready` and the metrics tell the truth about them.
+//! Backend supervisors: one actor per backend, holding its client or pool,
+//! so `/ready` and the metrics tell the truth about it.
 //!
-//! Each backend is a [`Probe`]. The supervisor checks them on a timer (every
-//! second while up, backing off to [`MAX_BACKOFF`] while down), keeps the
-//! latest state per backend, and exports `sluice_backend_up`,
+//! Each backend is a [`Probe`]. Its supervisor checks it on a timer (every
+//! second while up, backing off to [`MAX_BACKOFF`] while down), and exports
+//! `sluice_backend_up`,
 //! `sluice_backend_reconnects_total` and `sluice_backend_pool_connections`.
 //! The clients themselves reconnect: fred with its exponential reconnect
 //! policy, deadpool by opening a new connection on the next checkout (which
 //! each probe's check is). `/ready` asks for a fresh check, so it is never
 //! staler than one round trip.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,34 +113,30 @@ impl BackendState {
     }
 }
 
-/// The supervisor actor.
+/// The supervisor of one backend.
 pub struct Supervisor {
-    probes: Vec<Arc<dyn Probe>>,
+    probe: Arc<dyn Probe>,
     metrics: Metrics,
-    /// Reconnections already counted, per backend.
-    reconnects: BTreeMap<&'static str, u64>,
-    /// Consecutive failed rounds, for the backoff.
+    /// Reconnections already counted.
+    reconnects: u64,
+    /// Consecutive failed checks, for the backoff.
     failures: u32,
 }
 
 impl Supervisor {
-    /// A supervisor of `probes`.
-    pub fn new(probes: Vec<Arc<dyn Probe>>, metrics: Metrics) -> Self {
+    /// Starts a supervisor of `probe` on the current arbiter.
+    pub fn spawn(probe: Arc<dyn Probe>, metrics: Metrics) -> Addr<Self> {
         Self {
-            probes,
+            probe,
             metrics,
-            reconnects: BTreeMap::new(),
+            reconnects: 0,
             failures: 0,
         }
+        .start()
     }
 
-    /// Starts a supervisor of `probes` on the current arbiter.
-    pub fn spawn(probes: Vec<Arc<dyn Probe>>, metrics: Metrics) -> Addr<Self> {
-        Self::new(probes, metrics).start()
-    }
-
-    fn record(&mut self, probe: &dyn Probe, result: &Result<ProbeReport, String>) -> BackendState {
-        let backend = probe.backend();
+    fn record(&mut self, result: &Result<ProbeReport, String>) -> BackendState {
+        let backend = self.probe.backend();
         let metrics = &self.metrics;
         metrics
             .backend_up
@@ -149,13 +144,13 @@ impl Supervisor {
             .set(i64::from(result.is_ok()));
         match result {
             Ok(report) => {
-                let seen = self.reconnects.entry(backend).or_default();
-                if report.reconnects > *seen {
+                self.failures = 0;
+                if report.reconnects > self.reconnects {
                     metrics
                         .backend_reconnects_total
                         .with_label_values(&[backend])
-                        .inc_by(report.reconnects - *seen);
-                    *seen = report.reconnects;
+                        .inc_by(report.reconnects - self.reconnects);
+                    self.reconnects = report.reconnects;
                 }
                 if let Some(pool) = report.pool {
                     let gauge = &metrics.backend_pool_connections;
@@ -167,40 +162,30 @@ impl Supervisor {
                         .set(pool.in_use as i64);
                 }
                 BackendState {
-                    kind: probe.kind(),
+                    kind: self.probe.kind(),
                     state: "up",
                     error: None,
                 }
             }
-            Err(error) => BackendState {
-                kind: probe.kind(),
-                state: "down",
-                error: Some(error.clone()),
-            },
+            Err(error) => {
+                if self.failures == 0 {
+                    tracing::warn!(backend, error, "backend down");
+                }
+                self.failures = self.failures.saturating_add(1);
+                BackendState {
+                    kind: self.probe.kind(),
+                    state: "down",
+                    error: Some(error.clone()),
+                }
+            }
         }
     }
 
-    fn check_all(
-        &mut self,
-    ) -> impl ActorFuture<Self, Output = BTreeMap<&'static str, BackendState>> + use<> {
-        let probes = self.probes.clone();
-        let checks = futures::future::join_all(probes.iter().map(|p| p.check()));
-        checks.into_actor(self).map(move |results, act, _| {
-            let mut states = BTreeMap::new();
-            for (probe, result) in probes.iter().zip(results) {
-                let state = act.record(&**probe, &result);
-                if let Some(error) = &state.error {
-                    tracing::warn!(backend = probe.backend(), error, "backend down");
-                }
-                states.insert(probe.backend(), state);
-            }
-            act.failures = if states.values().all(BackendState::is_up) {
-                0
-            } else {
-                act.failures.saturating_add(1)
-            };
-            states
-        })
+    fn check(&mut self) -> impl ActorFuture<Self, Output = (&'static str, BackendState)> + use<> {
+        self.probe
+            .check()
+            .into_actor(self)
+            .map(|result, act, _| (act.probe.backend(), act.record(&result)))
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>) {
@@ -210,7 +195,7 @@ impl Supervisor {
             (INTERVAL / 4 * 2u32.saturating_pow(self.failures.min(5))).min(MAX_BACKOFF)
         };
         ctx.run_later(delay, |act, ctx| {
-            ctx.wait(act.check_all().map(|_, act, ctx| act.schedule(ctx)));
+            ctx.wait(act.check().map(|_, act, ctx| act.schedule(ctx)));
         });
     }
 }
@@ -223,15 +208,15 @@ impl Actor for Supervisor {
     }
 }
 
-/// Check every backend now; their states by role.
+/// Check the backend now; its role and state.
 #[derive(Message)]
-#[rtype(result = "BTreeMap<&'static str, BackendState>")]
+#[rtype(result = "(&'static str, BackendState)")]
 pub struct CheckNow;
 
 impl Handler<CheckNow> for Supervisor {
-    type Result = ResponseActFuture<Self, BTreeMap<&'static str, BackendState>>;
+    type Result = ResponseActFuture<Self, (&'static str, BackendState)>;
 
     fn handle(&mut self, _: CheckNow, _: &mut Self::Context) -> Self::Result {
-        Box::pin(self.check_all())
+        Box::pin(self.check())
     }
 }

@@ -18,8 +18,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// The registry `/metrics` renders.
     pub registry: prometheus::Registry,
-    /// Watches the backends; `/ready` asks it.
-    pub supervisor: Addr<Supervisor>,
+    /// One per backend; `/ready` asks them.
+    pub supervisors: Vec<Addr<Supervisor>>,
     /// Flips to true when shutdown begins: streams close (WS with 1001).
     pub shutdown: watch::Receiver<bool>,
 }

@@ -1,5 +1,7 @@
 //! Health, readiness and metrics (PROTOCOL.md §9).
 
+use std::collections::BTreeMap;
+
 use actix_web::{HttpResponse, web};
 use prometheus::{Encoder, TextEncoder};
 use serde_json::json;
@@ -15,8 +17,14 @@ pub async fn health() -> HttpResponse {
 /// `GET /ready`: 200 only when every configured backend answers; the body
 /// names each backend and its state.
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let backends = state.supervisor.send(CheckNow).await.unwrap_or_default();
-    let all_up = backends.values().all(BackendState::is_up);
+    let checks = state.supervisors.iter().map(|s| s.send(CheckNow));
+    let backends: BTreeMap<_, _> = futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+    let all_up =
+        backends.len() == state.supervisors.len() && backends.values().all(BackendState::is_up);
     let draining = *state.shutdown.borrow();
     let sessions = &state.sessions;
     let mut report = serde_json::Map::new();
