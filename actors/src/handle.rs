@@ -237,7 +237,7 @@ impl Sessions {
         for _ in 0..ROUTE_RETRIES {
             let queue = self.new_queue();
             // Closes the queue if anything below fails, so its producer drops it.
-            let guard = QueueGuard(queue.clone());
+            let mut guard = QueueGuard(Some(queue.clone()));
             let start = match self.route(user_id, id, false).await? {
                 Route::Local(addr) => {
                     let joined = match addr
@@ -284,7 +284,7 @@ impl Sessions {
                     start
                 }
             };
-            std::mem::forget(guard);
+            guard.0 = None;
             return self.open(id, queue, start, after, transport).await;
         }
         Err(SessionError::Overloaded(
@@ -572,13 +572,15 @@ impl Executor for Sessions {
     }
 }
 
-/// Closes a queue on drop unless forgotten (a subscription that failed to
-/// open leaves nothing behind).
-struct QueueGuard(Arc<SubscriberQueue>);
+/// Closes its queue on drop unless emptied first (a subscription that failed
+/// to open leaves nothing behind).
+struct QueueGuard(Option<Arc<SubscriberQueue>>);
 
 impl Drop for QueueGuard {
     fn drop(&mut self) {
-        self.0.close(CloseReason::Gone);
+        if let Some(queue) = &self.0 {
+            queue.close(CloseReason::Gone);
+        }
     }
 }
 
