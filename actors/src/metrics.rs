@@ -39,6 +39,8 @@ pub struct Metrics {
     pub takeovers_total: IntCounterVec,
     /// Session leases lost to another replica while held.
     pub lease_losses_total: IntCounter,
+    /// Running generations handed to another replica at shutdown.
+    pub handovers_total: IntCounter,
     /// Requests forwarded to the replica owning the session, by operation and
     /// outcome (`ok`, `error`, `owner_gone`, `no_answer`).
     pub forwarded_requests_total: IntCounterVec,
@@ -138,6 +140,10 @@ impl Metrics {
                 "sluice_lease_losses_total",
                 "Session leases lost to another replica while held",
             )?,
+            handovers_total: IntCounter::new(
+                "sluice_handovers_total",
+                "Running generations handed to another replica at shutdown",
+            )?,
             forwarded_requests_total: IntCounterVec::new(
                 Opts::new(
                     "sluice_forwarded_requests_total",
@@ -183,6 +189,7 @@ impl Metrics {
         registry.register(Box::new(m.rejected_frames_total.clone()))?;
         registry.register(Box::new(m.takeovers_total.clone()))?;
         registry.register(Box::new(m.lease_losses_total.clone()))?;
+        registry.register(Box::new(m.handovers_total.clone()))?;
         registry.register(Box::new(m.forwarded_requests_total.clone()))?;
         registry.register(Box::new(m.remote_resyncs_total.clone()))?;
         registry.register(Box::new(m.backend_up.clone()))?;

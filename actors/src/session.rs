@@ -580,6 +580,24 @@ impl SessionActor {
         }
     }
 
+    /// Shutdown outlasted the grace period with a generation running and
+    /// other replicas to take it: stop the provider's stream and save the
+    /// answer so far as a checkpoint holding every token (still
+    /// `streaming`), so that the next owner continues it exactly where it
+    /// stopped.
+    fn hand_over(&mut self) {
+        let Some(generation) = self.generation.take() else {
+            return;
+        };
+        if let Some(task) = &generation.task {
+            task.abort();
+        }
+        tracing::info!(session_id = %self.record.id, generation_id = %generation.id, "handing a running generation over");
+        self.deps.metrics.handovers_total.inc();
+        let message = self.messages[generation.message_index].clone();
+        self.persist(vec![message]);
+    }
+
     /// Another replica holds this session's lease now: stop at once, writing
     /// nothing more, so there is never a second writer.
     fn lose_lease(&mut self, ctx: &mut Context<Self>) {
@@ -761,7 +779,9 @@ pub struct GetState;
 pub struct Terminate;
 
 /// Graceful shutdown: refuse new sends, let the running generation finish
-/// within `grace`, else end it as `interrupted`; then flush the store.
+/// within `grace`, else hand it over to another replica (with a cluster) or
+/// end it as `interrupted`; then flush the store and, with a cluster, give
+/// the lease back.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Drain {
@@ -988,10 +1008,27 @@ impl Handler<Drain> for SessionActor {
             }
             .into_actor(self)
             .then(|_, act, ctx| {
-                act.finish(ctx, FinishReason::Interrupted, None);
+                if act.deps.cluster.is_some() && act.generation.is_some() {
+                    act.hand_over();
+                } else {
+                    act.finish(ctx, FinishReason::Interrupted, None);
+                }
                 let flushed = act.persist_acked(Vec::new());
-                // With several replicas, the lease is handed back at once so
-                // another replica can serve the session right away.
+                async move {
+                    let _ = flushed.await;
+                }
+                .into_actor(act)
+            })
+            .then(|_, act, _| {
+                // Every write has landed; once every event is logged and
+                // published too, the lease is given back so that another
+                // replica serves the session (and continues a generation
+                // handed over) right away.
+                let (registered, logged) = oneshot::channel();
+                let _ = act.outbox.send(OutboxCmd::Subscribe {
+                    queue: None,
+                    registered,
+                });
                 let release = act
                     .deps
                     .cluster
@@ -1001,21 +1038,21 @@ impl Handler<Drain> for SessionActor {
                     act.retiring = true;
                 }
                 async move {
-                    let _ = flushed.await;
+                    let _ = logged.await;
                     if let Some(release) = release {
                         let _ = release.await;
                     }
                 }
                 .into_actor(act)
-                .map(|_, act, ctx| {
-                    if act.retiring {
-                        act.registry.do_send(Retire {
-                            session_id: act.record.id.clone(),
-                            addr: ctx.address(),
-                        });
-                        ctx.stop();
-                    }
-                })
+            })
+            .map(|_, act, ctx| {
+                if act.retiring {
+                    act.registry.do_send(Retire {
+                        session_id: act.record.id.clone(),
+                        addr: ctx.address(),
+                    });
+                    ctx.stop();
+                }
             }),
         )
     }
