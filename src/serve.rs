@@ -129,7 +129,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             let watcher = cluster.clone();
             tokio::spawn(async move {
                 while !matches!(reconnected.recv().await, Err(RecvError::Closed)) {
-                    watcher.lease_store_reconnected();
+                    watcher.lease_store_reconnected().await;
                 }
             });
             probes.push(Arc::new(RedisProbe(redis.clone())));

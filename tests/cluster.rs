@@ -451,11 +451,52 @@ async fn a_redis_restart_keeps_the_owners_clients_streaming_and_others_resume() 
     assert_eq!(c.owner(&id), Some(0), "the owner kept its session");
     let lost = metric_sum(&c, &[0, 1, 2], "sluice_lease_losses_total").await;
     assert_eq!(lost, 0);
+    assert!(logged(&c, 1, "the lease store lost its leases"));
     // Everything works again: a new message through another replica.
     let sent = c
         .post(&c.url(2, ""), &id, "messages", json!({"content": "again"}))
         .await;
     assert_eq!(sent.status(), 202);
+}
+
+fn logged(c: &TestCluster, replica: usize, text: &str) -> bool {
+    let sluice = c.replicas[replica].as_ref().unwrap();
+    sluice.logs.lock().unwrap().iter().any(|l| l.contains(text))
+}
+
+#[tokio::test]
+async fn a_redis_connection_blip_is_survived_without_holding_leases() {
+    let c = TestCluster::start(BIN, 2, &[]);
+    let id = c.create_session(0, "fake:tokens=30").await;
+    // Redis keeps its data; every client connection is cut.
+    for kind in ["normal", "pubsub"] {
+        assert!(c.redis.cli(&["CLIENT", "KILL", "TYPE", kind]).is_some());
+    }
+    for i in 0..2 {
+        let deadline = Instant::now() + RECONNECT_FOR;
+        while metric_sum(
+            &c,
+            &[i],
+            "sluice_backend_reconnects_total{backend=\"redis\"}",
+        )
+        .await
+            == 0
+        {
+            assert!(Instant::now() < deadline, "replica {i} never reconnected");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut ws = connect_ws(&c.ws_url(1, &ws_path(&id))).await;
+    ws.until("snapshot").await;
+    let sent = c
+        .post(&c.url(0, ""), &id, "messages", json!({"content": "go"}))
+        .await;
+    assert_eq!(sent.status(), 202);
+    let frames = ws.until("generation_end").await;
+    assert_eq!(token_text(&frames), expected_text(30));
+    for i in 0..2 {
+        assert!(!logged(&c, i, "the lease store lost its leases"));
+    }
 }
 
 #[tokio::test]

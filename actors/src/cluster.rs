@@ -29,6 +29,10 @@ use crate::bus::{Bus, BusMessage};
 use crate::error::SessionError;
 use crate::lease::Leases;
 
+/// How long the canary lease (see [`Cluster::lease_store_reconnected`])
+/// lives unrenewed; it is taken again at every start.
+const CANARY_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Longest wait for the owner's answer to a forwarded request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -203,14 +207,40 @@ impl Cluster {
         }
     }
 
-    /// The connection to the lease store came back. It may have lost every
-    /// lease (a Redis restart), while their owners are alive and will take
-    /// them back at their next renewal, within a third of a lease. Until a
-    /// whole lease has passed, this replica takes no lease that nobody holds,
-    /// so it never takes a live owner's session.
-    pub fn lease_store_reconnected(&self) {
+    /// The lease this replica holds on its own name while it runs: if it is
+    /// gone after a reconnection, the lease store lost its data.
+    fn canary(&self) -> String {
+        format!("replica:{}", self.replica_id)
+    }
+
+    /// Takes the canary lease (at start, and again after the store lost it).
+    pub async fn plant_canary(&self) -> Result<(), SessionError> {
+        self.leases
+            .acquire(&self.canary(), &self.replica_id, CANARY_TTL)
+            .await
+            .map_err(|e| SessionError::Overloaded(e.to_string()))?;
+        Ok(())
+    }
+
+    /// The connection to the lease store came back. If the store lost its
+    /// leases meanwhile (a Redis restart: this replica's canary is gone),
+    /// their owners are alive and take them back at their next renewal,
+    /// within a third of a lease; until a whole lease has passed, this
+    /// replica takes no lease that nobody holds, so it never takes a live
+    /// owner's session. After a mere network blip nothing is held.
+    pub async fn lease_store_reconnected(&self) {
+        let canary = self.leases.owner(&self.canary()).await;
+        if matches!(&canary, Ok(Some(owner)) if *owner == self.replica_id) {
+            return;
+        }
+        tracing::warn!(
+            "the lease store lost its leases; taking no free lease for one lease period"
+        );
         let until = tokio::time::Instant::now() + self.lease_ttl;
         *self.hold_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(until);
+        if let Err(e) = self.plant_canary().await {
+            tracing::warn!(error = %e, "canary lease not taken");
+        }
     }
 
     /// Waits out a hold after a reconnection, if one is on.

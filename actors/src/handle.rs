@@ -61,6 +61,7 @@ impl Sessions {
         let registry = SessionRegistry::new(deps.clone(), arbiters).start();
         let sessions = Self { registry, deps };
         if let Some(cluster) = &sessions.deps.cluster {
+            cluster.plant_canary().await?;
             cluster.listen(Arc::new(sessions.clone())).await?;
         }
         Ok(sessions)
