@@ -71,6 +71,10 @@ pub async fn run(
     let app_state = state.clone();
     let server = HttpServer::new(move || app(app_state.clone()))
         .workers(options.workers)
+        // Tokens are small writes that must leave at once: without this,
+        // Nagle's algorithm holds each one until the client's (delayed)
+        // ACK of the previous one, up to 40 ms.
+        .tcp_nodelay(true)
         .disable_signals()
         .shutdown_timeout(options.shutdown_grace.as_secs().max(1))
         .listen(listener)?

@@ -109,6 +109,8 @@ fn server(listener: TcpListener, state: State) -> std::io::Result<actix_web::dev
             .route("/_requests", web::get().to(requests))
     })
     .workers(1)
+    // As a real provider's server does: each chunk leaves at once.
+    .tcp_nodelay(true)
     .disable_signals()
     .listen(listener)?
     .run())
