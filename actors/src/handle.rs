@@ -675,17 +675,34 @@ pub struct Subscription {
     last_sent: u64,
 }
 
+/// Most frames one [`Subscription::next_batch`] returns.
+pub const MAX_BATCH: usize = 256;
+
 impl Subscription {
-    /// The next frame, waiting for it; the reason once the stream is over.
-    pub async fn next(&mut self) -> Result<Outgoing, CloseReason> {
-        if let Some(frame) = self.initial.pop_front() {
-            return Ok(frame);
+    /// The next frames, waiting for at least one: whatever is ready, up to
+    /// [`MAX_BATCH`], so a transport writes them in one go. The reason once
+    /// the stream is over.
+    pub async fn next_batch(&mut self) -> Result<Vec<Outgoing>, CloseReason> {
+        if !self.initial.is_empty() {
+            let n = self.initial.len().min(MAX_BATCH);
+            return Ok(self.initial.drain(..n).collect());
         }
+        let mut events = Vec::new();
         loop {
-            let event = self.queue.pop().await?;
-            if event.seq() > self.last_sent {
-                self.last_sent = event.seq();
-                return Ok(Outgoing::Event(event));
+            self.queue.pop_many(&mut events, MAX_BATCH).await?;
+            let frames: Vec<Outgoing> = events
+                .drain(..)
+                .filter(|event| {
+                    let new = event.seq() > self.last_sent;
+                    if new {
+                        self.last_sent = event.seq();
+                    }
+                    new
+                })
+                .map(Outgoing::Event)
+                .collect();
+            if !frames.is_empty() {
+                return Ok(frames);
             }
         }
     }

@@ -139,18 +139,37 @@ impl SubscriberQueue {
         true
     }
 
-    /// The next event, waiting for one; the reason once closed and drained.
-    /// A lagged queue reports [`CloseReason::Lagged`] at once.
+    /// The next event, waiting for one (the tests read queues one by one).
+    #[cfg(test)]
     pub async fn pop(&self) -> Result<Arc<EncodedEvent>, CloseReason> {
+        let mut one = Vec::with_capacity(1);
+        self.pop_many(&mut one, 1).await?;
+        Ok(one.remove(0))
+    }
+
+    /// Waits for at least one event, then moves up to `max` queued events
+    /// into `out` (so a consumer that fell behind writes them in one go); the
+    /// reason once closed and drained. A lagged queue reports
+    /// [`CloseReason::Lagged`] at once.
+    pub async fn pop_many(
+        &self,
+        out: &mut Vec<Arc<EncodedEvent>>,
+        max: usize,
+    ) -> Result<(), CloseReason> {
         loop {
             {
                 let mut state = self.lock();
                 if state.closed == Some(CloseReason::Lagged) {
                     return Err(CloseReason::Lagged);
                 }
-                if let Some(event) = state.items.pop_front() {
-                    state.bytes -= event.json.len();
-                    return Ok(event);
+                if !state.items.is_empty() {
+                    let n = state.items.len().min(max.max(1));
+                    let state = &mut *state;
+                    for event in state.items.drain(..n) {
+                        state.bytes -= event.json.len();
+                        out.push(event);
+                    }
+                    return Ok(());
                 }
                 if let Some(reason) = state.closed {
                     return Err(reason);
@@ -179,6 +198,21 @@ impl SubscriberQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn pop_many_takes_what_is_queued_in_order_then_the_close() {
+        let q = queue(100, 200);
+        for seq in 1..=5 {
+            assert!(q.push(&token(seq, "g", "x")));
+        }
+        q.close(CloseReason::Ended);
+        let mut out = Vec::new();
+        q.pop_many(&mut out, 3).await.unwrap();
+        q.pop_many(&mut out, 3).await.unwrap();
+        let seqs: Vec<u64> = out.iter().map(|e| e.seq()).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+        assert_eq!(q.pop_many(&mut out, 3).await, Err(CloseReason::Ended));
+    }
 
     fn token(seq: u64, generation: &str, delta: &str) -> Arc<EncodedEvent> {
         Arc::new(EncodedEvent::new(Event {

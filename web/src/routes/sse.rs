@@ -57,14 +57,19 @@ pub async fn events(
         let mut ping = tokio::time::interval(PING_INTERVAL);
         ping.tick().await;
         loop {
-            // `Subscription::next` is cancel-safe: it takes a frame in one step.
+            // `Subscription::next_batch` is cancel-safe: it takes frames in one step.
             tokio::select! {
-                frame = subscription.next() => match frame {
-                    Ok(Outgoing::Control(c)) => {
-                        yield Ok::<_, Infallible>(Bytes::from(sse::encode(None, c.type_name(), &c.to_json())));
-                    }
-                    Ok(Outgoing::Event(e)) => {
-                        yield Ok(Bytes::from(sse::encode(Some(e.seq()), e.event.type_name(), &e.json)));
+                frames = subscription.next_batch() => match frames {
+                    // Whatever is ready goes out as one chunk.
+                    Ok(frames) => {
+                        let mut chunk = String::new();
+                        for frame in frames {
+                            chunk.push_str(&match frame {
+                                Outgoing::Control(c) => sse::encode(None, c.type_name(), &c.to_json()),
+                                Outgoing::Event(e) => sse::encode(Some(e.seq()), e.event.type_name(), &e.json),
+                            });
+                        }
+                        yield Ok::<_, Infallible>(Bytes::from(chunk));
                     }
                     // Lagged or ended: the client reconnects with Last-Event-ID.
                     Err(_) => break,

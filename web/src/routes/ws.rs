@@ -93,8 +93,9 @@ pub struct WsConnection {
     _live: GaugeGuard,
 }
 
-/// What the subscription stream yields: a frame, or why it ended.
-type Delivery = Result<Outgoing, CloseReason>;
+/// What the subscription stream yields: frames ready to go (written in one
+/// go), or why it ended.
+type Delivery = Result<Vec<Outgoing>, CloseReason>;
 
 impl WsConnection {
     fn send_error(&self, ctx: &mut ws::WebsocketContext<Self>, code: ErrorCode, message: String) {
@@ -171,7 +172,7 @@ impl WsConnection {
             ctx.cancel_future(handle);
         }
         let frames = futures::stream::unfold(subscription, |mut sub| async move {
-            let next = sub.next().await;
+            let next = sub.next_batch().await;
             Some((next, sub))
         });
         self.outgoing = Some(ctx.add_stream(frames));
@@ -214,8 +215,14 @@ impl Actor for WsConnection {
 impl StreamHandler<Delivery> for WsConnection {
     fn handle(&mut self, item: Delivery, ctx: &mut Self::Context) {
         match item {
-            Ok(Outgoing::Event(event)) => ctx.text(event.json.clone()),
-            Ok(Outgoing::Control(control)) => ctx.text(control.to_json()),
+            Ok(frames) => {
+                for frame in frames {
+                    match frame {
+                        Outgoing::Event(event) => ctx.text(event.json.clone()),
+                        Outgoing::Control(control) => ctx.text(control.to_json()),
+                    }
+                }
+            }
             Err(CloseReason::Lagged) => Self::close(
                 ctx,
                 CloseCode::Again,
