@@ -18,6 +18,7 @@
 //!   owns it and one on another replica; reports how much later each event
 //!   reaches the second.
 
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -152,7 +153,8 @@ async fn main() -> anyhow::Result<()> {
             delay_ms,
         } => cross(&owner, &other, concurrency, &model(tokens, delay_ms)).await?,
     };
-    println!("{report}");
+    // The report is this program's output (stdout); progress goes to stderr.
+    writeln!(std::io::stdout(), "{report}")?;
     Ok(())
 }
 
