@@ -340,13 +340,16 @@ async fn one_stream(
             let started = Instant::now();
             send_message(http, base, &id).await?;
             let mut last = started;
+            let mut end = String::new();
             reader
                 .until("\"generation_end\"", |data| {
                     if data.contains("\"type\":\"token\"") {
                         seen.token_frame(data, started, &mut last);
                     }
+                    end = data.to_owned();
                 })
                 .await?;
+            ended_well(&end)?;
         }
         Transport::Ws => {
             let id = create_session(http, base, model).await?;
@@ -357,12 +360,15 @@ async fn one_stream(
             ws.send(Message::text(r#"{"type":"send","content":"go"}"#))
                 .await?;
             let mut last = started;
+            let mut end = String::new();
             ws_until(&mut ws, "\"generation_end\"", |text| {
                 if text.contains("\"type\":\"token\"") {
                     seen.token_frame(text, started, &mut last);
                 }
+                end = text.to_owned();
             })
             .await?;
+            ended_well(&end)?;
             let _ = ws.close(None).await;
         }
     }
@@ -624,6 +630,14 @@ async fn cross(owner: &str, other: &str, concurrency: usize, model: &str) -> any
         "added_p50_ms": percentile(&mut added, 50.0),
         "added_p99_ms": percentile(&mut added, 99.0),
     }))
+}
+
+/// A stream counts only if its answer ended normally.
+fn ended_well(generation_end: &str) -> anyhow::Result<()> {
+    if !generation_end.contains("\"finish_reason\":\"stop\"") {
+        bail!("the answer did not end normally: {generation_end}");
+    }
+    Ok(())
 }
 
 /// The `seq` of a frame, without parsing the whole frame.

@@ -3,7 +3,11 @@
 //!
 //! Limits: one process at a time may open the file (redb takes a lock), so it
 //! serves one replica; several replicas need the Postgres store. Every write
-//! is a durable (fsynced) transaction, run on the blocking thread pool.
+//! is durable (fsynced) before it is acknowledged. Saves, the hot path (each
+//! send and each checkpoint of every streaming answer), go to one writer
+//! thread that commits whatever has queued up as one transaction (group
+//! commit): a thousand concurrent streams cost a few fsyncs a second, not a
+//! thousand. Other calls run on the blocking thread pool.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,10 +27,64 @@ const MESSAGES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("mes
 /// Sorts after every id Sluice generates (UUIDs are hex digits and dashes).
 const ID_MAX: &str = "~";
 
+/// Most saves committed in one transaction.
+const MAX_GROUP: usize = 1024;
+
 /// The redb-backed store. Cloning shares the database.
 #[derive(Clone)]
 pub struct RedbSessionStore {
     db: Arc<Database>,
+    saves: std::sync::mpsc::Sender<Save>,
+}
+
+/// One save waiting for the writer thread.
+struct Save {
+    session: SessionRecord,
+    messages: Vec<MessageRecord>,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The writer thread: commits every queued save in one transaction and
+/// answers each once the commit is durable. Ends when the store is dropped.
+fn run_writer(db: Arc<Database>, saves: std::sync::mpsc::Receiver<Save>) {
+    while let Ok(first) = saves.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match saves.try_recv() {
+                Ok(save) => group.push(save),
+                Err(_) => break,
+            }
+        }
+        let result = commit_group(&db, &group);
+        for save in group {
+            let _ = save.done.send(result.clone());
+        }
+    }
+}
+
+/// Writes each save's session record and messages (skipping sessions deleted
+/// meanwhile), in order, in one transaction.
+fn commit_group(db: &Database, group: &[Save]) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(err)?;
+    {
+        let mut sessions = txn.open_table(SESSIONS).map_err(err)?;
+        let mut table = txn.open_table(MESSAGES).map_err(err)?;
+        for save in group {
+            let session = &save.session;
+            if sessions.get(session.id.as_str()).map_err(err)?.is_none() {
+                continue;
+            }
+            sessions
+                .insert(session.id.as_str(), encode(session).as_slice())
+                .map_err(err)?;
+            for m in &save.messages {
+                table
+                    .insert((m.session_id.as_str(), m.id.as_str()), encode(m).as_slice())
+                    .map_err(err)?;
+            }
+        }
+    }
+    txn.commit().map_err(err)
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -51,7 +109,14 @@ impl RedbSessionStore {
         txn.open_table(USER_SESSIONS).map_err(err)?;
         txn.open_table(MESSAGES).map_err(err)?;
         txn.commit().map_err(err)?;
-        Ok(Self { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let (saves, queue) = std::sync::mpsc::channel();
+        let writer = db.clone();
+        std::thread::Builder::new()
+            .name("redb-writer".into())
+            .spawn(move || run_writer(writer, queue))
+            .map_err(|e| StoreError(format!("cannot start the store writer: {e}")))?;
+        Ok(Self { db, saves })
     }
 
     /// Runs `f` on the blocking pool with the database.
@@ -186,25 +251,17 @@ impl SessionStore for RedbSessionStore {
         session: SessionRecord,
         messages: Vec<MessageRecord>,
     ) -> BoxFuture<'static, Result<(), StoreError>> {
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
-            {
-                let mut sessions = txn.open_table(SESSIONS).map_err(err)?;
-                let exists = sessions.get(session.id.as_str()).map_err(err)?.is_some();
-                if !exists {
-                    return Ok(());
-                }
-                sessions
-                    .insert(session.id.as_str(), encode(&session).as_slice())
-                    .map_err(err)?;
-                let mut table = txn.open_table(MESSAGES).map_err(err)?;
-                for m in &messages {
-                    table
-                        .insert((m.session_id.as_str(), m.id.as_str()), encode(m).as_slice())
-                        .map_err(err)?;
-                }
-            }
-            txn.commit().map_err(err)
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let queued = self.saves.send(Save {
+            session,
+            messages,
+            done,
+        });
+        Box::pin(async move {
+            queued.map_err(|_| StoreError("the store writer stopped".into()))?;
+            answer
+                .await
+                .map_err(|_| StoreError("the store writer stopped".into()))?
         })
     }
 
