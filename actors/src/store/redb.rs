@@ -34,7 +34,23 @@ const MAX_GROUP: usize = 1024;
 #[derive(Clone)]
 pub struct RedbSessionStore {
     db: Arc<Database>,
-    saves: std::sync::mpsc::Sender<Save>,
+    writer: Arc<Writer>,
+}
+
+/// The writer thread's queue; dropping the last handle stops the thread and
+/// waits for it, so the database is closed when the store is.
+struct Writer {
+    saves: Option<std::sync::mpsc::Sender<Save>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.saves.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// One save waiting for the writer thread.
@@ -111,12 +127,16 @@ impl RedbSessionStore {
         txn.commit().map_err(err)?;
         let db = Arc::new(db);
         let (saves, queue) = std::sync::mpsc::channel();
-        let writer = db.clone();
-        std::thread::Builder::new()
+        let for_writer = db.clone();
+        let thread = std::thread::Builder::new()
             .name("redb-writer".into())
-            .spawn(move || run_writer(writer, queue))
+            .spawn(move || run_writer(for_writer, queue))
             .map_err(|e| StoreError(format!("cannot start the store writer: {e}")))?;
-        Ok(Self { db, saves })
+        let writer = Arc::new(Writer {
+            saves: Some(saves),
+            thread: Some(thread),
+        });
+        Ok(Self { db, writer })
     }
 
     /// Runs `f` on the blocking pool with the database.
@@ -252,10 +272,14 @@ impl SessionStore for RedbSessionStore {
         messages: Vec<MessageRecord>,
     ) -> BoxFuture<'static, Result<(), StoreError>> {
         let (done, answer) = tokio::sync::oneshot::channel();
-        let queued = self.saves.send(Save {
-            session,
-            messages,
-            done,
+        let queued = self.writer.saves.as_ref().ok_or(()).and_then(|saves| {
+            saves
+                .send(Save {
+                    session,
+                    messages,
+                    done,
+                })
+                .map_err(|_| ())
         });
         Box::pin(async move {
             queued.map_err(|_| StoreError("the store writer stopped".into()))?;
