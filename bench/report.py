@@ -102,6 +102,33 @@ def capacity(runs, out):
     out.append("")
 
 
+def peer(runs, out):
+    rows = [(d, c) for d in (0, 20) for c in (1, 10, 100) if f"peer/litellm/d{d}/c{c}" in runs]
+    if not rows:
+        return
+    out.append("### The peer: LiteLLM's proxy vs Sluice, OpenAI API, same fake upstream\n")
+    out.append(
+        "LiteLLM's proxy (PyPI `litellm[proxy]`, the version in `bench/peer-requirements.txt`, "
+        "default settings) routes every model to the same fake upstream. Direct, Sluice and "
+        "LiteLLM run back to back at each level. Concurrency 1000 is left out for the peer: at "
+        "its measured rate one round would take many minutes.\n"
+    )
+    out.append(
+        "| delay | conc. | direct tokens/s | Sluice tokens/s | LiteLLM tokens/s | Sluice TTFT p50 / p99 ms "
+        "| LiteLLM TTFT p50 / p99 ms | Sluice ITL p99 ms | LiteLLM ITL p99 ms | errors (Sluice / LiteLLM) |"
+    )
+    out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for d, c in rows:
+        dr, sr, lr = (runs[f"peer/{p}/d{d}/c{c}"] for p in ("direct", "sluice", "litellm"))
+        out.append(
+            f"| {d} ms | {c} | {fmt(mean(dr, 'tokens_per_s'), 0)} | {fmt(mean(sr, 'tokens_per_s'), 0)} | "
+            f"{fmt(mean(lr, 'tokens_per_s'), 0)} | {fmt(mean(sr, 'ttft_p50_ms'), 2)} / {fmt(mean(sr, 'ttft_p99_ms'), 2)} | "
+            f"{fmt(mean(lr, 'ttft_p50_ms'), 2)} / {fmt(mean(lr, 'ttft_p99_ms'), 2)} | {fmt(mean(sr, 'itl_p99_ms'), 2)} | "
+            f"{fmt(mean(lr, 'itl_p99_ms'), 2)} | {sum(x['errors'] for x in sr)} / {sum(x['errors'] for x in lr)} |"
+        )
+    out.append("")
+
+
 def singles(runs, out):
     idle = runs.get("idle/ws")
     if idle:
@@ -147,6 +174,7 @@ def main():
                "(release build; the fake upstream, Sluice and the load generator share the cores).\n")
     overhead(runs, out)
     capacity(runs, out)
+    peer(runs, out)
     singles(runs, out)
     out.append(END)
     text = open(doc).read()

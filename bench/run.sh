@@ -3,8 +3,10 @@
 # and Sluice (and, for the cross-replica scenario, Redis, PostgreSQL and two
 # replicas through scripts/cluster) on loopback, runs every scenario with
 # bench/src (sluice-bench), and writes the results into docs/benchmarks.md
-# between the "bench:start" and "bench:end" markers. Every process it starts
-# is stopped by pid on exit. Bounded: about ten minutes on two cores.
+# between the "bench:start" and "bench:end" markers. The peer is LiteLLM's
+# proxy from PyPI (bench/peer-requirements.txt), installed into
+# $CARGO_TARGET_DIR/bench-tools. Every process it starts is stopped by pid on
+# exit. Bounded: about fifteen minutes on two cores.
 #
 #   bench/run.sh            all scenarios
 #   bench/run.sh quick      concurrency 1 and 10 only (a smoke run)
@@ -89,6 +91,35 @@ cluster_dir="$(SLUICE_BIN="$bin/sluice" SLUICE_LLM_BASE_URL="$upstream" SLUICE_L
 read -r r0 r1 < <(sed -n 's/^REPLICA_URLS="\(.*\)"/\1/p' "$cluster_dir/cluster.env")
 for c in 1 10 100; do
   run "cross/c$c" cross --owner "$r0" --other "$r1" --concurrency "$c" --tokens 200 --delay-ms 20
+done
+
+# The peer: LiteLLM's proxy in front of the same fake upstream, every model
+# routed to it ("*"), in the same scenario as Sluice's OpenAI route.
+venv="$target/bench-tools/litellm-venv"
+if [ ! -x "$venv/bin/litellm" ] || ! cmp -s bench/peer-requirements.txt "$venv/requirements.txt"; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r bench/peer-requirements.txt
+  cp bench/peer-requirements.txt "$venv/requirements.txt"
+fi
+printf 'model_list:\n  - model_name: "*"\n    litellm_params:\n      model: "openai/*"\n      api_base: "%s"\n      api_key: "unused"\n' \
+  "$upstream" >"$work/litellm.yaml"
+peer_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+"$venv/bin/litellm" --config "$work/litellm.yaml" --host 127.0.0.1 --port "$peer_port" >"$work/litellm.log" 2>&1 &
+pids+=($!)
+peer="http://127.0.0.1:$peer_port"
+for _ in $(seq 1 600); do curl -sf "$peer/health/liveliness" >/dev/null && break; sleep 0.1; done
+peer_levels=(1 10 100)
+[ "$mode" = quick ] && peer_levels=(1 10)
+for delay in 0 20; do
+  for c in "${peer_levels[@]}"; do
+    case "$c" in 1) rounds=10 ;; 10) rounds=3 ;; *) rounds=1 ;; esac
+    for path in direct sluice litellm; do
+      case "$path" in direct) base="$direct" ;; sluice) base="$sluice" ;; litellm) base="$peer" ;; esac
+      run "peer/$path/d$delay/c$c" stream --transport openai --base "$base" \
+        --concurrency "$c" --rounds "$rounds" --delay-ms "$delay"
+    done
+  done
 done
 
 python3 bench/report.py "$results" "$mode" docs/benchmarks.md

@@ -158,8 +158,10 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fake upstream's script, with `;` between keys: a comma in a model
+/// name makes LiteLLM route to several models.
 fn model(tokens: usize, delay_ms: u64) -> String {
-    format!("fake:tokens={tokens},delay_ms={delay_ms}")
+    format!("fake:tokens={tokens};delay_ms={delay_ms}")
 }
 
 /// What one stream saw.
@@ -200,6 +202,8 @@ fn percentile(values: &mut [Duration], p: f64) -> f64 {
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(2000)
+        // A hang guard: no benchmark stream takes this long.
+        .timeout(Duration::from_secs(300))
         .build()
         .expect("HTTP client")
 }
@@ -289,7 +293,10 @@ impl SseReader {
                 }
             }
             match self.body.next().await {
-                Some(chunk) => self.buffer.extend_from_slice(&chunk?),
+                // SSE lines may end in CRLF (Python servers send that).
+                Some(chunk) => self
+                    .buffer
+                    .extend(chunk?.iter().copied().filter(|&b| b != b'\r')),
                 None => bail!("stream ended before {needle}"),
             }
         }
@@ -303,6 +310,7 @@ async fn one_stream(
     base: &str,
     model: &str,
     barrier: &Barrier,
+    waited: &mut bool,
 ) -> anyhow::Result<Observed> {
     let mut seen = Observed::default();
     match transport {
@@ -310,6 +318,7 @@ async fn one_stream(
             let body = json!({"model": model, "stream": true,
                 "messages": [{"role": "user", "content": "go"}]});
             barrier.wait().await;
+            *waited = true;
             let started = Instant::now();
             let response = http
                 .post(format!("{base}/v1/chat/completions"))
@@ -337,6 +346,7 @@ async fn one_stream(
             let mut reader = SseReader::new(response);
             reader.until("\"snapshot\"", |_| {}).await?;
             barrier.wait().await;
+            *waited = true;
             let started = Instant::now();
             send_message(http, base, &id).await?;
             let mut last = started;
@@ -356,6 +366,7 @@ async fn one_stream(
             let (mut ws, _) = connect_ws(&ws_url(base, &format!("/v1/sessions/{id}/ws"))).await?;
             ws_until(&mut ws, "\"snapshot\"", |_| {}).await?;
             barrier.wait().await;
+            *waited = true;
             let started = Instant::now();
             ws.send(Message::text(r#"{"type":"send","content":"go"}"#))
                 .await?;
@@ -400,9 +411,12 @@ async fn stream(
                     barrier.clone(),
                 );
                 tokio::spawn(async move {
-                    let result = one_stream(transport, &http, &base, &model, &barrier).await;
-                    if result.is_err() {
-                        // Never leave the others waiting at the barrier.
+                    let mut waited = false;
+                    let result =
+                        one_stream(transport, &http, &base, &model, &barrier, &mut waited).await;
+                    if !waited {
+                        // Failed while setting up: never leave the others
+                        // waiting at the barrier.
                         barrier.wait().await;
                     }
                     result
@@ -571,6 +585,7 @@ async fn cross(owner: &str, other: &str, concurrency: usize, model: &str) -> any
                 barrier.clone(),
             );
             tokio::spawn(async move {
+                let mut waited = false;
                 let result = async {
                     let id = create_session(&http, &owner, &model).await?;
                     let path = format!("/v1/sessions/{id}/ws");
@@ -579,6 +594,7 @@ async fn cross(owner: &str, other: &str, concurrency: usize, model: &str) -> any
                     let (mut far, _) = connect_ws(&ws_url(&other, &path)).await?;
                     ws_until(&mut far, "\"snapshot\"", |_| {}).await?;
                     barrier.wait().await;
+                    waited = true;
                     near.send(Message::text(r#"{"type":"send","content":"go"}"#))
                         .await?;
                     // Arrival time of each seq on both connections.
@@ -604,7 +620,7 @@ async fn cross(owner: &str, other: &str, concurrency: usize, model: &str) -> any
                     anyhow::Ok(added)
                 }
                 .await;
-                if result.is_err() {
+                if !waited {
                     barrier.wait().await;
                 }
                 result

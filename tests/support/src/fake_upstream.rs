@@ -3,7 +3,7 @@
 //! `chat.completion` object), so the real client code is what gets tested.
 //!
 //! Behaviour is scripted through the requested model, e.g.
-//! `fake:tokens=50,delay_ms=5`. Keys:
+//! `fake:tokens=50,delay_ms=5` (`;` separates keys too). Keys:
 //! - `tokens=N` (default 20): content chunks; chunk `i` is `<i>`.
 //! - `delay_ms=N`: pause between chunks; `first_delay_ms=N`: before the first.
 //! - `status=N`: answer with HTTP status N and an OpenAI error body.
@@ -73,7 +73,7 @@ impl Script {
         let Some(spec) = model.strip_prefix("fake:") else {
             return script;
         };
-        for pair in spec.split(',') {
+        for pair in spec.split([',', ';']) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let number = value.parse::<u64>().unwrap_or(0);
             match key {
