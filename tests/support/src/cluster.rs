@@ -1,6 +1,6 @@
 //! The production topology on loopback: a throwaway Redis and PostgreSQL,
-//! N `sluice` replicas sharing them (replica `i` is named `r{i}` and keeps
-//! its port across restarts), the fake provider, and nginx in front.
+//! N `sluice` replicas sharing them (replica `i` is named `r{i}`, on a port
+//! chosen up front), the fake provider, and nginx in front.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,7 +30,6 @@ pub struct TestCluster {
     pub postgres: TestPostgres,
     /// An HTTP client.
     pub http: reqwest::Client,
-    builders: Vec<SluiceBuilder>,
     addrs: Vec<SocketAddr>,
     _data: Vec<tempfile::TempDir>,
 }
@@ -79,7 +78,6 @@ impl TestCluster {
             redis,
             postgres,
             http: reqwest::Client::new(),
-            builders,
             addrs,
             _data: data,
         }
@@ -105,11 +103,6 @@ impl TestCluster {
         if let Some(mut sluice) = self.replicas[i].take() {
             sluice.kill();
         }
-    }
-
-    /// Starts replica `i` again on its port.
-    pub fn start_replica(&mut self, i: usize) {
-        self.replicas[i] = Some(self.builders[i].start());
     }
 
     /// Which replica holds the session's lease, if any.

@@ -56,11 +56,6 @@ impl TestRedis {
         self.resume();
     }
 
-    /// The port it listens on.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// A connection URL.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
