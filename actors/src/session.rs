@@ -1013,8 +1013,19 @@ impl Handler<Drain> for SessionActor {
                 } else {
                     act.finish(ctx, FinishReason::Interrupted, None);
                 }
+                // A `generation_end` waiting for its write goes to the outbox
+                // before the barrier below, so it is logged before the lease
+                // is given back.
+                let ended = act.finishing.is_some().then(|| {
+                    let (tx, rx) = oneshot::channel();
+                    act.drain_waiters.push(tx);
+                    rx
+                });
                 let flushed = act.persist_acked(Vec::new());
                 async move {
+                    if let Some(ended) = ended {
+                        let _ = ended.await;
+                    }
                     let _ = flushed.await;
                 }
                 .into_actor(act)
