@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use sluice_test_support::client::{SseClient, WsClient, WsFrame, token_text};
 use sluice_test_support::cluster::{LEASE_SECONDS, TestCluster};
 use sluice_test_support::expected_text;
+use sluice_test_support::rest::settled_answer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -164,22 +165,15 @@ fn events_path(id: &str) -> String {
     format!("/v1/sessions/{id}/events")
 }
 
-/// The stored answer, once it is no longer streaming.
-async fn settled_answer(c: &TestCluster, base: &str, id: &str) -> Value {
-    for _ in 0..600 {
-        let session = c.session(base, id).await;
-        let last = session["messages"]
-            .as_array()
-            .unwrap()
-            .last()
-            .unwrap()
-            .clone();
-        if last["status"] != "streaming" {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the answer never settled");
+/// The stored 600-token answer is whole, and a replica other than `owner`
+/// continued it.
+async fn assert_continued_elsewhere(c: &TestCluster, owner: usize, id: &str) {
+    let answer = settled_answer(&c.http, &c.nginx.url(""), id).await;
+    assert_eq!(answer["status"], "complete");
+    assert_eq!(answer["content"], expected_text(600));
+    let alive: Vec<usize> = (0..3).filter(|&i| i != owner).collect();
+    let continued = metric_sum(c, &alive, "sluice_takeovers_total{outcome=\"continued\"}").await;
+    assert_eq!(continued, 1);
 }
 
 async fn metric_sum(c: &TestCluster, replicas: &[usize], line: &str) -> u64 {
@@ -254,7 +248,7 @@ async fn send_through_one_replica_and_cancel_through_another() {
     assert_eq!(cancelled.status(), 200);
     follow_ws(ws, || unreachable!("no reconnect"), &mut seen).await;
     assert_eq!(seen.events.last().unwrap()["finish_reason"], "cancelled");
-    let answer = settled_answer(&c, &c.url(2, ""), &id).await;
+    let answer = settled_answer(&c.http, &c.url(2, ""), &id).await;
     assert_eq!(answer["status"], "cancelled");
     assert_eq!(answer["content"].as_str().unwrap(), seen.text);
 }
@@ -318,12 +312,7 @@ async fn the_owner_killed_mid_generation_is_taken_over_without_losing_a_token() 
     on_sse.assert_exactly_once();
     assert_eq!(on_sse.text, expected_text(600));
     assert!(on_ws.controls.iter().all(|c| c["type"] != "gap"));
-    let answer = settled_answer(&c, &c.nginx.url(""), &id).await;
-    assert_eq!(answer["status"], "complete");
-    assert_eq!(answer["content"], expected_text(600));
-    let alive: Vec<usize> = (0..3).filter(|&i| i != owner).collect();
-    let takeovers = metric_sum(&c, &alive, "sluice_takeovers_total{outcome=\"continued\"}").await;
-    assert_eq!(takeovers, 1);
+    assert_continued_elsewhere(&c, owner, &id).await;
 }
 
 #[tokio::test]
@@ -356,7 +345,7 @@ async fn the_owner_stopped_mid_generation_finishes_it_without_an_error() {
     );
     on_sse.assert_exactly_once();
     assert_eq!(on_sse.text, expected_text(600));
-    let answer = settled_answer(&c, &c.nginx.url(""), &id).await;
+    let answer = settled_answer(&c.http, &c.nginx.url(""), &id).await;
     assert_eq!(answer["status"], "complete");
     // The lease was handed back: another replica serves the next message.
     let sent = c
@@ -397,12 +386,7 @@ async fn the_owner_stopped_past_its_grace_period_hands_the_generation_over() {
     assert_eq!(on_ws.text, expected_text(600), "every token exactly once");
     let end = on_ws.events.last().unwrap();
     assert_eq!(end["finish_reason"], "stop");
-    let answer = settled_answer(&c, &c.nginx.url(""), &id).await;
-    assert_eq!(answer["status"], "complete");
-    assert_eq!(answer["content"], expected_text(600));
-    let alive: Vec<usize> = (0..3).filter(|&i| i != owner).collect();
-    let continued = metric_sum(&c, &alive, "sluice_takeovers_total{outcome=\"continued\"}").await;
-    assert_eq!(continued, 1);
+    assert_continued_elsewhere(&c, owner, &id).await;
 }
 
 #[tokio::test]
@@ -446,7 +430,7 @@ async fn a_redis_restart_keeps_the_owners_clients_streaming_and_others_resume() 
         expected_text(600),
         "and shows the whole answer"
     );
-    let answer = settled_answer(&c, &c.url(2, ""), &id).await;
+    let answer = settled_answer(&c.http, &c.url(2, ""), &id).await;
     assert_eq!(answer["content"], expected_text(600));
     assert_eq!(c.owner(&id), Some(0), "the owner kept its session");
     let lost = metric_sum(&c, &[0, 1, 2], "sluice_lease_losses_total").await;

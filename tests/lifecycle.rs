@@ -2,12 +2,12 @@
 //! shut down gracefully, auth isolates users, the operations endpoints.
 
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice_test_support::client::{SseClient, WsClient, WsFrame, token_text};
 use sluice_test_support::expected_text;
 use sluice_test_support::harness::Harness;
+use sluice_test_support::rest::settled_answer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const SECRET: &str = "test-secret-0123456789";
@@ -81,24 +81,6 @@ async fn kill_mid_answer(h: &mut Harness, model: &str, count: usize) -> String {
     id
 }
 
-/// Waits until the session's last message is no longer streaming.
-async fn settled_answer(h: &Harness, id: &str) -> Value {
-    for _ in 0..600 {
-        let session = h.session(id).await;
-        let last = session["messages"]
-            .as_array()
-            .unwrap()
-            .last()
-            .unwrap()
-            .clone();
-        if last["status"] != "streaming" {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the answer never settled");
-}
-
 #[tokio::test]
 async fn a_killed_process_continues_the_answer_after_restart() {
     let mut h = Harness::start(BIN);
@@ -108,7 +90,7 @@ async fn a_killed_process_continues_the_answer_after_restart() {
     let frames = ws.until("generation_end").await;
     let end = frames.last().unwrap();
     assert_eq!(end["finish_reason"], "stop", "{end}");
-    let answer = settled_answer(&h, &id).await;
+    let answer = settled_answer(&h.http, &h.url(""), &id).await;
     assert_eq!(answer["status"], "complete");
     assert_eq!(
         answer["content"],
@@ -131,7 +113,7 @@ async fn a_killed_process_continues_the_answer_after_restart() {
 async fn a_killed_process_leaves_the_answer_interrupted_when_it_cannot_continue() {
     let mut h = Harness::start(BIN);
     let id = kill_mid_answer(&mut h, "fake:tokens=1500,delay_ms=2,no_continue", 700).await;
-    let answer = settled_answer(&h, &id).await;
+    let answer = settled_answer(&h.http, &h.url(""), &id).await;
     assert_eq!(answer["status"], "interrupted");
     let text = answer["content"].as_str().unwrap();
     assert!(!text.is_empty(), "the text so far is kept");

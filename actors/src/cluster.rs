@@ -243,10 +243,16 @@ impl Cluster {
         }
     }
 
-    /// Waits out a hold after a reconnection, if one is on.
-    pub async fn wait_before_taking(&self) {
+    /// While a hold after a reconnection is on, waits it out before taking
+    /// the session's lease if nobody holds it. Without a hold: no wait, and
+    /// no round trip.
+    pub async fn wait_before_taking(&self, session_id: &str) {
         let until = *self.hold_until.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(until) = until {
+        let Some(until) = until.filter(|u| *u > tokio::time::Instant::now()) else {
+            return;
+        };
+        // A held lease is its owner's whatever happens; only a free one waits.
+        if let Ok(None) = self.leases.owner(session_id).await {
             tokio::time::sleep_until(until).await;
         }
     }

@@ -27,12 +27,15 @@ pub struct LeaseError(pub String);
 /// Per-session ownership leases.
 pub trait Leases: Send + Sync + 'static {
     /// Takes the lease for `owner` if it is free (or already `owner`'s).
+    /// The same operation as [`Leases::renew`], named for the caller's intent.
     fn acquire(
         &self,
         session_id: &str,
         owner: &str,
         ttl: Duration,
-    ) -> BoxFuture<'static, Result<bool, LeaseError>>;
+    ) -> BoxFuture<'static, Result<bool, LeaseError>> {
+        self.renew(session_id, owner, ttl)
+    }
 
     /// Extends `owner`'s lease (taking it back if nobody holds it); false if
     /// another owner holds it.

@@ -58,95 +58,89 @@ pub fn spawn(session_id: String, sinks: Sinks) -> mpsc::UnboundedSender<OutboxCm
     tx
 }
 
+/// The outbox task's state.
+struct Outbox {
+    session_id: String,
+    sinks: Sinks,
+    /// The session's bus channel.
+    channel: String,
+    /// After a log or bus failure: until when to deliver without them.
+    down_until: Option<Instant>,
+    /// Events waiting for the next flush.
+    events: Vec<Arc<EncodedEvent>>,
+    subscribers: Vec<Arc<SubscriberQueue>>,
+}
+
 async fn run(session_id: String, sinks: Sinks, mut rx: mpsc::UnboundedReceiver<OutboxCmd>) {
-    let channel = events_channel(&session_id);
-    let mut down_until: Option<Instant> = None;
-    let mut subscribers: Vec<Arc<SubscriberQueue>> = Vec::new();
+    let mut outbox = Outbox {
+        channel: events_channel(&session_id),
+        session_id,
+        sinks,
+        down_until: None,
+        events: Vec::with_capacity(MAX_BATCH),
+        subscribers: Vec::new(),
+    };
     let mut commands = Vec::with_capacity(MAX_BATCH);
-    let mut events: Vec<Arc<EncodedEvent>> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut commands, MAX_BATCH).await > 0 {
         for command in commands.drain(..) {
             match command {
-                OutboxCmd::Event(event) => events.push(event),
+                OutboxCmd::Event(event) => outbox.events.push(event),
                 OutboxCmd::Subscribe { queue, registered } => {
-                    flush(
-                        &session_id,
-                        &sinks,
-                        &channel,
-                        &mut down_until,
-                        &mut events,
-                        &mut subscribers,
-                    )
-                    .await;
-                    subscribers.extend(queue);
+                    outbox.flush().await;
+                    outbox.subscribers.extend(queue);
                     // The subscriber may have given up waiting; that is fine.
                     let _ = registered.send(());
                 }
             }
         }
-        flush(
-            &session_id,
-            &sinks,
-            &channel,
-            &mut down_until,
-            &mut events,
-            &mut subscribers,
-        )
-        .await;
+        outbox.flush().await;
     }
     // The session actor is gone: tell every subscriber the stream has ended.
-    for queue in subscribers {
+    for queue in outbox.subscribers {
         queue.close(CloseReason::Ended);
     }
 }
 
-async fn log_and_publish(
-    session_id: &str,
-    sinks: &Sinks,
-    channel: &str,
-    events: &[Arc<EncodedEvent>],
-) -> Result<(), String> {
-    sinks
-        .log
-        .append(session_id, events.to_vec())
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Some(bus) = &sinks.bus {
-        // One message per batch: the events' JSON, one per line.
-        let mut payload = String::with_capacity(events.iter().map(|e| e.json.len() + 1).sum());
-        for event in events {
-            payload.push_str(&event.json);
-            payload.push('\n');
+impl Outbox {
+    /// Logs and publishes the waiting events, then hands them to local
+    /// subscribers.
+    async fn flush(&mut self) {
+        if self.events.is_empty() {
+            return;
         }
-        bus.publish(channel, payload)
+        if self.down_until.is_some_and(|until| Instant::now() < until) {
+            // The log or bus failed a moment ago: local subscribers get the
+            // events without waiting; resumes across these seqs see a gap,
+            // and subscribers on other replicas a hole (they resume).
+        } else if let Err(e) = self.log_and_publish().await {
+            tracing::warn!(session_id = %self.session_id, error = %e, "events not logged or published");
+            self.down_until = Some(Instant::now() + RETRY_AFTER);
+        } else {
+            self.down_until = None;
+        }
+        for event in self.events.drain(..) {
+            self.subscribers.retain(|queue| queue.push(&event));
+        }
+    }
+
+    async fn log_and_publish(&self) -> Result<(), String> {
+        let events = &self.events;
+        self.sinks
+            .log
+            .append(&self.session_id, events.clone())
             .await
             .map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-async fn flush(
-    session_id: &str,
-    sinks: &Sinks,
-    channel: &str,
-    down_until: &mut Option<Instant>,
-    events: &mut Vec<Arc<EncodedEvent>>,
-    subscribers: &mut Vec<Arc<SubscriberQueue>>,
-) {
-    if events.is_empty() {
-        return;
-    }
-    if down_until.is_some_and(|until| Instant::now() < until) {
-        // The log or bus failed a moment ago: local subscribers get the
-        // events without waiting; resumes across these seqs see a gap, and
-        // subscribers on other replicas a hole (they resume).
-    } else if let Err(e) = log_and_publish(session_id, sinks, channel, events).await {
-        tracing::warn!(session_id, error = %e, "events not logged or published");
-        *down_until = Some(Instant::now() + RETRY_AFTER);
-    } else {
-        *down_until = None;
-    }
-    for event in events.drain(..) {
-        subscribers.retain(|queue| queue.push(&event));
+        if let Some(bus) = &self.sinks.bus {
+            // One message per batch: the events' JSON, one per line.
+            let mut payload = String::with_capacity(events.iter().map(|e| e.json.len() + 1).sum());
+            for event in events {
+                payload.push_str(&event.json);
+                payload.push('\n');
+            }
+            bus.publish(&self.channel, payload)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 }

@@ -105,14 +105,7 @@ async fn load(
     let unavailable = |e: &dyn std::fmt::Display| SessionError::Overloaded(e.to_string());
     if let Some(cluster) = &deps.cluster {
         let leases = cluster.leases();
-        if leases
-            .owner(&session_id)
-            .await
-            .map_err(|e| unavailable(&e))?
-            .is_none()
-        {
-            cluster.wait_before_taking().await;
-        }
+        cluster.wait_before_taking(&session_id).await;
         let taken = leases
             .acquire(&session_id, cluster.replica_id(), cluster.lease_ttl())
             .await

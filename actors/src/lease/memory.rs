@@ -56,15 +56,6 @@ fn take(
 }
 
 impl Leases for MemoryLeases {
-    fn acquire(
-        &self,
-        session_id: &str,
-        owner: &str,
-        ttl: Duration,
-    ) -> BoxFuture<'static, Result<bool, LeaseError>> {
-        self.renew(session_id, owner, ttl)
-    }
-
     fn renew(
         &self,
         session_id: &str,

@@ -43,15 +43,6 @@ impl RedisLeases {
 }
 
 impl Leases for RedisLeases {
-    fn acquire(
-        &self,
-        session_id: &str,
-        owner: &str,
-        ttl: Duration,
-    ) -> BoxFuture<'static, Result<bool, LeaseError>> {
-        self.renew(session_id, owner, ttl)
-    }
-
     fn renew(
         &self,
         session_id: &str,

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::fake_upstream::FakeUpstream;
 use crate::nginx::TestNginx;
@@ -115,16 +115,7 @@ impl TestCluster {
 
     /// Creates a session through replica `i`; its id.
     pub async fn create_session(&self, replica: usize, model: &str) -> String {
-        let response = self
-            .http
-            .post(self.url(replica, "/v1/sessions"))
-            .json(&json!({"model": model}))
-            .send()
-            .await
-            .expect("create session");
-        assert_eq!(response.status(), 201);
-        let body: Value = response.json().await.unwrap();
-        body["id"].as_str().unwrap().to_owned()
+        crate::rest::create_session(&self.http, &self.url(replica, ""), model).await
     }
 
     /// `POST {base}/v1/sessions/{id}/{action}` with `body`.
@@ -139,14 +130,7 @@ impl TestCluster {
 
     /// `GET {base}/v1/sessions/{id}` as JSON (asserting 200).
     pub async fn session(&self, base: &str, id: &str) -> Value {
-        let response = self
-            .http
-            .get(format!("{base}/v1/sessions/{id}"))
-            .send()
-            .await
-            .expect("GET session");
-        assert_eq!(response.status(), 200);
-        response.json().await.unwrap()
+        crate::rest::get_session(&self.http, base, id).await
     }
 
     /// Replica `i`'s metrics text.

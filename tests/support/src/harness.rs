@@ -72,16 +72,7 @@ impl Harness {
 
     /// Creates a session using `model`; returns its id.
     pub async fn create_session(&self, model: &str) -> String {
-        let response = self
-            .http
-            .post(self.url("/v1/sessions"))
-            .json(&json!({"model": model}))
-            .send()
-            .await
-            .expect("create session");
-        assert_eq!(response.status(), 201);
-        let body: Value = response.json().await.unwrap();
-        body["id"].as_str().unwrap().to_owned()
+        crate::rest::create_session(&self.http, &self.url(""), model).await
     }
 
     /// Creates a session using `model`, follows it over WebSocket (past
@@ -136,13 +127,6 @@ impl Harness {
 
     /// `GET /v1/sessions/{id}` as JSON (asserting 200).
     pub async fn session(&self, id: &str) -> Value {
-        let response = self
-            .http
-            .get(self.url(&format!("/v1/sessions/{id}")))
-            .send()
-            .await
-            .expect("get session");
-        assert_eq!(response.status(), 200);
-        response.json().await.unwrap()
+        crate::rest::get_session(&self.http, &self.url(""), id).await
     }
 }

@@ -8,6 +8,7 @@
 //! - [`nginx`]: nginx in front of Sluice, from the repository template.
 //! - [`postgres`]: a throwaway PostgreSQL server.
 //! - [`redis`]: a throwaway Redis server.
+//! - [`rest`]: REST calls shared by the harnesses and tests.
 //! - [`cluster`]: Redis, PostgreSQL, N replicas and nginx, as in production.
 
 pub mod client;
@@ -18,6 +19,7 @@ pub mod nginx;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod rest;
 
 /// The text of token `i` from the fake upstream: its index in brackets, so a
 /// test can check order and completeness of any stretch of text.

@@ -1,0 +1,48 @@
+//! REST calls every test harness makes, against any Sluice base URL
+//! (`http://host:port`: one server, a replica, or nginx).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// Creates a session using `model`; returns its id (asserting 201).
+pub async fn create_session(http: &reqwest::Client, base: &str, model: &str) -> String {
+    let response = http
+        .post(format!("{base}/v1/sessions"))
+        .json(&json!({"model": model}))
+        .send()
+        .await
+        .expect("create session");
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+/// `GET /v1/sessions/{id}` as JSON (asserting 200).
+pub async fn get_session(http: &reqwest::Client, base: &str, id: &str) -> Value {
+    let response = http
+        .get(format!("{base}/v1/sessions/{id}"))
+        .send()
+        .await
+        .expect("get session");
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// The session's last message once it is no longer `streaming` (a hang
+/// guard of 30 s, not a timing check).
+pub async fn settled_answer(http: &reqwest::Client, base: &str, id: &str) -> Value {
+    for _ in 0..600 {
+        let session = get_session(http, base, id).await;
+        let last = session["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .cloned()
+            .expect("a message");
+        if last["status"] != "streaming" {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the answer never settled");
+}
