@@ -19,7 +19,10 @@ def load(path):
     runs = defaultdict(list)
     for line in open(path):
         record = json.loads(line)
-        runs[record["scenario"]].append(record["result"])
+        result = record["result"]
+        if "cpu_ms" in record:
+            result["cpu_ms"] = record["cpu_ms"]
+        runs[record["scenario"]].append(result)
     return runs
 
 
@@ -54,10 +57,12 @@ def overhead(runs, out):
         "start to the last stream's end; *% direct* compares with the direct row measured "
         "just before. TTFT is from the request (OpenAI) or the `send` (sessions) to the first "
         "token; *added* is Sluice's TTFT minus direct at the same percentile. ITL is the gap "
-        "between token frames as the client receives them.\n"
+        "between token frames as the client receives them. *CPU µs per token* is the CPU time "
+        "each process spent in the run (from `/proc`, in 10 ms ticks, so shown from concurrency "
+        "100 up) over the tokens delivered: the fake upstream, Sluice, and the load generator.\n"
     )
-    out.append("| delay | conc. | path | tokens/s | % direct | TTFT p50 ms | TTFT p99 ms | added p50 ms | added p99 ms | ITL p99 ms | errors |")
-    out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    out.append("| delay | conc. | path | tokens/s | % direct | TTFT p50 ms | TTFT p99 ms | added p50 ms | added p99 ms | ITL p99 ms | CPU µs per token: upstream / Sluice / client | errors |")
+    out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for delay in (0, 20):
         for c in (1, 10, 100, 1000):
             base = runs.get(f"overhead/direct/d{delay}/c{c}")
@@ -76,9 +81,20 @@ def overhead(runs, out):
                     f"| {delay} ms | {c} | {'direct' if direct else 'Sluice ' + path} | {fmt(tps, 0)} | "
                     f"{'' if direct else fmt(100 * tps / d_tps, 0) + ' %'} | {fmt(t50, 2)} | {fmt(t99, 2)} | "
                     f"{'' if direct else fmt(t50 - d50, 2)} | {'' if direct else fmt(t99 - d99, 2)} | "
-                    f"{fmt(mean(r, 'itl_p99_ms'), 2)} | {sum(x['errors'] for x in r)} |"
+                    f"{fmt(mean(r, 'itl_p99_ms'), 2)} | {cpu_per_token(r, c, direct)} | "
+                    f"{sum(x['errors'] for x in r)} |"
                 )
     out.append("")
+
+
+def cpu_per_token(runs, concurrency, direct):
+    """Each process's CPU µs per delivered token, averaged over the runs."""
+    if concurrency < 100 or not all("cpu_ms" in r and r.get("tokens") for r in runs):
+        return ""
+    def per(who):
+        return statistics.mean(1000 * r["cpu_ms"][who] / r["tokens"] for r in runs)
+    sluice = "-" if direct else fmt(per("sluice"), 1)
+    return f"{fmt(per('upstream'), 1)} / {sluice} / {fmt(per('client'), 1)}"
 
 
 def capacity(runs, out):

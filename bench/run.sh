@@ -31,7 +31,8 @@ trap cleanup EXIT
 wait_line() { for _ in $(seq 1 300); do [ -s "$1" ] && return 0; sleep 0.1; done; echo "no output in $1" >&2; exit 1; }
 
 "$bin/fake-upstream" >"$work/fake.out" &
-pids+=($!)
+fake_pid=$!
+pids+=($fake_pid)
 wait_line "$work/fake.out"
 upstream="$(head -1 "$work/fake.out")"
 direct="${upstream%/v1}"
@@ -44,12 +45,21 @@ pids+=($sluice_pid)
 sluice="http://127.0.0.1:$port"
 for _ in $(seq 1 300); do curl -sf "$sluice/health" >/dev/null && break; sleep 0.1; done
 
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; } # CPU in 1/100 s
 run() { # scenario label, then sluice-bench arguments
   local label="$1"; shift
-  local out
-  out="$("$bin/sluice-bench" "$@")"
-  echo "{\"scenario\":\"$label\",\"result\":$out}" >>"$results"
-  echo "$label: $out" >&2
+  local out f0 s0 client
+  f0="$(ticks "$fake_pid")"; s0="$(ticks "$sluice_pid")"
+  # The client's own CPU (user and system seconds) from bash's time.
+  client="$( { TIMEFORMAT='%3U %3S'; time "$bin/sluice-bench" "$@" >"$work/out.json"; } 2>&1 | tail -1)"
+  out="$(cat "$work/out.json")"
+  # CPU each process spent in the run, in milliseconds: with every process
+  # sharing two cores, this is what bounds throughput.
+  local cpu
+  cpu="$(awk -v f="$(( $(ticks "$fake_pid") - f0 ))" -v s="$(( $(ticks "$sluice_pid") - s0 ))" -v c="$client" \
+    'BEGIN { split(c, t, " "); printf "{\"upstream\":%d,\"sluice\":%d,\"client\":%d}", f * 10, s * 10, (t[1] + t[2]) * 1000 }')"
+  echo "{\"scenario\":\"$label\",\"result\":$out,\"cpu_ms\":$cpu}" >>"$results"
+  echo "$label: $out cpu_ms=$cpu" >&2
 }
 
 levels=(1 10 100 1000)

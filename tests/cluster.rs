@@ -487,6 +487,11 @@ async fn a_redis_connection_blip_is_survived_without_holding_leases() {
 async fn with_postgres_down_sends_are_overloaded_and_service_returns() {
     let mut c = TestCluster::start(BIN, 3, &[]);
     let id = c.create_session(0, "fake:tokens=5").await;
+    // A subscriber keeps the session's actor live through the outage.
+    let mut watcher = WsClient::connect(&c.nginx.ws_url(&ws_path(&id)))
+        .await
+        .unwrap();
+    watcher.until("snapshot").await;
     c.postgres.stop();
     let response = c
         .post(&c.nginx.url(""), &id, "messages", json!({"content": "x"}))
@@ -502,6 +507,16 @@ async fn with_postgres_down_sends_are_overloaded_and_service_returns() {
             .contains("session store unavailable"),
         "{body}"
     );
+    // The provider is asked while a send is saved, but after a failed save
+    // the next send waits for its own: an outage costs at most one request.
+    for _ in 0..3 {
+        let again = c
+            .post(&c.nginx.url(""), &id, "messages", json!({"content": "x"}))
+            .await;
+        assert_eq!(again.status(), 503);
+    }
+    let asked = c.upstream.requests().len();
+    assert!(asked <= 1, "the provider was asked {asked} times");
     for i in 0..3 {
         let ready = c.http.get(c.url(i, "/ready")).send().await.unwrap();
         assert_eq!(ready.status(), 503);

@@ -631,7 +631,7 @@ async fn pump_remote(
                         EventBody::GenerationEnd { .. } => generating = false,
                         _ => {}
                     }
-                    let event = Arc::new(EncodedEvent { event, json: line.to_owned() });
+                    let event = Arc::new(EncodedEvent { event, json: line.into() });
                     if !queue.push(&event) {
                         return;
                     }

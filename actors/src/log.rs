@@ -14,6 +14,7 @@ pub mod redis;
 
 use std::sync::Arc;
 
+use bytestring::ByteString;
 use futures::future::BoxFuture;
 use sluice_protocol::Event;
 
@@ -22,14 +23,15 @@ use sluice_protocol::Event;
 pub struct EncodedEvent {
     /// The event.
     pub event: Event,
-    /// `event.to_json()`, computed once.
-    pub json: String,
+    /// `event.to_json()`, computed once; cloning it shares the bytes, so
+    /// every WebSocket frame of the event reuses them.
+    pub json: ByteString,
 }
 
 impl EncodedEvent {
     /// Encodes `event`.
     pub fn new(event: Event) -> Self {
-        let json = event.to_json();
+        let json = event.to_json().into();
         Self { event, json }
     }
 

@@ -23,7 +23,7 @@ use crate::SessionConfig;
 use crate::cluster::Cluster;
 use crate::error::SessionError;
 use crate::ids::{new_id, now_rfc3339};
-use crate::llm::{LlmChunk, LlmError, LlmProvider};
+use crate::llm::{LlmChunk, LlmError, LlmProvider, ready_batches};
 use crate::log::{EncodedEvent, EventLog};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::outbox::{self, OutboxCmd, Sinks};
@@ -36,6 +36,9 @@ const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Longest automatic title, in characters.
 const AUTO_TITLE_CHARS: usize = 60;
+
+/// Most provider chunks handled in one actor message.
+const MAX_CHUNK_BATCH: usize = 256;
 
 /// What every session actor needs, shared.
 pub struct SessionDeps {
@@ -93,6 +96,9 @@ pub struct SessionActor {
     finishing: Option<Partial>,
     /// A cancel arrived while a send was being persisted.
     cancel_requested: bool,
+    /// The last send's save failed: the next one asks the provider only
+    /// after its own save lands.
+    save_failed: bool,
     /// Ordered log-then-deliver queue.
     outbox: mpsc::UnboundedSender<OutboxCmd>,
     /// Ordered store writes.
@@ -262,6 +268,7 @@ impl SessionActor {
             sending: None,
             finishing: None,
             cancel_requested: false,
+            save_failed: false,
             outbox,
             writer,
             writer_rx: Some(writer_rx),
@@ -325,20 +332,31 @@ impl SessionActor {
         });
     }
 
+    /// The prompt for the assistant message at `message_index`: the
+    /// conversation before it, and for a continuation its text so far.
+    fn request_for(&self, message_index: usize, continuation: bool) -> ChatRequest {
+        let history = self
+            .messages
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != message_index)
+            .map(|(_, m)| m);
+        let so_far = continuation.then(|| self.messages[message_index].content.as_str());
+        self.build_request(history, so_far)
+    }
+
     /// The prompt for a generation: the system prompt, then the recent
-    /// conversation (skipping the assistant message being written).
-    fn build_request(&self, skip_index: usize, continuation: bool) -> ChatRequest {
+    /// conversation from `history`, then (continuing) the answer so far.
+    fn build_request<'a>(
+        &'a self,
+        history: impl Iterator<Item = &'a MessageRecord>,
+        so_far: Option<&str>,
+    ) -> ChatRequest {
         let mut messages = Vec::new();
         if let Some(system) = &self.record.system_prompt {
             messages.push(ChatRequest::text_message("system", system));
         }
-        let history: Vec<_> = self
-            .messages
-            .iter()
-            .enumerate()
-            .filter(|(i, m)| *i != skip_index && !m.content.is_empty())
-            .map(|(_, m)| m)
-            .collect();
+        let history: Vec<_> = history.filter(|m| !m.content.is_empty()).collect();
         let start = history
             .len()
             .saturating_sub(self.deps.config.history_messages);
@@ -351,8 +369,7 @@ impl SessionActor {
             messages.push(ChatRequest::text_message(role, &m.content));
         }
         // A continuation asks the model to go on from the answer so far.
-        let so_far = &self.messages[skip_index].content;
-        if continuation && !so_far.is_empty() {
+        if let Some(so_far) = so_far.filter(|s| !s.is_empty()) {
             messages.push(ChatRequest::text_message("assistant", so_far));
         }
         let mut extra = serde_json::Map::new();
@@ -371,15 +388,68 @@ impl SessionActor {
         }
     }
 
-    /// Starts the provider's stream for the assistant message at
-    /// `message_index`. A continuation (after a takeover) emits no new
+    /// Starts reading the provider's stream for `request` in a task that
+    /// hands chunks to this actor as [`GenerationStep`]s. With a `gate`, the
+    /// provider is asked at once but nothing reaches the actor until the gate
+    /// opens; a gate dropped unopened ends the task.
+    fn spawn_stream(
+        &self,
+        ctx: &Context<Self>,
+        generation_id: &str,
+        request: ChatRequest,
+        gate: Option<oneshot::Receiver<()>>,
+    ) -> tokio::task::JoinHandle<()> {
+        // Chunks that arrive together make one actor message.
+        let mut stream = ready_batches(self.deps.llm.stream(request), MAX_CHUNK_BATCH);
+        let addr = ctx.address();
+        let id = generation_id.to_owned();
+        actix_rt::spawn(async move {
+            let mut held = None;
+            if let Some(mut gate) = gate {
+                tokio::select! {
+                    biased;
+                    open = &mut gate => if open.is_err() { return },
+                    first = stream.next() => {
+                        held = Some(first);
+                        if gate.await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let mut next = match held {
+                Some(first) => first,
+                None => stream.next().await,
+            };
+            while let Some(chunks) = next {
+                let failed = chunks.iter().any(Result::is_err);
+                addr.do_send(GenerationStep {
+                    generation_id: id.clone(),
+                    step: Step::Chunks(chunks),
+                });
+                if failed {
+                    return;
+                }
+                next = stream.next().await;
+            }
+            addr.do_send(GenerationStep {
+                generation_id: id,
+                step: Step::Done,
+            });
+        })
+    }
+
+    /// Makes `task` (from [`Self::spawn_stream`]) the running generation of
+    /// the assistant message at `message_index`, asked of the provider at
+    /// `started`. A continuation (after a takeover) emits no new
     /// `generation_start`: clients see one generation go on.
     fn start_generation(
         &mut self,
-        ctx: &mut Context<Self>,
         generation_id: String,
         message_index: usize,
         continuation: bool,
+        task: tokio::task::JoinHandle<()>,
+        started: Instant,
     ) {
         if !continuation {
             let message_id = self.messages[message_index].id.clone();
@@ -389,36 +459,15 @@ impl SessionActor {
                 model: self.record.model.clone(),
             });
         }
-        let request = self.build_request(message_index, continuation);
-        let mut stream = self.deps.llm.stream(request);
-        let addr = ctx.address();
-        let id = generation_id.clone();
-        let task = actix_rt::spawn(async move {
-            while let Some(item) = stream.next().await {
-                let failed = item.is_err();
-                addr.do_send(GenerationStep {
-                    generation_id: id.clone(),
-                    step: Step::Chunk(item),
-                });
-                if failed {
-                    return;
-                }
-            }
-            addr.do_send(GenerationStep {
-                generation_id: id,
-                step: Step::Done,
-            });
-        });
-        let now = Instant::now();
         self.generation = Some(Generation {
             id: generation_id,
             message_index,
-            started: now,
+            started,
             first_token: false,
             usage: None,
             finish: None,
             task: Some(task),
-            last_checkpoint: now,
+            last_checkpoint: Instant::now(),
             continued: continuation,
         });
     }
@@ -464,6 +513,30 @@ impl SessionActor {
             let message = self.messages[index].clone();
             self.persist(vec![message]);
         }
+    }
+
+    /// The provider's stream failed: the generation ends with the error.
+    fn on_stream_error(&mut self, ctx: &mut Context<Self>, error: LlmError) {
+        let code = error.code();
+        self.deps
+            .metrics
+            .upstream_errors_total
+            .with_label_values(&[code.as_str()])
+            .inc();
+        tracing::warn!(session_id = %self.record.id, %error, "generation failed");
+        // A continuation that cannot start keeps the answer so far.
+        let reason = match &self.generation {
+            Some(g) if g.continued && !g.first_token => FinishReason::Interrupted,
+            _ => FinishReason::Error,
+        };
+        self.finish(
+            ctx,
+            reason,
+            Some(EventError {
+                code,
+                message: error.to_string(),
+            }),
+        );
     }
 
     /// Ends the running generation: settles the assistant message, and
@@ -562,7 +635,15 @@ impl SessionActor {
             "took over a running generation"
         );
         if takeover.continuable {
-            self.start_generation(ctx, takeover.generation_id, takeover.message_index, true);
+            let request = self.request_for(takeover.message_index, true);
+            let task = self.spawn_stream(ctx, &takeover.generation_id, request, None);
+            self.start_generation(
+                takeover.generation_id,
+                takeover.message_index,
+                true,
+                task,
+                Instant::now(),
+            );
         } else {
             let now = Instant::now();
             self.generation = Some(Generation {
@@ -801,8 +882,8 @@ pub struct GenerationStep {
 
 /// What a generation's stream produced.
 pub enum Step {
-    /// A chunk, or the error that ends the stream.
-    Chunk(Result<LlmChunk, LlmError>),
+    /// Chunks that arrived together; an error is last and ends the stream.
+    Chunks(Vec<Result<LlmChunk, LlmError>>),
     /// The stream ended normally.
     Done,
 }
@@ -810,7 +891,7 @@ pub enum Step {
 impl Handler<Send> for SessionActor {
     type Result = ResponseActFuture<Self, Result<SendAccepted, SessionError>>;
 
-    fn handle(&mut self, msg: Send, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Send, ctx: &mut Self::Context) -> Self::Result {
         let client_msg_id = msg.message.client_msg_id.clone();
         let refused = |e| Box::pin(fut::ready(Err(e))) as Self::Result;
         if self.retiring {
@@ -879,7 +960,20 @@ impl Handler<Send> for SessionActor {
         self.record.updated_at = now;
         // The user message is durable before its generation starts; the
         // assistant message is stored as `streaming` in the same transaction.
+        // The provider is asked meanwhile, so its time to first token hides
+        // the save, but none of its chunks is handled before the save lands.
+        // After a failed save the store is likely still down: the provider
+        // is asked only once a save lands, so an outage costs no requests.
         let saved = self.persist_acked(vec![user.clone(), assistant.clone()]);
+        let started = Instant::now();
+        let early = (!self.save_failed).then(|| {
+            let request = self.build_request(self.messages.iter().chain([&user]), None);
+            let (open, gate) = oneshot::channel();
+            (
+                self.spawn_stream(ctx, &generation_id, request, Some(gate)),
+                open,
+            )
+        });
         Box::pin(
             async move {
                 saved
@@ -889,7 +983,11 @@ impl Handler<Send> for SessionActor {
             .into_actor(self)
             .map(move |result, act, ctx| {
                 act.sending = None;
+                act.save_failed = result.is_err();
                 if let Err(e) = result {
+                    if let Some((task, _)) = early {
+                        task.abort();
+                    }
                     return Err(SessionError::from(e));
                 }
                 act.emit(EventBody::UserMessage {
@@ -903,7 +1001,19 @@ impl Handler<Send> for SessionActor {
                 if let Some(id) = client_msg_id {
                     act.sent.insert(id, accepted.clone());
                 }
-                act.start_generation(ctx, generation_id, act.messages.len() - 1, false);
+                let index = act.messages.len() - 1;
+                match early {
+                    Some((task, open)) => {
+                        act.start_generation(generation_id, index, false, task, started);
+                        // The task is gone already only if it was aborted.
+                        let _ = open.send(());
+                    }
+                    None => {
+                        let request = act.request_for(index, false);
+                        let task = act.spawn_stream(ctx, &generation_id, request, None);
+                        act.start_generation(generation_id, index, false, task, started);
+                    }
+                }
                 if std::mem::take(&mut act.cancel_requested) {
                     act.finish(ctx, FinishReason::Cancelled, None);
                 }
@@ -1078,28 +1188,16 @@ impl Handler<GenerationStep> for SessionActor {
         }
         self.touch();
         match msg.step {
-            Step::Chunk(Ok(chunk)) => self.on_chunk(chunk),
-            Step::Chunk(Err(error)) => {
-                let code = error.code();
-                self.deps
-                    .metrics
-                    .upstream_errors_total
-                    .with_label_values(&[code.as_str()])
-                    .inc();
-                tracing::warn!(session_id = %self.record.id, %error, "generation failed");
-                // A continuation that cannot start keeps the answer so far.
-                let reason = match &self.generation {
-                    Some(g) if g.continued && !g.first_token => FinishReason::Interrupted,
-                    _ => FinishReason::Error,
-                };
-                self.finish(
-                    ctx,
-                    reason,
-                    Some(EventError {
-                        code,
-                        message: error.to_string(),
-                    }),
-                );
+            Step::Chunks(chunks) => {
+                for chunk in chunks {
+                    match chunk {
+                        Ok(chunk) => self.on_chunk(chunk),
+                        Err(error) => {
+                            self.on_stream_error(ctx, error);
+                            return;
+                        }
+                    }
+                }
             }
             Step::Done => {
                 let reason = self

@@ -7,7 +7,10 @@
 //!   text the client already has.
 //! - A stream that ends without `[DONE]` or a finish reason is an error.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -37,30 +40,49 @@ pub struct OpenAiConfig {
     pub retry_backoff: Duration,
 }
 
-/// An OpenAI-compatible provider. Cloning shares the connection pool.
+/// An OpenAI-compatible provider. Cloning shares its HTTP clients.
 #[derive(Clone)]
 pub struct OpenAiProvider {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    client: reqwest::Client,
+    /// Tells this provider's per-thread clients apart from another's.
+    id: u64,
+    /// The client for threads that have none of their own (never used on
+    /// the runtime threads in practice, since those build theirs).
+    fallback: reqwest::Client,
     url: String,
     config: OpenAiConfig,
 }
 
+thread_local! {
+    /// Each thread's HTTP client per provider. A connection's I/O task runs on
+    /// the thread that opened it, so a thread reusing another's pooled
+    /// connection would cross threads (a wake-up through the kernel) for
+    /// every chunk; with one pool per thread the reader and the connection
+    /// share a scheduler.
+    static CLIENTS: RefCell<HashMap<u64, reqwest::Client>> = RefCell::new(HashMap::new());
+}
+
+fn build_client(config: &OpenAiConfig) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()
+}
+
 impl OpenAiProvider {
-    /// Builds the provider and its HTTP client.
+    /// Builds the provider and checks that its HTTP client can be built.
     pub fn new(config: OpenAiConfig) -> Result<Self, LlmError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let fallback = build_client(&config)
             .map_err(|e| LlmError::Upstream(format!("cannot build the HTTP client: {e}")))?;
         let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                fallback,
                 url,
                 config,
             }),
@@ -69,8 +91,22 @@ impl OpenAiProvider {
 }
 
 impl Inner {
+    /// This thread's client.
+    fn client(&self) -> reqwest::Client {
+        CLIENTS.with(|clients| {
+            let mut clients = clients.borrow_mut();
+            if let Some(client) = clients.get(&self.id) {
+                return client.clone();
+            }
+            match build_client(&self.config) {
+                Ok(client) => clients.entry(self.id).or_insert(client).clone(),
+                Err(_) => self.fallback.clone(),
+            }
+        })
+    }
+
     fn post(&self, body: &ChatRequest) -> reqwest::RequestBuilder {
-        let mut builder = self.client.post(&self.url).json(body);
+        let mut builder = self.client().post(&self.url).json(body);
         if let Some(key) = &self.config.api_key {
             builder = builder.bearer_auth(key.expose());
         }

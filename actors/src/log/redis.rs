@@ -105,7 +105,7 @@ impl EventLog for RedisEventLog {
                         false,
                         ("MAXLEN", "~", retention),
                         XID::Manual(format!("{}-0", event.seq()).into()),
-                        vec![("e", event.json.as_str())],
+                        vec![("e", &*event.json)],
                     )
                     .await
                     .map_err(err)?;
@@ -143,7 +143,10 @@ impl EventLog for RedisEventLog {
                         .ok_or_else(|| LogError(format!("log entry {id} has no event")))?;
                     let event: Event = serde_json::from_str(&json)
                         .map_err(|e| LogError(format!("log entry {id} is corrupt: {e}")))?;
-                    Ok(Arc::new(EncodedEvent { event, json }))
+                    Ok(Arc::new(EncodedEvent {
+                        event,
+                        json: json.into(),
+                    }))
                 })
                 .collect()
         })

@@ -5,8 +5,9 @@ use std::convert::Infallible;
 use std::time::Instant;
 
 use actix_web::{HttpResponse, web};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use sluice_actors::llm::{LlmError, ready_batches};
 use sluice_actors::metrics::GaugeGuard;
 use sluice_protocol::ErrorBody;
 use sluice_protocol::openai::ChatRequest;
@@ -15,6 +16,9 @@ use crate::auth::User;
 use crate::body::RawBody;
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// Most chunks relayed in one write.
+const MAX_RELAY_BATCH: usize = 256;
 
 /// `POST /v1/chat/completions`, streaming or not.
 ///
@@ -66,27 +70,37 @@ pub async fn chat_completions(
     let live = GaugeGuard::new(metrics.live_connections.with_label_values(&["openai"]));
     let tokens = metrics.tokens_streamed_total.with_label_values(&["openai"]);
     let errors = metrics.upstream_errors_total.clone();
+    // Chunks that arrive together leave in one write.
+    let mut batches = ready_batches(upstream, MAX_RELAY_BATCH);
     let stream = async_stream::stream! {
         let _live = live;
-        let mut next: Option<Result<_, sluice_actors::llm::LlmError>> = Some(Ok(first));
-        while let Some(item) = next.take() {
-            match item {
-                Ok(chunk) => {
-                    if chunk.view.content().is_some_and(|c| !c.is_empty()) {
-                        tokens.inc();
+        let mut batch: Vec<Result<_, LlmError>> = vec![Ok(first)];
+        loop {
+            let mut out = BytesMut::new();
+            for item in batch {
+                match item {
+                    Ok(chunk) => {
+                        if chunk.view.content().is_some_and(|c| !c.is_empty()) {
+                            tokens.inc();
+                        }
+                        push_data_line(&mut out, &chunk.raw);
                     }
-                    yield Ok::<_, Infallible>(data_line(&chunk.raw));
-                }
-                Err(e) => {
-                    // After the first chunk the status is sent; the error goes
-                    // in the stream, as OpenAI does, and the stream ends.
-                    errors.with_label_values(&[e.code().as_str()]).inc();
-                    let body = ErrorBody::new(e.code(), e.to_string());
-                    yield Ok(data_line(&serde_json::to_string(&body).unwrap_or_default()));
-                    return;
+                    Err(e) => {
+                        // After the first chunk the status is sent; the error
+                        // goes in the stream, as OpenAI does, and the stream ends.
+                        errors.with_label_values(&[e.code().as_str()]).inc();
+                        let body = ErrorBody::new(e.code(), e.to_string());
+                        push_data_line(&mut out, &serde_json::to_string(&body).unwrap_or_default());
+                        yield Ok::<_, Infallible>(out.freeze());
+                        return;
+                    }
                 }
             }
-            next = upstream.next().await;
+            yield Ok(out.freeze());
+            match batches.next().await {
+                Some(next) => batch = next,
+                None => break,
+            }
         }
         yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
     };
@@ -97,12 +111,11 @@ pub async fn chat_completions(
         .streaming(stream))
 }
 
-fn data_line(json: &str) -> Bytes {
-    let mut line = String::with_capacity(json.len() + 8);
-    line.push_str("data: ");
-    line.push_str(json);
-    line.push_str("\n\n");
-    Bytes::from(line)
+fn push_data_line(out: &mut BytesMut, json: &str) {
+    out.reserve(json.len() + 8);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(json.as_bytes());
+    out.extend_from_slice(b"\n\n");
 }
 
 /// `GET /v1/models`.
