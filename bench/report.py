@@ -180,6 +180,23 @@ def singles(runs, out):
             r = runs[f"cross/c{c}"][0]
             out.append(f"| {c} | {r['events']} | {r['added_p50_ms']:.2f} | {r['added_p99_ms']:.2f} | {r['errors']} |")
         out.append("")
+    takeover = runs.get("takeover")
+    if takeover:
+        out.append("### Takeover after `kill -9` of the owner
+")
+        out.append(
+            "The multi-replica test (`cargo test --test cluster killed`: Redis, PostgreSQL, three "
+            "debug-build replicas and nginx) kills the replica owning a session in the middle of a "
+            "600-token answer. It reads the owner's remaining lease (`PTTL`) just before the kill; "
+            "*first continued event* is when the WebSocket client, reconnected through nginx, "
+            f"receives the next token of the answer, continued by another replica. Lease "
+            f"{takeover[0]['lease_s']} s.\n"
+        )
+        out.append("| run | lease left at kill ms | kill → first continued event ms | lease expiry → first continued event ms |")
+        out.append("| --- | --- | --- | --- |")
+        for i, r in enumerate(takeover, 1):
+            out.append(f"| {i} | {r['lease_left_ms']} | {r['kill_to_first_ms']} | {r['expiry_to_first_ms']} |")
+        out.append("")
 
 
 def main():

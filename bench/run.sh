@@ -103,6 +103,17 @@ for c in 1 10 100; do
   run "cross/c$c" cross --owner "$r0" --other "$r1" --concurrency "$c" --tokens 200 --delay-ms 20
 done
 
+# Takeover after kill -9 of a session's owner, as the multi-replica test
+# measures it (Redis, PostgreSQL, three debug-build replicas, nginx; lease
+# 2 s): it prints one "takeover:" line per run.
+scripts/cluster down "$cluster_dir" 2>/dev/null || true
+cluster_dir=""
+for _ in 1 2 3; do
+  line="$(cargo test --quiet --test cluster killed -- --nocapture 2>&1 | grep '^takeover:')"
+  echo "$line" | sed -E 's/.*lease ([0-9.]+) s, ([0-9]+) ms of it left.*kill to first continued event ([0-9]+) ms; lease expiry to it ([0-9]+) ms.*/{"scenario":"takeover","result":{"lease_s":\1,"lease_left_ms":\2,"kill_to_first_ms":\3,"expiry_to_first_ms":\4}}/' >>"$results"
+  echo "$line" >&2
+done
+
 # The peer: LiteLLM's proxy in front of the same fake upstream, every model
 # routed to it ("*"), in the same scenario as Sluice's OpenAI route.
 venv="$target/bench-tools/litellm-venv"
