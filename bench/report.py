@@ -182,8 +182,7 @@ def singles(runs, out):
         out.append("")
     takeover = runs.get("takeover")
     if takeover:
-        out.append("### Takeover after `kill -9` of the owner
-")
+        out.append("### Takeover after `kill -9` of the owner\n")
         out.append(
             "The multi-replica test (`cargo test --test cluster killed`: Redis, PostgreSQL, three "
             "debug-build replicas and nginx) kills the replica owning a session in the middle of a "

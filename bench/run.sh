@@ -143,5 +143,7 @@ for delay in 0 20; do
   done
 done
 
+# Kept outside the temporary directory, so a report can be redone.
+cp "$results" "$target/bench-results.jsonl"
 python3 bench/report.py "$results" "$mode" docs/benchmarks.md
 echo "results written to docs/benchmarks.md" >&2
