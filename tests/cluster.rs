@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use sluice_test_support::client::{SseClient, WsClient, WsFrame, token_text};
 use sluice_test_support::cluster::{LEASE_SECONDS, TestCluster};
 use sluice_test_support::expected_text;
-use sluice_test_support::rest::settled_answer;
+use sluice_test_support::rest::{assert_store_unavailable, settled_answer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -496,17 +496,7 @@ async fn with_postgres_down_sends_are_overloaded_and_service_returns() {
     let response = c
         .post(&c.nginx.url(""), &id, "messages", json!({"content": "x"}))
         .await;
-    assert_eq!(response.status(), 503);
-    assert!(response.headers().contains_key("retry-after"));
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "overloaded");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("session store unavailable"),
-        "{body}"
-    );
+    assert_store_unavailable(response).await;
     // The provider is asked while a send is saved, but after a failed save
     // the next send waits for its own: an outage costs at most one request.
     for _ in 0..3 {

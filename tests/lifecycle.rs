@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use sluice_test_support::client::{SseClient, WsClient, WsFrame, token_text};
 use sluice_test_support::expected_text;
 use sluice_test_support::harness::Harness;
-use sluice_test_support::rest::settled_answer;
+use sluice_test_support::rest::{assert_store_unavailable, settled_answer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const SECRET: &str = "test-secret-0123456789";
@@ -439,17 +439,7 @@ async fn with_postgres_down_sends_are_overloaded_and_service_returns_by_itself()
 
     db.stop();
     let response = h.send(&id, "while down", None).await;
-    assert_eq!(response.status(), 503);
-    assert!(response.headers().contains_key("retry-after"));
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "overloaded");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("session store unavailable"),
-        "{body}"
-    );
+    assert_store_unavailable(response).await;
     let ready = h.http.get(h.url("/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     let ready: Value = ready.json().await.unwrap();

@@ -46,3 +46,19 @@ pub async fn settled_answer(http: &reqwest::Client, base: &str, id: &str) -> Val
     }
     panic!("the answer never settled");
 }
+
+/// Asserts that `response` refuses a send because the session store is down:
+/// 503 with `Retry-After` and an `overloaded` error naming the store.
+pub async fn assert_store_unavailable(response: reqwest::Response) {
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "overloaded");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("session store unavailable"),
+        "{body}"
+    );
+}
