@@ -93,8 +93,15 @@ async fn run(subscriber: SubscriberClient, mut commands: mpsc::UnboundedReceiver
                 Some(Command::Subscribe { channel, tx, done }) => {
                     let first = !channels.contains_key(&channel);
                     if first {
-                        let subscribed =
-                            tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscriber.subscribe(channel.as_str())).await;
+                        let subscribed = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
+                            subscriber.subscribe(channel.as_str()).await?;
+                            // fred resolves SUBSCRIBE once it is written. A
+                            // PING on the same connection is answered only
+                            // after Redis has processed it, so the channel is
+                            // live when the caller hears back.
+                            subscriber.ping::<Value>(None).await.map(drop)
+                        })
+                        .await;
                         let result = match subscribed {
                             Ok(Ok(())) => Ok(()),
                             Ok(Err(e)) => Err(err(e)),
