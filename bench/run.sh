@@ -28,22 +28,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_line() { for _ in $(seq 1 300); do [ -s "$1" ] && return 0; sleep 0.1; done; echo "no output in $1" >&2; exit 1; }
-
-"$bin/fake-upstream" >"$work/fake.out" &
-fake_pid=$!
-pids+=($fake_pid)
-wait_line "$work/fake.out"
-upstream="$(head -1 "$work/fake.out")"
-direct="${upstream%/v1}"
-
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-SLUICE_ADDR="127.0.0.1:$port" SLUICE_DATA_DIR="$work/data" SLUICE_LOG_LEVEL=warn \
-  SLUICE_LLM_BASE_URL="$upstream" SLUICE_SESSION_IDLE_SECONDS=30 "$bin/sluice" >"$work/sluice.log" 2>&1 &
-sluice_pid=$!
-pids+=($sluice_pid)
-sluice="http://127.0.0.1:$port"
-for _ in $(seq 1 300); do curl -sf "$sluice/health" >/dev/null && break; sleep 0.1; done
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+start_fake_upstream
+start_sluice
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; } # CPU in 1/100 s
 run() { # scenario label, then sluice-bench arguments
@@ -125,7 +113,7 @@ if [ ! -x "$venv/bin/litellm" ] || ! cmp -s bench/peer-requirements.txt "$venv/r
 fi
 printf 'model_list:\n  - model_name: "*"\n    litellm_params:\n      model: "openai/*"\n      api_base: "%s"\n      api_key: "unused"\n' \
   "$upstream" >"$work/litellm.yaml"
-peer_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+peer_port="$(free_port)"
 "$venv/bin/litellm" --config "$work/litellm.yaml" --host 127.0.0.1 --port "$peer_port" >"$work/litellm.log" 2>&1 &
 pids+=($!)
 peer="http://127.0.0.1:$peer_port"

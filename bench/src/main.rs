@@ -59,6 +59,11 @@ enum Command {
         /// Pause between tokens at the fake upstream.
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
+        /// Idle time between a round's setup and its sends, and after each
+        /// round, so a profiler's samples of the two phases can be told
+        /// apart by time (bench/profile.sh). Not part of any measurement.
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
     },
     /// Idle WebSocket connections and the server's memory.
     Idle {
@@ -124,13 +129,16 @@ async fn main() -> anyhow::Result<()> {
             rounds,
             tokens,
             delay_ms,
+            pause_ms,
         } => {
+            let pause = Duration::from_millis(pause_ms);
             stream(
                 transport,
                 &base,
                 concurrency,
                 rounds,
                 &model(tokens, delay_ms),
+                pause,
             )
             .await?
         }
@@ -311,6 +319,7 @@ async fn one_stream(
     model: &str,
     barrier: &Barrier,
     waited: &mut bool,
+    pause: Duration,
 ) -> anyhow::Result<Observed> {
     let mut seen = Observed::default();
     match transport {
@@ -319,6 +328,7 @@ async fn one_stream(
                 "messages": [{"role": "user", "content": "go"}]});
             barrier.wait().await;
             *waited = true;
+            tokio::time::sleep(pause).await;
             let started = Instant::now();
             let response = http
                 .post(format!("{base}/v1/chat/completions"))
@@ -347,6 +357,7 @@ async fn one_stream(
             reader.until("\"snapshot\"", |_| {}).await?;
             barrier.wait().await;
             *waited = true;
+            tokio::time::sleep(pause).await;
             let started = Instant::now();
             send_message(http, base, &id).await?;
             let mut last = started;
@@ -367,6 +378,7 @@ async fn one_stream(
             ws_until(&mut ws, "\"snapshot\"", |_| {}).await?;
             barrier.wait().await;
             *waited = true;
+            tokio::time::sleep(pause).await;
             let started = Instant::now();
             ws.send(Message::text(r#"{"type":"send","content":"go"}"#))
                 .await?;
@@ -392,6 +404,7 @@ async fn stream(
     concurrency: usize,
     rounds: usize,
     model: &str,
+    pause: Duration,
 ) -> anyhow::Result<Value> {
     let http = client();
     let mut ttfts = Vec::new();
@@ -412,8 +425,16 @@ async fn stream(
                 );
                 tokio::spawn(async move {
                     let mut waited = false;
-                    let result =
-                        one_stream(transport, &http, &base, &model, &barrier, &mut waited).await;
+                    let result = one_stream(
+                        transport,
+                        &http,
+                        &base,
+                        &model,
+                        &barrier,
+                        &mut waited,
+                        pause,
+                    )
+                    .await;
                     if !waited {
                         // Failed while setting up: never leave the others
                         // waiting at the barrier.
@@ -424,6 +445,7 @@ async fn stream(
             })
             .collect();
         barrier.wait().await;
+        tokio::time::sleep(pause).await;
         let started = Instant::now();
         for task in tasks {
             match task.await? {
@@ -439,6 +461,7 @@ async fn stream(
             }
         }
         busy += started.elapsed();
+        tokio::time::sleep(pause).await;
     }
     Ok(json!({
         "transport": format!("{transport:?}").to_lowercase(),
