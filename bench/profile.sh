@@ -7,13 +7,15 @@
 #   bench/profile.sh [TRANSPORT [CONCURRENCY [ROUNDS [TOKENS]]]]
 #   bench/profile.sh ws 100 10 1     the default: 100 sends at once, one token each
 #
-# Needs perf (Debian: linux-perf). Starts its own fake upstream and Sluice on
+# Installs perf if missing (Debian: linux-perf). Starts its own fake upstream and Sluice on
 # loopback and stops them by pid on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 transport="${1:-ws}" concurrency="${2:-100}" rounds="${3:-10}" tokens="${4:-1}"
 freq=2000
-command -v perf >/dev/null || { echo "perf is needed (apt-get install linux-perf)" >&2; exit 1; }
+# shellcheck source=scripts/packages.sh
+. scripts/packages.sh
+install_missing curl perf
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 bin="$target/release"
 cargo build --release --quiet -p sluice -p sluice-test-support -p sluice-bench

@@ -13,6 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-full}"
+# shellcheck source=scripts/packages.sh
+. scripts/packages.sh
+install_missing postgresql redis nginx curl venv
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 bin="$target/release"
 cargo build --release --quiet -p sluice -p sluice-test-support -p sluice-bench

@@ -1,7 +1,6 @@
 //! `sluice` (serve): builds the backends from the configuration and runs
 //! the server until a signal stops it.
 
-use std::net::TcpListener;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -88,7 +87,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
 
     // Bound first, so that the default replica id names the real port.
-    let listener = TcpListener::bind(config.addr)
+    let listener = sluice_web::server::bind(config.addr)
         .with_context(|| format!("cannot listen on {}", config.addr))?;
     let bound = listener.local_addr()?;
     let replica_id = config
@@ -162,7 +161,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics_listener = config
         .metrics_addr
         .map(|addr| {
-            TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} for metrics"))
+            sluice_web::server::bind(addr)
+                .with_context(|| format!("cannot listen on {addr} for metrics"))
         })
         .transpose()?;
     let auth = Auth::new(config.jwt_secret.as_ref().map(|s| s.expose()));

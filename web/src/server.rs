@@ -5,7 +5,7 @@
 //! resume), drain the sessions (running generations get the grace period,
 //! then end as `interrupted`; everything is flushed to the store), stop.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use actix_web::body::MessageBody;
@@ -18,6 +18,27 @@ use crate::context::request_context;
 use crate::error::ApiError;
 use crate::routes;
 use crate::state::AppState;
+
+/// Connections that may wait to be accepted; the kernel caps it at
+/// `net.core.somaxconn` (4096 by default). The standard library's listener
+/// asks for 128, which a burst of clients overflows (every client of a
+/// stopped replica reconnects at once): the kernel drops the excess SYNs and
+/// those clients wait a second or more before they retry.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds `addr` to serve on, with [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    // As the standard library does: a restarted server can bind at once.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
 
 /// How the server runs.
 pub struct ServerOptions {
@@ -143,5 +164,29 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream;
+
+    use super::*;
+
+    /// Far more connections than the standard library's backlog of 128 all
+    /// complete while nothing accepts them yet, as a burst of reconnecting
+    /// clients does while the server is busy. With a backlog of 128, the
+    /// 130th connect would get no answer and time out.
+    #[test]
+    fn the_listener_queues_a_burst_of_connections() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connected: Vec<TcpStream> = (0..500)
+            .map(|i| {
+                TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("connection {i} was not queued: {e}"))
+            })
+            .collect();
+        assert_eq!(connected.len(), 500);
     }
 }

@@ -24,7 +24,7 @@
 //! its `Authorization` header and can be read at `GET /_requests`.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -94,13 +94,20 @@ impl Script {
     }
 }
 
-/// Serves the fake on `listener` until the system stops.
-pub async fn serve(listener: TcpListener, state: State) -> std::io::Result<()> {
-    server(listener, state)?.await
+/// Serves the fake on `addr` until the system stops; `bound` gets the
+/// address it listens on (with port 0, the port the system chose).
+pub async fn serve(
+    addr: &str,
+    state: State,
+    bound: impl FnOnce(SocketAddr),
+) -> std::io::Result<()> {
+    let (server, addr) = server(addr, state)?;
+    bound(addr);
+    server.await
 }
 
-fn server(listener: TcpListener, state: State) -> std::io::Result<actix_web::dev::Server> {
-    Ok(HttpServer::new(move || {
+fn server(addr: &str, state: State) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
+    let http = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
             .app_data(web::JsonConfig::default().limit(16 * 1024 * 1024))
@@ -111,9 +118,13 @@ fn server(listener: TcpListener, state: State) -> std::io::Result<actix_web::dev
     .workers(1)
     // As a real provider's server does: each chunk leaves at once.
     .tcp_nodelay(true)
+    // A benchmark opens a thousand connections at once; the standard
+    // library's backlog of 128 would drop most of them for a second.
+    .backlog(4096)
     .disable_signals()
-    .listen(listener)?
-    .run())
+    .bind(addr)?;
+    let bound = http.addrs()[0];
+    Ok((http.run(), bound))
 }
 
 /// A fake upstream running on its own thread, stopped on drop.
@@ -126,19 +137,17 @@ pub struct FakeUpstream {
 impl FakeUpstream {
     /// Starts the fake on a free loopback port.
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-        let addr = listener.local_addr().expect("local address");
         let state = State::default();
         let (tx, rx) = std::sync::mpsc::channel();
         let thread_state = state.clone();
         std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
-                let server = server(listener, thread_state).expect("listen");
-                tx.send(server.handle()).expect("report the handle");
+                let (server, addr) = server("127.0.0.1:0", thread_state).expect("listen");
+                tx.send((server.handle(), addr)).expect("report the handle");
                 server.await
             })
         });
-        let handle = rx.recv().expect("fake upstream started");
+        let (handle, addr) = rx.recv().expect("fake upstream started");
         Self {
             addr,
             handle,

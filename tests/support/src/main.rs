@@ -5,10 +5,9 @@
 
 fn main() -> std::io::Result<()> {
     let addr = std::env::var("FAKE_UPSTREAM_ADDR").unwrap_or_else(|_| "127.0.0.1:0".into());
-    let listener = std::net::TcpListener::bind(&addr)?;
-    println!("http://{}/v1", listener.local_addr()?);
     actix_rt::System::new().block_on(sluice_test_support::fake_upstream::serve(
-        listener,
+        &addr,
         Default::default(),
+        |bound| println!("http://{bound}/v1"),
     ))
 }

@@ -38,6 +38,7 @@ pub async fn chat_completions(
     let llm = state.sessions.llm().clone();
     if !request.stream {
         let completion = llm.complete(request).await.inspect_err(|e| {
+            tracing::warn!(error = %e, "provider failed (OpenAI route)");
             metrics
                 .upstream_errors_total
                 .with_label_values(&[e.code().as_str()])
@@ -50,6 +51,7 @@ pub async fn chat_completions(
     let first = match upstream.next().await {
         Some(Ok(chunk)) => chunk,
         Some(Err(e)) => {
+            tracing::warn!(error = %e, "provider failed before the first chunk (OpenAI route)");
             metrics
                 .upstream_errors_total
                 .with_label_values(&[e.code().as_str()])
@@ -88,6 +90,7 @@ pub async fn chat_completions(
                     Err(e) => {
                         // After the first chunk the status is sent; the error
                         // goes in the stream, as OpenAI does, and the stream ends.
+                        tracing::warn!(error = %e, "provider failed mid-stream (OpenAI route)");
                         errors.with_label_values(&[e.code().as_str()]).inc();
                         let body = ErrorBody::new(e.code(), e.to_string());
                         push_data_line(&mut out, &serde_json::to_string(&body).unwrap_or_default());
