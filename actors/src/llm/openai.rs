@@ -2,7 +2,8 @@
 //!
 //! - The first chunk must arrive within `request_timeout`, and so must every
 //!   later one; otherwise the call ends with `upstream_timeout`.
-//! - Connection failures, 429 and 5xx answers are retried with exponential
+//! - Connection failures (including a pooled connection closed before the
+//!   provider answered), 429 and 5xx answers are retried with exponential
 //!   backoff, but only before the first chunk: after that a retry would repeat
 //!   text the client already has.
 //! - A stream that ends without `[DONE]` or a finish reason is an error.
@@ -142,18 +143,42 @@ async fn status_failure(status: reqwest::StatusCode, response: reqwest::Response
     }
 }
 
+/// A request that failed before the provider answered. Besides a refused
+/// connection, this is a pooled keep-alive connection that the provider's
+/// server closed as the request went out (idle connections are closed after
+/// a few seconds by many servers): nothing was answered, so another attempt
+/// is safe from repeating text, and the official SDKs retry it the same way.
+/// A failure while reading an answer's body is not retried here.
 fn transport_failure(e: &reqwest::Error) -> Failure {
+    let detail = error_chain(e);
     if e.is_timeout() {
         Failure {
-            error: LlmError::Timeout(format!("provider timed out: {e}")),
+            error: LlmError::Timeout(format!("provider timed out: {detail}")),
             retryable: false,
         }
     } else {
         Failure {
-            error: LlmError::Upstream(format!("provider unreachable: {e}")),
-            retryable: e.is_connect(),
+            error: LlmError::Upstream(format!("provider unreachable: {detail}")),
+            retryable: e.is_connect() || e.is_request(),
         }
     }
+}
+
+/// `e` and its causes: reqwest's own message ("error sending request for
+/// url") hides what went wrong (e.g. "connection closed before message
+/// completed").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 async fn event_failure(e: reqwest_eventsource::Error) -> Failure {
@@ -314,5 +339,104 @@ impl LlmProvider for OpenAiProvider {
 
     fn models(&self) -> Vec<String> {
         vec![self.inner.config.default_model.clone()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// Reads one HTTP request (headers, then a `content-length` body).
+    async fn read_request(socket: &mut TcpStream) {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the client closed before sending a request");
+            seen.extend_from_slice(&buf[..n]);
+            let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let headers = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+            let length: usize = headers
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if seen.len() >= end + 4 + length {
+                return;
+            }
+        }
+    }
+
+    fn provider(addr: std::net::SocketAddr) -> OpenAiProvider {
+        OpenAiProvider::new(OpenAiConfig {
+            base_url: format!("http://{addr}/v1"),
+            api_key: None,
+            default_model: "m".into(),
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            max_retries: 2,
+            retry_backoff: Duration::from_millis(1),
+        })
+        .unwrap()
+    }
+
+    fn request() -> ChatRequest {
+        ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#).unwrap()
+    }
+
+    /// A provider whose server takes the request and closes the connection
+    /// without an answer, as one does when it closes an idle keep-alive
+    /// connection just as a request goes out on it: the request is made
+    /// again and the stream arrives.
+    #[tokio::test]
+    async fn a_request_whose_connection_closes_unanswered_is_retried() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            read_request(&mut socket).await;
+            drop(socket);
+            let (mut socket, _) = listener.accept().await.unwrap();
+            read_request(&mut socket).await;
+            let chunk = r#"{"id":"c","object":"chat.completion.chunk","created":0,"model":"m","choices":[{"index":0,"delta":{"content":"hello"},"finish_reason":"stop"}]}"#;
+            let body = format!("data: {chunk}\n\ndata: [DONE]\n\n");
+            let head =
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n";
+            socket
+                .write_all(format!("{head}content-length: {}\r\n\r\n{body}", body.len()).as_bytes())
+                .await
+                .unwrap();
+        });
+        let chunks: Vec<_> = provider(addr).stream(request()).collect().await;
+        assert_eq!(chunks.len(), 1, "{chunks:?}");
+        let chunk = chunks[0].as_ref().unwrap();
+        assert_eq!(chunk.view.content(), Some("hello"));
+    }
+
+    /// Without retries left, the error names the cause, not just reqwest's
+    /// "error sending request".
+    #[tokio::test]
+    async fn an_unanswered_request_reports_why() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                read_request(&mut socket).await;
+            }
+        });
+        let chunks: Vec<_> = provider(addr).stream(request()).collect().await;
+        assert_eq!(chunks.len(), 1);
+        let Err(LlmError::Upstream(message)) = &chunks[0] else {
+            panic!("expected an upstream error, got {:?}", chunks[0]);
+        };
+        assert!(
+            message.contains("error sending request") && message.contains("closed"),
+            "{message}"
+        );
     }
 }
