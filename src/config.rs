@@ -95,6 +95,12 @@ pub const VARS: &[Var] = &[
         "events kept per session for resume",
     ),
     var(
+        "SLUICE_EVENT_MEMORY_BYTES",
+        &[],
+        "268435456",
+        "events the embedded log (no Redis) keeps in all, in bytes; the least recently active sessions' go first",
+    ),
+    var(
         "SLUICE_SUBSCRIBER_MAX_BYTES",
         &[],
         "4194304",
@@ -258,6 +264,8 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// Events kept per session.
     pub event_retention: usize,
+    /// Bytes of events the embedded (in-memory) log keeps over all sessions.
+    pub event_memory_bytes: usize,
     /// Bytes queued for one subscriber before it is disconnected.
     pub subscriber_max_bytes: usize,
     /// Idle session eviction.
@@ -385,6 +393,11 @@ impl Config {
                 get("SLUICE_EVENT_RETENTION"),
                 10_000,
             )?,
+            event_memory_bytes: parse(
+                "SLUICE_EVENT_MEMORY_BYTES",
+                get("SLUICE_EVENT_MEMORY_BYTES"),
+                256 * 1024 * 1024,
+            )?,
             subscriber_max_bytes: parse(
                 "SLUICE_SUBSCRIBER_MAX_BYTES",
                 get("SLUICE_SUBSCRIBER_MAX_BYTES"),
@@ -420,6 +433,9 @@ impl Config {
         }
         if self.event_retention == 0 {
             bail!("SLUICE_EVENT_RETENTION must be above 0");
+        }
+        if self.event_memory_bytes < 1024 * 1024 {
+            bail!("SLUICE_EVENT_MEMORY_BYTES must be at least 1048576 (1 MiB)");
         }
         if self.subscriber_max_bytes < 1024 {
             bail!("SLUICE_SUBSCRIBER_MAX_BYTES must be at least 1024");
@@ -533,6 +549,7 @@ mod tests {
     fn bad_values_and_unsupported_backends_are_errors() {
         for vars in [
             &[("SLUICE_EVENT_RETENTION", "lots")][..],
+            &[("SLUICE_EVENT_MEMORY_BYTES", "1000")],
             &[("SLUICE_LLM_BASE_URL", "ftp://x")],
             &[("SLUICE_LOG_FORMAT", "xml")],
             &[("SLUICE_S3_BUCKET", "b")],

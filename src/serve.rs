@@ -137,7 +137,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 Some(cluster),
             )
         }
-        None => (Arc::new(MemoryEventLog::new(config.event_retention)), None),
+        None => (
+            Arc::new(MemoryEventLog::new(
+                config.event_retention,
+                config.event_memory_bytes,
+            )),
+            None,
+        ),
     };
     let supervisors = probes
         .into_iter()

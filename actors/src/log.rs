@@ -83,7 +83,7 @@ pub(crate) mod conformance {
     use super::*;
     use sluice_protocol::EventBody;
 
-    fn token(seq: u64) -> Arc<EncodedEvent> {
+    pub(crate) fn token(seq: u64) -> Arc<EncodedEvent> {
         Arc::new(EncodedEvent::new(Event {
             seq,
             body: EventBody::Token {
@@ -93,7 +93,7 @@ pub(crate) mod conformance {
         }))
     }
 
-    fn seqs(events: &[Arc<EncodedEvent>]) -> Vec<u64> {
+    pub(crate) fn seqs(events: &[Arc<EncodedEvent>]) -> Vec<u64> {
         events.iter().map(|e| e.seq()).collect()
     }
 
