@@ -8,7 +8,7 @@
 //! are dropped. A client resuming from a dropped log gets `gap` and
 //! `snapshot`, as with a cursor older than retention.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,16 +37,22 @@ pub struct MemoryEventLog {
 
 #[derive(Default)]
 struct State {
-    sessions: HashMap<String, SessionLog>,
+    sessions: HashMap<Arc<str>, SessionLog>,
+    /// Every session by its last append, least recent first (the key is
+    /// [`SessionLog::tick`]): eviction and expiry take from the front, one
+    /// log at a time, so neither scans nor frees more than it must.
+    by_recency: BTreeMap<u64, Arc<str>>,
+    next_tick: u64,
     /// The sum of every kept event's [`cost`].
     bytes: usize,
-    appends_since_sweep: u32,
 }
 
 struct SessionLog {
     events: VecDeque<Arc<EncodedEvent>>,
     bytes: usize,
     touched: Instant,
+    /// Its key in [`State::by_recency`].
+    tick: u64,
 }
 
 impl SessionLog {
@@ -83,33 +89,39 @@ impl MemoryEventLog {
 }
 
 impl State {
-    /// Over budget: drops whole logs, least recently active first, down to
-    /// nine tenths of the budget (so that this runs once per many appends,
-    /// not on each), but never the log of `current`, which is trimmed from
-    /// its oldest event instead if it alone is over.
-    fn shed(&mut self, budget: usize, current: &str) {
-        let target = budget / 10 * 9;
-        let mut by_age: Vec<(Instant, String)> = self
-            .sessions
-            .iter()
-            .filter(|(id, _)| id.as_str() != current)
-            .map(|(id, log)| (log.touched, id.clone()))
-            .collect();
-        by_age.sort_unstable();
-        for (_, id) in by_age {
-            if self.bytes <= target {
-                return;
-            }
-            if let Some(log) = self.sessions.remove(&id) {
-                self.bytes -= log.bytes;
-            }
+    /// Takes the least recently active session's log out, if there is one
+    /// other than `except`.
+    fn pop_oldest(&mut self, except: &str) -> Option<SessionLog> {
+        let (_, id) = self.by_recency.first_key_value()?;
+        if &**id == except {
+            return None;
         }
-        if self.bytes > budget
-            && let Some(log) = self.sessions.get_mut(current)
-        {
-            let others = self.bytes - log.bytes;
-            self.bytes -= log.trim(usize::MAX, target.saturating_sub(others));
+        let (_, id) = self.by_recency.pop_first()?;
+        let log = self.sessions.remove(&id)?;
+        self.bytes -= log.bytes;
+        Some(log)
+    }
+
+    /// Marks `session_id` as the most recently active, adding its (empty)
+    /// log if it has none, and returns that log.
+    fn touch(&mut self, session_id: &str, now: Instant) -> &mut SessionLog {
+        let tick = self.next_tick;
+        self.next_tick += 1;
+        let id = match self.sessions.get(session_id) {
+            Some(log) => self.by_recency.remove(&log.tick),
+            None => None,
         }
+        .unwrap_or_else(|| Arc::from(session_id));
+        self.by_recency.insert(tick, id.clone());
+        let log = self.sessions.entry(id).or_insert_with(|| SessionLog {
+            events: VecDeque::new(),
+            bytes: 0,
+            touched: now,
+            tick,
+        });
+        log.touched = now;
+        log.tick = tick;
+        log
     }
 }
 
@@ -130,36 +142,42 @@ impl EventLog for MemoryEventLog {
     ) -> BoxFuture<'static, Result<(), LogError>> {
         let mut state = self.lock();
         let now = Instant::now();
-        state.appends_since_sweep += 1;
-        if state.appends_since_sweep >= 4096 {
-            state.appends_since_sweep = 0;
-            let mut freed = 0;
-            state.sessions.retain(|_, log| {
-                let keep = now.duration_since(log.touched) < IDLE_TTL;
-                if !keep {
-                    freed += log.bytes;
-                }
-                keep
-            });
-            state.bytes -= freed;
+        // Logs taken out are freed after the lock is released.
+        let mut removed = Vec::new();
+        while let Some((_, id)) = state.by_recency.first_key_value() {
+            let idle = state
+                .sessions
+                .get(id)
+                .is_some_and(|log| now.duration_since(log.touched) >= IDLE_TTL);
+            match idle.then(|| state.pop_oldest(session_id)).flatten() {
+                Some(log) => removed.push(log),
+                None => break,
+            }
         }
         let added: usize = events.iter().map(|e| cost(e)).sum();
-        let log = state
-            .sessions
-            .entry(session_id.to_owned())
-            .or_insert_with(|| SessionLog {
-                events: VecDeque::new(),
-                bytes: 0,
-                touched: now,
-            });
-        log.touched = now;
+        let log = state.touch(session_id, now);
         log.events.extend(events);
         log.bytes += added;
         let freed = log.trim(self.retention, usize::MAX);
         state.bytes = state.bytes + added - freed;
-        if state.bytes > self.budget {
-            state.shed(self.budget, session_id);
+        // Over budget, whole logs go, least recently active first, but never
+        // this session's, which is trimmed from its oldest event instead if
+        // it alone is over.
+        while state.bytes > self.budget {
+            match state.pop_oldest(session_id) {
+                Some(log) => removed.push(log),
+                None => {
+                    let over = state.bytes - self.budget;
+                    if let Some(log) = state.sessions.get_mut(session_id) {
+                        let freed = log.trim(usize::MAX, log.bytes.saturating_sub(over));
+                        state.bytes -= freed;
+                    }
+                    break;
+                }
+            }
         }
+        drop(state);
+        drop(removed);
         Box::pin(async { Ok(()) })
     }
 
@@ -198,9 +216,13 @@ impl EventLog for MemoryEventLog {
 
     fn remove(&self, session_id: &str) -> BoxFuture<'static, Result<(), LogError>> {
         let mut state = self.lock();
-        if let Some(log) = state.sessions.remove(session_id) {
+        let removed = state.sessions.remove(session_id);
+        if let Some(log) = &removed {
+            state.by_recency.remove(&log.tick);
             state.bytes -= log.bytes;
         }
+        drop(state);
+        drop(removed);
         Box::pin(async { Ok(()) })
     }
 }
@@ -285,6 +307,15 @@ mod tests {
         assert_eq!(log.lock().bytes, kept);
         log.remove("a").await.unwrap();
         let b: usize = tokens(1, 3).iter().map(|e| cost(e)).sum();
-        assert_eq!(log.lock().bytes, b);
+        let state = log.lock();
+        assert_eq!(state.bytes, b);
+        assert_eq!(
+            state
+                .by_recency
+                .values()
+                .map(|id| &**id)
+                .collect::<Vec<_>>(),
+            ["b"]
+        );
     }
 }
