@@ -133,7 +133,7 @@ pub struct SessionActor {
 
 /// A generation in progress.
 struct Generation {
-    id: String,
+    id: Arc<str>,
     /// Index of its assistant message in `messages`.
     message_index: usize,
     started: Instant,
@@ -213,7 +213,7 @@ impl SessionActor {
                         EventBody::Token {
                             generation_id: g,
                             delta,
-                        } if *g == generation_id => m.content.push_str(delta),
+                        } if **g == *generation_id => m.content.push_str(delta),
                         EventBody::GenerationEnd {
                             generation_id: g,
                             finish_reason,
@@ -460,7 +460,7 @@ impl SessionActor {
             });
         }
         self.generation = Some(Generation {
-            id: generation_id,
+            id: generation_id.into(),
             message_index,
             started,
             first_token: false,
@@ -558,7 +558,7 @@ impl SessionActor {
         let event = Arc::new(EncodedEvent::new(Event {
             seq: self.last_seq,
             body: EventBody::GenerationEnd {
-                generation_id: generation.id.clone(),
+                generation_id: generation.id.to_string(),
                 message_id: message.id.clone(),
                 finish_reason: reason,
                 usage: generation.usage,
@@ -572,7 +572,7 @@ impl SessionActor {
             .inc();
         self.record.updated_at = now_rfc3339();
         self.finishing = Some(Partial {
-            generation_id: generation.id,
+            generation_id: generation.id.to_string(),
             message_id: message.id.clone(),
             content: message.content.clone(),
         });
@@ -599,7 +599,7 @@ impl SessionActor {
         let generation = self.generation.as_ref()?;
         let message = &self.messages[generation.message_index];
         Some(Partial {
-            generation_id: generation.id.clone(),
+            generation_id: generation.id.to_string(),
             message_id: message.id.clone(),
             content: message.content.clone(),
         })
@@ -647,7 +647,7 @@ impl SessionActor {
         } else {
             let now = Instant::now();
             self.generation = Some(Generation {
-                id: takeover.generation_id,
+                id: takeover.generation_id.into(),
                 message_index: takeover.message_index,
                 started: now,
                 first_token: true,
@@ -1183,7 +1183,7 @@ impl Handler<GenerationStep> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, msg: GenerationStep, ctx: &mut Self::Context) {
-        if self.generation.as_ref().map(|g| g.id.as_str()) != Some(msg.generation_id.as_str()) {
+        if self.generation.as_ref().map(|g| &*g.id) != Some(msg.generation_id.as_str()) {
             return;
         }
         self.touch();

@@ -1,6 +1,8 @@
 //! The session event stream (PROTOCOL.md §4): events with a `seq`, and
 //! control frames without one.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{ErrorCode, Message};
@@ -50,8 +52,9 @@ pub enum EventBody {
     },
     /// Text from the model; several upstream tokens may be coalesced.
     Token {
-        /// The generation it belongs to.
-        generation_id: String,
+        /// The generation it belongs to: one copy shared by all of its
+        /// tokens, not one per token.
+        generation_id: Arc<str>,
         /// The text.
         delta: String,
     },
