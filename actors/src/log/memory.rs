@@ -82,8 +82,9 @@ impl MemoryEventLog {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave the map half-updated
-        // in a way that matters (each operation is one push or one remove).
+        // A panic while holding this lock cannot leave the maps half-updated
+        // in a way that matters: `sessions` and `by_recency` change together
+        // with nothing that can fail in between.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -100,6 +101,17 @@ impl State {
         let log = self.sessions.remove(&id)?;
         self.bytes -= log.bytes;
         Some(log)
+    }
+
+    /// Takes the least recently active session's log out if it has been
+    /// untouched for [`IDLE_TTL`] and is not `except`'s.
+    fn pop_idle(&mut self, now: Instant, except: &str) -> Option<SessionLog> {
+        let (_, id) = self.by_recency.first_key_value()?;
+        let log = self.sessions.get(id)?;
+        if now.duration_since(log.touched) < IDLE_TTL {
+            return None;
+        }
+        self.pop_oldest(except)
     }
 
     /// Marks `session_id` as the most recently active, adding its (empty)
@@ -119,8 +131,7 @@ impl State {
             touched: now,
             tick,
         });
-        log.touched = now;
-        log.tick = tick;
+        (log.touched, log.tick) = (now, tick);
         log
     }
 }
@@ -144,15 +155,8 @@ impl EventLog for MemoryEventLog {
         let now = Instant::now();
         // Logs taken out are freed after the lock is released.
         let mut removed = Vec::new();
-        while let Some((_, id)) = state.by_recency.first_key_value() {
-            let idle = state
-                .sessions
-                .get(id)
-                .is_some_and(|log| now.duration_since(log.touched) >= IDLE_TTL);
-            match idle.then(|| state.pop_oldest(session_id)).flatten() {
-                Some(log) => removed.push(log),
-                None => break,
-            }
+        while let Some(log) = state.pop_idle(now, session_id) {
+            removed.push(log);
         }
         let added: usize = events.iter().map(|e| cost(e)).sum();
         let log = state.touch(session_id, now);
