@@ -1,161 +1,312 @@
 //! Configuration from the environment (12-factor).
 //!
-//! [`VARS`] is the single table of every variable: the parser reads it and
-//! `--help` prints it, so the two cannot drift apart. Each variable may have
-//! aliases (the seed deployment's names); the `SLUICE_` name wins.
+//! [`VARS`] is the one typed table of every variable: its names (the
+//! canonical `SLUICE_` one, then the seed deployment's aliases), its
+//! default, the parser that reads it into [`Config`], and its help. The
+//! parser reads the defaults too, `--help` prints the table, and the session
+//! layer's settings are filled from the parsed [`Config`], so no default is
+//! written twice. Every value is checked against its range before anything
+//! uses it; a bad one is a one-line error naming the variable.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use sluice_actors::secret::Secret;
+use sluice_actors::{Continuation, SessionConfig};
+use sluice_backends::llm::demo::DEMO_MODEL;
+use sluice_backends::secret::Secret;
+
+/// The default model when a provider is configured and names none.
+const PROVIDER_DEFAULT_MODEL: &str = "gpt-4o-mini";
+
+/// Longest replica id: it is part of Redis channel and key names.
+const MAX_REPLICA_ID_BYTES: usize = 128;
 
 /// One environment variable.
 pub struct Var {
     /// The canonical name.
     pub name: &'static str,
-    /// Other names accepted for it.
+    /// Other names accepted for it (the canonical one wins).
     pub aliases: &'static [&'static str],
-    /// The default, as shown in `--help`.
-    pub default: &'static str,
+    /// Its default.
+    pub default: DefaultValue,
     /// What it does.
     pub help: &'static str,
-    /// False for variables of backends this build does not have yet: setting
-    /// one is a start-up error rather than silently ignored.
-    pub supported: bool,
+    /// Reads a value into the configuration, or says what it accepts.
+    parse: fn(&mut Config, &str) -> Result<(), String>,
+}
+
+/// A variable's default.
+pub enum DefaultValue {
+    /// This text, read by the variable's parser like any value.
+    Value(&'static str),
+    /// Unset: the feature is off, or an embedded backend serves.
+    Unset,
+    /// Worked out at start, as described.
+    Computed(&'static str),
+    /// Not in this version: setting it is an error.
+    Unsupported,
 }
 
 /// Every variable Sluice reads.
 pub const VARS: &[Var] = &[
-    var(
-        "SLUICE_ADDR",
-        &[],
-        "127.0.0.1:8080",
-        "listen address (host:port)",
-    ),
-    var(
-        "SLUICE_DATA_DIR",
-        &[],
-        "./data",
-        "directory of the embedded backends",
-    ),
-    var(
-        "SLUICE_LLM_BASE_URL",
-        &[],
-        "",
-        "OpenAI-compatible provider base URL ending in /v1; unset: built-in demo model",
-    ),
-    var(
-        "SLUICE_LLM_API_KEY",
-        &["ARK_API_KEY"],
-        "",
-        "provider API key (sent as Bearer)",
-    ),
-    var(
-        "SLUICE_LLM_MODEL",
-        &["OPENAI_MODEL"],
-        "sluice-demo / gpt-4o-mini",
-        "default model; a model named by a session or request passes through unchanged",
-    ),
-    var(
-        "SLUICE_LLM_TEMPERATURE",
-        &["OPENAI_TEMPERATURE"],
-        "",
-        "temperature sent with session generations",
-    ),
-    var(
-        "SLUICE_REQUEST_TIMEOUT_SECONDS",
-        &["REQUEST_TIMEOUT"],
-        "60",
-        "time allowed for the provider's first token and between tokens",
-    ),
-    var(
-        "SLUICE_JWT_SECRET",
-        &["JWT_SECRET"],
-        "",
-        "HS256 secret; unset: local mode (user `local`, loopback only)",
-    ),
-    var(
-        "SLUICE_REPLICA_ID",
-        &[],
-        "<hostname>:<port>",
-        "this replica's name, shown in hello.replica",
-    ),
-    var(
-        "SLUICE_METRICS_ADDR",
-        &["METRICS_PORT"],
-        "",
-        "second listener for /metrics (METRICS_PORT=N means 0.0.0.0:N)",
-    ),
-    var(
-        "SLUICE_EVENT_RETENTION",
-        &[],
-        "10000",
-        "events kept per session for resume",
-    ),
-    var(
-        "SLUICE_EVENT_MEMORY_BYTES",
-        &[],
-        "268435456",
-        "events the embedded log (no Redis) keeps in all, in bytes; the least recently active sessions' go first",
-    ),
-    var(
-        "SLUICE_SUBSCRIBER_MAX_BYTES",
-        &[],
-        "4194304",
-        "bytes queued for one slow client before it is disconnected (it then resumes)",
-    ),
-    var(
-        "SLUICE_SESSION_IDLE_SECONDS",
-        &["CACHE_TTL"],
-        "300",
-        "an idle session actor is evicted from memory after this",
-    ),
-    var(
-        "SLUICE_SHUTDOWN_GRACE_SECONDS",
-        &[],
-        "30",
-        "on SIGTERM, running generations may finish within this",
-    ),
-    var("SLUICE_WORKERS", &[], "<cores>", "HTTP worker threads"),
-    var(
-        "SLUICE_DEMO_TOKEN_DELAY_MS",
-        &[],
-        "40",
-        "pause between the demo model's words",
-    ),
-    var(
-        "SLUICE_LOG_LEVEL",
-        &["LOG_LEVEL"],
-        "info",
-        "tracing filter (e.g. info, sluice=debug)",
-    ),
-    var(
-        "SLUICE_LOG_FORMAT",
-        &[],
-        "pretty",
-        "log format: pretty or json",
-    ),
-    var(
-        "SLUICE_REDIS_URL",
-        &["REDIS_URL"],
-        "",
-        "Redis (redis://...) for the event log, the bus between replicas and session leases; \
-         unset: in-process, one replica",
-    ),
-    var(
-        "SLUICE_LEASE_SECONDS",
-        &[],
-        "10",
-        "with Redis: how long a replica's hold on a session outlives the replica (takeover delay)",
-    ),
-    var(
-        "SLUICE_POSTGRES_URL",
-        &["POSTGRES_URL"],
-        "",
-        "PostgreSQL session store (postgres://...); unset: the embedded redb store in SLUICE_DATA_DIR",
-    ),
+    Var {
+        name: "SLUICE_ADDR",
+        aliases: &[],
+        default: DefaultValue::Value("127.0.0.1:8080"),
+        help: "listen address (host:port)",
+        parse: |c, v| {
+            c.addr = address(v)?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_DATA_DIR",
+        aliases: &[],
+        default: DefaultValue::Value("./data"),
+        help: "directory of the embedded backends",
+        parse: |c, v| {
+            c.data_dir = PathBuf::from(v);
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_LLM_BASE_URL",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "OpenAI-compatible provider base URL ending in /v1; unset: built-in demo model",
+        parse: |c, v| {
+            c.llm_base_url = Some(http_url(v)?);
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_LLM_API_KEY",
+        aliases: &["ARK_API_KEY"],
+        default: DefaultValue::Unset,
+        help: "provider API key (sent as Bearer)",
+        parse: |c, v| {
+            c.llm_api_key = Some(Secret::new(v));
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_LLM_MODEL",
+        aliases: &["OPENAI_MODEL"],
+        default: DefaultValue::Computed("sluice-demo; gpt-4o-mini with SLUICE_LLM_BASE_URL"),
+        help: "default model; a model named by a session or request passes through unchanged",
+        parse: |c, v| {
+            c.llm_model = Some(bounded_text(v, 200)?);
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_LLM_TEMPERATURE",
+        aliases: &["OPENAI_TEMPERATURE"],
+        default: DefaultValue::Unset,
+        help: "temperature sent with session generations (0 to 2)",
+        parse: |c, v| {
+            c.llm_temperature = Some(number(v, 0.0, 2.0)?);
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_CONTINUATION",
+        aliases: &[],
+        default: DefaultValue::Value("off"),
+        help: "how the provider continues an answer another replica started: prefill (Ollama), \
+               prefix (Mistral, DeepSeek), vllm, or off (the answer ends `interrupted`)",
+        parse: |c, v| {
+            c.continuation = v.parse()?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_REQUEST_TIMEOUT_SECONDS",
+        aliases: &["REQUEST_TIMEOUT"],
+        default: DefaultValue::Value("60"),
+        help: "time allowed for the provider's first token and between tokens (0.1 to 3600)",
+        parse: |c, v| {
+            c.request_timeout = seconds(v, 0.1, 3600.0)?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_JWT_SECRET",
+        aliases: &["JWT_SECRET"],
+        default: DefaultValue::Unset,
+        help: "HS256 secret of at least 16 bytes; unset: local mode (user `local`, loopback only)",
+        parse: |c, v| {
+            if v.len() < 16 {
+                return Err("must be at least 16 bytes".into());
+            }
+            c.jwt_secret = Some(Secret::new(v));
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_REPLICA_ID",
+        aliases: &[],
+        default: DefaultValue::Computed("<hostname>:<port>"),
+        help: "this replica's name, shown in hello.replica (letters, digits, . _ : -)",
+        parse: |c, v| {
+            c.replica_id = Some(replica_id(v)?);
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_METRICS_ADDR",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "second listener for /metrics (host:port)",
+        parse: |c, v| {
+            c.metrics_addr = Some(address(v)?);
+            Ok(())
+        },
+    },
+    Var {
+        name: "METRICS_PORT",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "the seed deployment's name: /metrics on 0.0.0.0:PORT (SLUICE_METRICS_ADDR wins)",
+        parse: |c, v| {
+            c.metrics_port = Some(integer(v, 1, u16::MAX.into())? as u16);
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_EVENT_RETENTION",
+        aliases: &[],
+        default: DefaultValue::Value("10000"),
+        help: "events kept per session for resume (1 to 1000000)",
+        parse: |c, v| {
+            c.event_retention = integer(v, 1, 1_000_000)? as usize;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_EVENT_MEMORY_BYTES",
+        aliases: &[],
+        default: DefaultValue::Value("268435456"),
+        help: "events the embedded log (no Redis) keeps in all, in bytes (1 MiB to 1 TiB); \
+               the least recently active sessions' go first",
+        parse: |c, v| {
+            c.event_memory_bytes = integer(v, 1 << 20, 1 << 40)? as usize;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_SUBSCRIBER_MAX_BYTES",
+        aliases: &[],
+        default: DefaultValue::Value("4194304"),
+        help: "bytes queued for one slow client before it is disconnected and resumes (1 KiB to 1 GiB)",
+        parse: |c, v| {
+            c.subscriber_max_bytes = integer(v, 1 << 10, 1 << 30)? as usize;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_SESSION_IDLE_SECONDS",
+        aliases: &["CACHE_TTL"],
+        default: DefaultValue::Value("300"),
+        help: "an idle session actor is evicted from memory after this (1 to 604800)",
+        parse: |c, v| {
+            c.session_idle = seconds(v, 1.0, 604_800.0)?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_SHUTDOWN_GRACE_SECONDS",
+        aliases: &[],
+        default: DefaultValue::Value("30"),
+        help: "on SIGTERM, running generations may finish within this (0 to 3600)",
+        parse: |c, v| {
+            c.shutdown_grace = seconds(v, 0.0, 3600.0)?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_WORKERS",
+        aliases: &[],
+        default: DefaultValue::Computed("<cores>"),
+        help: "HTTP worker threads, and as many for session actors (1 to 256)",
+        parse: |c, v| {
+            c.workers = Some(integer(v, 1, 256)? as usize);
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_DEMO_TOKEN_DELAY_MS",
+        aliases: &[],
+        default: DefaultValue::Value("40"),
+        help: "pause between the demo model's words (0 to 10000)",
+        parse: |c, v| {
+            c.demo_token_delay = Duration::from_millis(integer(v, 0, 10_000)?);
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_LOG_LEVEL",
+        aliases: &["LOG_LEVEL"],
+        default: DefaultValue::Value("info"),
+        help: "tracing filter (e.g. info, sluice=debug)",
+        parse: |c, v| {
+            tracing_subscriber::EnvFilter::try_new(v).map_err(|e| e.to_string())?;
+            c.log_level = v.to_owned();
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_LOG_FORMAT",
+        aliases: &[],
+        default: DefaultValue::Value("pretty"),
+        help: "log format: pretty or json",
+        parse: |c, v| {
+            c.log_json = match v {
+                "json" => true,
+                "pretty" => false,
+                _ => return Err("must be pretty or json".into()),
+            };
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_REDIS_URL",
+        aliases: &["REDIS_URL"],
+        default: DefaultValue::Unset,
+        help: "Redis (redis://...) for the event log, the bus between replicas and session leases; \
+               unset: in-process, one replica",
+        parse: |c, v| {
+            if !(v.starts_with("redis://") || v.starts_with("rediss://")) {
+                return Err("must be a redis:// or rediss:// URL".into());
+            }
+            c.redis_url = Some(Secret::new(v));
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_LEASE_SECONDS",
+        aliases: &[],
+        default: DefaultValue::Value("10"),
+        help: "with Redis: how long a replica's hold on a session outlives the replica (0.3 to 3600)",
+        parse: |c, v| {
+            c.lease_ttl = seconds(v, 0.3, 3600.0)?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_POSTGRES_URL",
+        aliases: &["POSTGRES_URL"],
+        default: DefaultValue::Unset,
+        help: "PostgreSQL session store (postgres://...); unset: the embedded redb store in SLUICE_DATA_DIR",
+        parse: |c, v| {
+            if !(v.starts_with("postgres://") || v.starts_with("postgresql://")) {
+                return Err("must be a postgres:// or postgresql:// URL".into());
+            }
+            c.postgres_url = Some(Secret::new(v));
+            Ok(())
+        },
+    },
     unsupported("SLUICE_S3_ENDPOINT", &[], "S3/MinIO endpoint for uploads"),
     unsupported("SLUICE_S3_BUCKET", &[], "S3 bucket"),
     unsupported("SLUICE_S3_ACCESS_KEY", &[], "S3 access key"),
@@ -177,21 +328,8 @@ pub const VARS: &[Var] = &[
     ),
 ];
 
-const fn var(
-    name: &'static str,
-    aliases: &'static [&'static str],
-    default: &'static str,
-    help: &'static str,
-) -> Var {
-    Var {
-        name,
-        aliases,
-        default,
-        help,
-        supported: true,
-    }
-}
-
+/// A variable of a backend or limit this version lacks: setting it is an
+/// error rather than silently ignored.
 const fn unsupported(
     name: &'static str,
     aliases: &'static [&'static str],
@@ -200,9 +338,9 @@ const fn unsupported(
     Var {
         name,
         aliases,
-        default: "",
+        default: DefaultValue::Unsupported,
         help,
-        supported: false,
+        parse: |_, _| Err("this version of Sluice does not have it yet; unset it".into()),
     }
 }
 
@@ -215,22 +353,31 @@ pub fn help_table() -> String {
         } else {
             format!(" [{}]", v.aliases.join(", "))
         };
-        let default = if v.default.is_empty() {
-            String::new()
-        } else {
-            format!(" (default: {})", v.default)
-        };
-        let status = if v.supported {
-            ""
-        } else {
-            " (not in this version: setting it is an error)"
+        let default = match v.default {
+            DefaultValue::Value(text) | DefaultValue::Computed(text) => {
+                format!(" (default: {text})")
+            }
+            DefaultValue::Unset => String::new(),
+            DefaultValue::Unsupported => " (not in this version: setting it is an error)".into(),
         };
         out.push_str(&format!(
-            "  {}{aliases}\n      {}{default}{status}\n",
+            "  {}{aliases}\n      {}{default}\n",
             v.name, v.help
         ));
     }
     out
+}
+
+/// A variable whose value was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}={value:?}: {reason}")]
+pub struct ConfigError {
+    /// The name it was set under.
+    name: &'static str,
+    /// The value (at most 100 characters of it; never a secret's).
+    value: String,
+    /// What it accepts.
+    reason: String,
 }
 
 /// The validated configuration.
@@ -250,10 +397,12 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// Provider key.
     pub llm_api_key: Option<Secret>,
-    /// Default model.
-    pub llm_model: String,
+    /// Default model, if named (see [`Config::llm_model`]).
+    llm_model: Option<String>,
     /// Temperature for session generations.
     pub llm_temperature: Option<f64>,
+    /// How a taken-over generation is continued.
+    pub continuation: Continuation,
     /// Provider first-token and inter-token timeout.
     pub request_timeout: Duration,
     /// JWT secret; `None` is local mode.
@@ -262,6 +411,8 @@ pub struct Config {
     pub replica_id: Option<String>,
     /// Second listener for `/metrics`.
     pub metrics_addr: Option<SocketAddr>,
+    /// `METRICS_PORT`, used when `metrics_addr` is not set.
+    metrics_port: Option<u16>,
     /// Events kept per session.
     pub event_retention: usize,
     /// Bytes of events the embedded (in-memory) log keeps over all sessions.
@@ -272,8 +423,8 @@ pub struct Config {
     pub session_idle: Duration,
     /// Shutdown grace.
     pub shutdown_grace: Duration,
-    /// HTTP workers.
-    pub workers: usize,
+    /// HTTP workers, if named (see [`Config::workers`]).
+    workers: Option<usize>,
     /// Demo model pace.
     pub demo_token_delay: Duration,
     /// Tracing filter.
@@ -283,200 +434,181 @@ pub struct Config {
 }
 
 impl Config {
+    /// Every field before the table's defaults are read into it. These
+    /// values are never seen: each is overwritten by its variable's default
+    /// (a test holds the table to that).
+    fn before_defaults() -> Self {
+        Self {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            data_dir: PathBuf::new(),
+            llm_base_url: None,
+            postgres_url: None,
+            redis_url: None,
+            lease_ttl: Duration::ZERO,
+            llm_api_key: None,
+            llm_model: None,
+            llm_temperature: None,
+            continuation: Continuation::Off,
+            request_timeout: Duration::ZERO,
+            jwt_secret: None,
+            replica_id: None,
+            metrics_addr: None,
+            metrics_port: None,
+            event_retention: 0,
+            event_memory_bytes: 0,
+            subscriber_max_bytes: 0,
+            session_idle: Duration::ZERO,
+            shutdown_grace: Duration::ZERO,
+            workers: None,
+            demo_token_delay: Duration::ZERO,
+            log_level: String::new(),
+            log_json: false,
+        }
+    }
+
     /// Reads the process environment.
-    pub fn from_env() -> anyhow::Result<Self> {
+    pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// Reads variables through `lookup` (tests pass a map).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let get = |name: &str| -> Option<String> {
-            let v = VARS
-                .iter()
-                .find(|v| v.name == name)
-                .expect("variable is in VARS");
-            std::iter::once(v.name)
-                .chain(v.aliases.iter().copied())
-                .find_map(|n| lookup(n).filter(|value| !value.trim().is_empty()))
-        };
-        for v in VARS.iter().filter(|v| !v.supported) {
-            if let Some(name) = std::iter::once(v.name)
-                .chain(v.aliases.iter().copied())
-                .find(|n| lookup(n).is_some_and(|value| !value.trim().is_empty()))
-            {
-                bail!(
-                    "{name} is set, but this version of Sluice has no {} yet; unset it",
-                    v.help
-                );
-            }
+    /// Reads variables through `lookup` (tests pass a map). A variable set
+    /// to only spaces counts as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut config = Self::before_defaults();
+        for var in VARS {
+            let set = std::iter::once(var.name)
+                .chain(var.aliases.iter().copied())
+                .find_map(|name| {
+                    let value = lookup(name)?;
+                    let value = value.trim();
+                    (!value.is_empty()).then(|| (name, value.to_owned()))
+                });
+            let (name, value) = match (set, &var.default) {
+                (Some(set), _) => set,
+                (None, DefaultValue::Value(text)) => (var.name, (*text).to_owned()),
+                (None, _) => continue,
+            };
+            (var.parse)(&mut config, &value).map_err(|reason| ConfigError {
+                name,
+                value: if is_secret(var.name) {
+                    "[redacted]".into()
+                } else {
+                    value.chars().take(100).collect()
+                },
+                reason,
+            })?;
         }
-        fn parse<T: std::str::FromStr>(
-            name: &str,
-            value: Option<String>,
-            default: T,
-        ) -> anyhow::Result<T>
-        where
-            T::Err: std::fmt::Display,
-        {
-            match value {
-                None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse()
-                    .map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}")),
-            }
+        if config.metrics_addr.is_none() {
+            config.metrics_addr = config
+                .metrics_port
+                .map(|port| SocketAddr::from(([0, 0, 0, 0], port)));
         }
-        let addr_text = get("SLUICE_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into());
-        let addr = resolve(&addr_text).with_context(|| format!("SLUICE_ADDR={addr_text:?}"))?;
-        let metrics_addr = match (lookup("SLUICE_METRICS_ADDR"), lookup("METRICS_PORT")) {
-            (Some(a), _) if !a.trim().is_empty() => {
-                Some(resolve(&a).with_context(|| format!("SLUICE_METRICS_ADDR={a:?}"))?)
-            }
-            (_, Some(port)) if !port.trim().is_empty() => {
-                let port: u16 = port
-                    .trim()
-                    .parse()
-                    .with_context(|| format!("METRICS_PORT={port:?}"))?;
-                Some(SocketAddr::from(([0, 0, 0, 0], port)))
-            }
-            _ => None,
-        };
-        let llm_base_url =
-            get("SLUICE_LLM_BASE_URL").map(|u| u.trim().trim_end_matches('/').to_owned());
-        if let Some(url) = &llm_base_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            bail!("SLUICE_LLM_BASE_URL must be an http(s) URL, got {url:?}");
-        }
-        let default_model = if llm_base_url.is_some() {
-            "gpt-4o-mini"
-        } else {
-            sluice_actors::llm::demo::DEMO_MODEL
-        };
-        let log_format = get("SLUICE_LOG_FORMAT").unwrap_or_else(|| "pretty".into());
-        let log_json = match log_format.as_str() {
-            "json" => true,
-            "pretty" => false,
-            other => bail!("SLUICE_LOG_FORMAT must be json or pretty, got {other:?}"),
-        };
-        let workers = parse("SLUICE_WORKERS", get("SLUICE_WORKERS"), default_workers())?;
-        let config = Self {
-            addr,
-            data_dir: PathBuf::from(get("SLUICE_DATA_DIR").unwrap_or_else(|| "./data".into())),
-            llm_api_key: get("SLUICE_LLM_API_KEY").map(Secret::new),
-            postgres_url: get("SLUICE_POSTGRES_URL").map(Secret::new),
-            redis_url: get("SLUICE_REDIS_URL").map(Secret::new),
-            lease_ttl: Duration::from_secs_f64(parse(
-                "SLUICE_LEASE_SECONDS",
-                get("SLUICE_LEASE_SECONDS"),
-                10.0,
-            )?),
-            llm_model: get("SLUICE_LLM_MODEL").unwrap_or_else(|| default_model.into()),
-            llm_temperature: get("SLUICE_LLM_TEMPERATURE")
-                .map(|t| {
-                    t.trim()
-                        .parse()
-                        .with_context(|| format!("SLUICE_LLM_TEMPERATURE={t:?}"))
-                })
-                .transpose()?,
-            llm_base_url,
-            request_timeout: Duration::from_secs_f64(parse(
-                "SLUICE_REQUEST_TIMEOUT_SECONDS",
-                get("SLUICE_REQUEST_TIMEOUT_SECONDS"),
-                60.0,
-            )?),
-            jwt_secret: get("SLUICE_JWT_SECRET").map(Secret::new),
-            replica_id: get("SLUICE_REPLICA_ID"),
-            metrics_addr,
-            event_retention: parse(
-                "SLUICE_EVENT_RETENTION",
-                get("SLUICE_EVENT_RETENTION"),
-                10_000,
-            )?,
-            event_memory_bytes: parse(
-                "SLUICE_EVENT_MEMORY_BYTES",
-                get("SLUICE_EVENT_MEMORY_BYTES"),
-                256 * 1024 * 1024,
-            )?,
-            subscriber_max_bytes: parse(
-                "SLUICE_SUBSCRIBER_MAX_BYTES",
-                get("SLUICE_SUBSCRIBER_MAX_BYTES"),
-                4 * 1024 * 1024,
-            )?,
-            session_idle: Duration::from_secs(parse(
-                "SLUICE_SESSION_IDLE_SECONDS",
-                get("SLUICE_SESSION_IDLE_SECONDS"),
-                300,
-            )?),
-            shutdown_grace: Duration::from_secs(parse(
-                "SLUICE_SHUTDOWN_GRACE_SECONDS",
-                get("SLUICE_SHUTDOWN_GRACE_SECONDS"),
-                30,
-            )?),
-            workers,
-            demo_token_delay: Duration::from_millis(parse(
-                "SLUICE_DEMO_TOKEN_DELAY_MS",
-                get("SLUICE_DEMO_TOKEN_DELAY_MS"),
-                40,
-            )?),
-            log_level: get("SLUICE_LOG_LEVEL").unwrap_or_else(|| "info".into()),
-            log_json,
-        };
         config.validate()?;
         Ok(config)
     }
 
     /// Checks rules that span variables.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if self.request_timeout.is_zero() {
-            bail!("SLUICE_REQUEST_TIMEOUT_SECONDS must be above 0");
-        }
-        if self.event_retention == 0 {
-            bail!("SLUICE_EVENT_RETENTION must be above 0");
-        }
-        if self.event_memory_bytes < 1024 * 1024 {
-            bail!("SLUICE_EVENT_MEMORY_BYTES must be at least 1048576 (1 MiB)");
-        }
-        if self.subscriber_max_bytes < 1024 {
-            bail!("SLUICE_SUBSCRIBER_MAX_BYTES must be at least 1024");
-        }
-        if self.workers == 0 {
-            bail!("SLUICE_WORKERS must be above 0");
-        }
-        if !(0.3..=3600.0).contains(&self.lease_ttl.as_secs_f64()) {
-            bail!("SLUICE_LEASE_SECONDS must be between 0.3 and 3600");
-        }
-        if let Some(url) = &self.redis_url
-            && !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://"))
-        {
-            bail!("SLUICE_REDIS_URL must be a redis:// or rediss:// URL");
-        }
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.jwt_secret.is_none() && !self.addr.ip().is_loopback() {
-            bail!(
-                "refusing to listen on {} in local mode: without SLUICE_JWT_SECRET every request \
-                 is user `local`, so only a loopback address is allowed; set SLUICE_JWT_SECRET or \
-                 SLUICE_ADDR=127.0.0.1:PORT",
-                self.addr
-            );
-        }
-        if let Some(secret) = &self.jwt_secret
-            && secret.expose().len() < 16
-        {
-            bail!("SLUICE_JWT_SECRET must be at least 16 bytes");
+            return Err(ConfigError {
+                name: "SLUICE_ADDR",
+                value: self.addr.to_string(),
+                reason: "local mode (no SLUICE_JWT_SECRET) listens on loopback only, since every \
+                         request is user `local`; set SLUICE_JWT_SECRET or SLUICE_ADDR=127.0.0.1:PORT"
+                    .into(),
+            });
         }
         Ok(())
     }
+
+    /// The default model: the configured one, else the demo model without a
+    /// provider and [`PROVIDER_DEFAULT_MODEL`] with one.
+    pub fn llm_model(&self) -> String {
+        match (&self.llm_model, &self.llm_base_url) {
+            (Some(model), _) => model.clone(),
+            (None, Some(_)) => PROVIDER_DEFAULT_MODEL.into(),
+            (None, None) => DEMO_MODEL.into(),
+        }
+    }
+
+    /// HTTP worker threads (and session arbiters): the configured number,
+    /// else one per core.
+    pub fn workers(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+    }
+
+    /// The session layer's settings, for the replica named `replica_id`.
+    pub fn session(&self, replica_id: String) -> SessionConfig {
+        SessionConfig {
+            replica_id,
+            default_model: self.llm_model(),
+            idle_timeout: self.session_idle,
+            subscriber_max_bytes: self.subscriber_max_bytes,
+            shutdown_grace: self.shutdown_grace,
+            temperature: self.llm_temperature,
+            continuation: self.continuation,
+        }
+    }
 }
 
-fn resolve(text: &str) -> anyhow::Result<SocketAddr> {
-    text.trim()
-        .to_socket_addrs()?
+/// Whether a variable's value must not be repeated in an error.
+fn is_secret(name: &str) -> bool {
+    name.contains("SECRET") || name.contains("KEY") || name.contains("_URL")
+}
+
+fn address(text: &str) -> Result<SocketAddr, String> {
+    text.to_socket_addrs()
+        .map_err(|e| format!("must be host:port ({e})"))?
         .next()
-        .context("address resolves to nothing")
+        .ok_or_else(|| "resolves to no address".into())
 }
 
-fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
+fn http_url(text: &str) -> Result<String, String> {
+    if !(text.starts_with("http://") || text.starts_with("https://")) {
+        return Err("must be an http:// or https:// URL".into());
+    }
+    Ok(text.trim_end_matches('/').to_owned())
+}
+
+fn bounded_text(text: &str, max: usize) -> Result<String, String> {
+    if text.len() > max {
+        return Err(format!("must be at most {max} bytes"));
+    }
+    Ok(text.to_owned())
+}
+
+fn replica_id(text: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._:-".contains(c);
+    if text.len() > MAX_REPLICA_ID_BYTES || !text.chars().all(allowed) {
+        return Err(format!(
+            "must be at most {MAX_REPLICA_ID_BYTES} letters, digits, '.', '_', ':' or '-'"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// A whole number from `min` to `max`.
+fn integer(text: &str, min: u64, max: u64) -> Result<u64, String> {
+    text.parse::<u64>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| format!("must be a whole number from {min} to {max}"))
+}
+
+/// A finite number from `min` to `max`.
+fn number(text: &str, min: f64, max: f64) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && (min..=max).contains(n))
+        .ok_or_else(|| format!("must be a number from {min} to {max}"))
+}
+
+/// A number of seconds from `min` to `max`, fractions allowed.
+fn seconds(text: &str, min: f64, max: f64) -> Result<Duration, String> {
+    number(text, min, max)
+        .map(Duration::from_secs_f64)
+        .map_err(|_| format!("must be a number of seconds from {min} to {max}"))
 }
 
 /// This machine's host name, for the default replica id.
@@ -493,7 +625,7 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn config(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let map: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -507,8 +639,33 @@ mod tests {
         assert_eq!(c.addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert!(c.llm_base_url.is_none());
-        assert_eq!(c.llm_model, "sluice-demo");
+        assert_eq!(c.llm_model(), "sluice-demo");
         assert!(c.jwt_secret.is_none());
+        assert_eq!(c.continuation, Continuation::Off);
+        assert_eq!(c.lease_ttl, Duration::from_secs(10));
+        let with_provider = config(&[("SLUICE_LLM_BASE_URL", "http://p/v1/")]).unwrap();
+        assert_eq!(with_provider.llm_model(), "gpt-4o-mini");
+        assert_eq!(with_provider.llm_base_url.as_deref(), Some("http://p/v1"));
+    }
+
+    /// Every default in the table is one its own parser takes, so none of
+    /// the placeholder values before the defaults survives.
+    #[test]
+    fn every_default_is_read_by_its_parser() {
+        let blank = Config::before_defaults();
+        let defaults = config(&[]).unwrap();
+        for var in VARS {
+            if let DefaultValue::Value(text) = var.default {
+                let mut c = Config::before_defaults();
+                (var.parse)(&mut c, text).unwrap_or_else(|e| panic!("{}: {e}", var.name));
+            }
+        }
+        assert_ne!(defaults.addr, blank.addr);
+        assert_ne!(defaults.request_timeout, blank.request_timeout);
+        assert_ne!(defaults.event_retention, blank.event_retention);
+        assert_ne!(defaults.subscriber_max_bytes, blank.subscriber_max_bytes);
+        assert_ne!(defaults.session_idle, blank.session_idle);
+        assert_ne!(defaults.log_level, blank.log_level);
     }
 
     #[test]
@@ -519,18 +676,25 @@ mod tests {
             ("REQUEST_TIMEOUT", "5"),
         ])
         .unwrap();
-        assert_eq!(c.llm_api_key.unwrap().expose(), "k1");
-        assert_eq!(c.llm_model, "m1");
+        assert_eq!(c.llm_api_key.as_ref().unwrap().expose(), "k1");
+        assert_eq!(c.llm_model(), "m1");
         assert_eq!(c.request_timeout, Duration::from_secs(5));
         let c = config(&[("OPENAI_MODEL", "m1"), ("SLUICE_LLM_MODEL", "m2")]).unwrap();
-        assert_eq!(c.llm_model, "m2");
+        assert_eq!(c.llm_model(), "m2");
         let c = config(&[("METRICS_PORT", "9100")]).unwrap();
         assert_eq!(c.metrics_addr.unwrap().to_string(), "0.0.0.0:9100");
+        let c = config(&[
+            ("METRICS_PORT", "9100"),
+            ("SLUICE_METRICS_ADDR", "127.0.0.1:9200"),
+        ])
+        .unwrap();
+        assert_eq!(c.metrics_addr.unwrap().to_string(), "127.0.0.1:9200");
         let c = config(&[("REDIS_URL", "redis://127.0.0.1:6390")]).unwrap();
         assert_eq!(c.redis_url.unwrap().expose(), "redis://127.0.0.1:6390");
-        assert_eq!(c.lease_ttl, Duration::from_secs(10));
         let c = config(&[("POSTGRES_URL", "postgres://u:p@db/sluice")]).unwrap();
         assert_eq!(c.postgres_url.unwrap().expose(), "postgres://u:p@db/sluice");
+        let c = config(&[("SLUICE_CONTINUATION", "vllm")]).unwrap();
+        assert_eq!(c.continuation, Continuation::Vllm);
     }
 
     #[test]
@@ -545,21 +709,50 @@ mod tests {
         config(&[("SLUICE_ADDR", "[::1]:8080")]).unwrap();
     }
 
+    /// Each bad value is refused with the variable's name and what it
+    /// accepts, on one line, before anything can use it (a negative, a
+    /// non-number, an infinite or a huge duration used to panic).
     #[test]
-    fn bad_values_and_unsupported_backends_are_errors() {
-        for vars in [
-            &[("SLUICE_EVENT_RETENTION", "lots")][..],
-            &[("SLUICE_EVENT_MEMORY_BYTES", "1000")],
-            &[("SLUICE_LLM_BASE_URL", "ftp://x")],
-            &[("SLUICE_LOG_FORMAT", "xml")],
-            &[("SLUICE_S3_BUCKET", "b")],
-            &[("REDIS_URL", "http://127.0.0.1")],
-            &[("SLUICE_LEASE_SECONDS", "0")],
-            &[("SLUICE_SESSION_IDLE_SECONDS", "-1")],
-            &[("SLUICE_JWT_SECRET", "short")],
+    fn bad_values_are_errors_that_name_the_variable() {
+        for (name, value) in [
+            ("SLUICE_LEASE_SECONDS", "-1"),
+            ("SLUICE_LEASE_SECONDS", "nan"),
+            ("SLUICE_LEASE_SECONDS", "1e30"),
+            ("SLUICE_LEASE_SECONDS", "inf"),
+            ("SLUICE_LEASE_SECONDS", "0"),
+            ("SLUICE_REQUEST_TIMEOUT_SECONDS", "-1"),
+            ("REQUEST_TIMEOUT", "NaN"),
+            ("SLUICE_REQUEST_TIMEOUT_SECONDS", "inf"),
+            ("SLUICE_WORKERS", "100000000"),
+            ("SLUICE_WORKERS", "0"),
+            ("SLUICE_EVENT_RETENTION", "lots"),
+            ("SLUICE_EVENT_RETENTION", "0"),
+            ("SLUICE_EVENT_MEMORY_BYTES", "1000"),
+            ("SLUICE_SUBSCRIBER_MAX_BYTES", "18446744073709551616"),
+            ("SLUICE_SESSION_IDLE_SECONDS", "-1"),
+            ("SLUICE_SHUTDOWN_GRACE_SECONDS", "1e300"),
+            ("SLUICE_DEMO_TOKEN_DELAY_MS", "99999999999"),
+            ("SLUICE_LLM_TEMPERATURE", "hot"),
+            ("SLUICE_LLM_TEMPERATURE", "NaN"),
+            ("SLUICE_LLM_BASE_URL", "ftp://x"),
+            ("SLUICE_LOG_FORMAT", "xml"),
+            ("SLUICE_LOG_LEVEL", "sluice=loud"),
+            ("SLUICE_CONTINUATION", "maybe"),
+            ("SLUICE_REPLICA_ID", "r 1"),
+            ("SLUICE_S3_BUCKET", "b"),
+            ("CHROMA_HOST", "chroma"),
+            ("REDIS_URL", "http://127.0.0.1"),
+            ("METRICS_PORT", "99999"),
+            ("SLUICE_JWT_SECRET", "short"),
         ] {
-            assert!(config(vars).is_err(), "{vars:?}");
+            let err = config(&[(name, value)]).expect_err(&format!("{name}={value}"));
+            let text = err.to_string();
+            assert!(text.starts_with(&format!("{name}=")), "{text}");
+            assert!(!text.contains('\n'), "{text}");
         }
+        // A secret is never repeated back.
+        let err = config(&[("JWT_SECRET", "hunter2")]).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,8 @@ mod serve;
 mod telemetry;
 mod token;
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
 /// Command line.
@@ -39,14 +41,29 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+/// A configuration error exits with this status (as clap does for a bad
+/// command line), after one line on stderr.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = config::Config::from_env()?;
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            telemetry::init(&config)?;
-            serve::run(config)
+    let config = match config::Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(EXIT_CONFIG);
         }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => telemetry::init(&config).and_then(|()| serve::run(config)),
         Command::Token { sub, ttl } => token::print(&config, &sub, &ttl),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The cause chain on one line; never a backtrace.
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -2,25 +2,28 @@
 //! the server until a signal stops it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use sluice_actors::cluster::Cluster;
-use sluice_actors::lease::redis::RedisLeases;
-use sluice_actors::llm::LlmProvider;
-use sluice_actors::llm::demo::DemoProvider;
-use sluice_actors::llm::openai::{OpenAiConfig, OpenAiProvider};
-use sluice_actors::log::EventLog;
-use sluice_actors::log::memory::MemoryEventLog;
-use sluice_actors::log::redis::RedisEventLog;
-use sluice_actors::redis::RedisConnections;
-use sluice_actors::session::SessionDeps;
-use sluice_actors::store::SessionStore;
-use sluice_actors::store::postgres::PostgresSessionStore;
-use sluice_actors::store::redb::RedbSessionStore;
-use sluice_actors::supervisor::{Probe, RedisProbe, StoreProbe, Supervisor};
-use sluice_actors::{Metrics, SessionConfig, Sessions};
+use sluice_actors::deps::SessionDeps;
+use sluice_actors::supervisor::Health;
+use sluice_actors::{Metrics, Relay, Sessions};
+use sluice_backends::lease::redis::RedisLeases;
+use sluice_backends::llm::LlmProvider;
+use sluice_backends::llm::demo::DemoProvider;
+use sluice_backends::llm::openai::{OpenAiConfig, OpenAiProvider};
+use sluice_backends::log::EventLog;
+use sluice_backends::log::memory::MemoryEventLog;
+use sluice_backends::log::redis::RedisEventLog;
+use sluice_backends::probe::{EventLogProbe, LlmProbe, Probe, RedisProbe, StoreProbe};
+use sluice_backends::redis::RedisConnections;
+use sluice_backends::store::SessionStore;
+use sluice_backends::store::postgres::PostgresSessionStore;
+use sluice_backends::store::redb::RedbSessionStore;
+use sluice_web::ServerOptions;
 use sluice_web::auth::Auth;
-use sluice_web::{AppState, ServerOptions};
+use sluice_web::state::AppState;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
@@ -28,6 +31,12 @@ use crate::config::Config;
 
 /// Connections in the PostgreSQL pool.
 const POSTGRES_POOL_SIZE: usize = 16;
+
+/// Extra attempts at a provider request before its first chunk.
+const PROVIDER_RETRIES: u32 = 2;
+
+/// The first of those attempts waits this long; each later one twice as long.
+const PROVIDER_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Runs the server on its own actix system until SIGTERM/SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -37,17 +46,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 fn llm_provider(config: &Config) -> anyhow::Result<Arc<dyn LlmProvider>> {
     Ok(match &config.llm_base_url {
         Some(base_url) => {
-            tracing::info!(%base_url, model = %config.llm_model, "LLM provider: OpenAI-compatible");
+            tracing::info!(%base_url, model = %config.llm_model(), continuation = ?config.continuation, "LLM provider: OpenAI-compatible");
             Arc::new(OpenAiProvider::new(OpenAiConfig {
                 base_url: base_url.clone(),
                 api_key: config.llm_api_key.clone(),
-                default_model: config.llm_model.clone(),
+                default_model: config.llm_model(),
                 request_timeout: config.request_timeout,
-                connect_timeout: config
-                    .request_timeout
-                    .min(std::time::Duration::from_secs(10)),
-                max_retries: 2,
-                retry_backoff: std::time::Duration::from_millis(250),
+                connect_timeout: config.request_timeout.min(Duration::from_secs(10)),
+                max_retries: PROVIDER_RETRIES,
+                retry_backoff: PROVIDER_BACKOFF,
             })?)
         }
         None => {
@@ -60,17 +67,8 @@ fn llm_provider(config: &Config) -> anyhow::Result<Arc<dyn LlmProvider>> {
     })
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let registry = prometheus::Registry::new();
-    let metrics = Metrics::new(&registry)?;
-
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
-        format!(
-            "cannot create SLUICE_DATA_DIR {}",
-            config.data_dir.display()
-        )
-    })?;
-    let store: Arc<dyn SessionStore> = match &config.postgres_url {
+async fn session_store(config: &Config) -> anyhow::Result<Arc<dyn SessionStore>> {
+    Ok(match &config.postgres_url {
         Some(url) => {
             let store = PostgresSessionStore::connect(url.expose(), POSTGRES_POOL_SIZE)
                 .await
@@ -79,12 +77,65 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             Arc::new(store)
         }
         None => {
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!(
+                    "cannot create SLUICE_DATA_DIR {}",
+                    config.data_dir.display()
+                )
+            })?;
             let path = config.data_dir.join("sluice.redb");
             let store = RedbSessionStore::open(&path)?;
             tracing::info!(path = %path.display(), "session store: redb (embedded)");
             Arc::new(store)
         }
+    })
+}
+
+/// The event log and the cluster: Redis for both with `SLUICE_REDIS_URL`
+/// (adding its probe to `probes`), else this process's own.
+async fn log_and_cluster(
+    config: &Config,
+    replica_id: &str,
+    probes: &mut Vec<Arc<dyn Probe>>,
+) -> anyhow::Result<(Arc<dyn EventLog>, Arc<Cluster>)> {
+    let Some(url) = &config.redis_url else {
+        let log = MemoryEventLog::new(config.event_retention, config.event_memory_bytes);
+        let cluster = Cluster::local(replica_id.to_owned(), config.lease_ttl);
+        return Ok((Arc::new(log), Arc::new(cluster)));
     };
+    let redis = RedisConnections::connect(url.expose())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to Redis: {e}"))?;
+    if config.postgres_url.is_none() {
+        tracing::warn!(
+            "Redis without SLUICE_POSTGRES_URL: the session store is this replica's own \
+             redb file, so run only one replica"
+        );
+    }
+    tracing::info!(lease = ?config.lease_ttl, "event log, bus and leases: Redis");
+    let cluster = Arc::new(Cluster::shared(
+        replica_id.to_owned(),
+        Arc::new(redis.bus()),
+        Arc::new(RedisLeases::new(redis.client())),
+        config.lease_ttl,
+    ));
+    // After each reconnection, find out whether Redis lost its leases.
+    let mut reconnected = redis.reconnected();
+    let watcher = cluster.clone();
+    tokio::spawn(async move {
+        while !matches!(reconnected.recv().await, Err(RecvError::Closed)) {
+            watcher.lease_store_reconnected().await;
+        }
+    });
+    probes.push(Arc::new(RedisProbe(redis.clone())));
+    let log = RedisEventLog::new(redis.client(), config.event_retention);
+    Ok((Arc::new(log), cluster))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(&registry)?;
+    let store = session_store(&config).await?;
 
     // Bound first, so that the default replica id names the real port.
     let listener = sluice_web::server::bind(config.addr)
@@ -94,70 +145,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .replica_id
         .clone()
         .unwrap_or_else(|| format!("{}:{}", crate::config::hostname(), bound.port()));
-    let session_config = SessionConfig {
-        replica_id: replica_id.clone(),
-        default_model: config.llm_model.clone(),
-        idle_timeout: config.session_idle,
-        event_retention: config.event_retention,
-        subscriber_max_bytes: config.subscriber_max_bytes,
-        shutdown_grace: config.shutdown_grace,
-        temperature: config.llm_temperature,
-        ..SessionConfig::default()
-    };
     let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(StoreProbe(store.clone()))];
-    let (log, cluster): (Arc<dyn EventLog>, _) = match &config.redis_url {
-        Some(url) => {
-            let redis = RedisConnections::connect(url.expose())
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot connect to Redis: {e}"))?;
-            if config.postgres_url.is_none() {
-                tracing::warn!(
-                    "Redis without SLUICE_POSTGRES_URL: the session store is this replica's own \
-                     redb file, so run only one replica"
-                );
-            }
-            tracing::info!(lease = ?config.lease_ttl, "event log, bus and leases: Redis");
-            let cluster = Cluster::new(
-                replica_id.clone(),
-                Arc::new(redis.bus()),
-                Arc::new(RedisLeases::new(redis.client())),
-                config.lease_ttl,
-            );
-            let cluster = Arc::new(cluster);
-            let mut reconnected = redis.reconnected();
-            let watcher = cluster.clone();
-            tokio::spawn(async move {
-                while !matches!(reconnected.recv().await, Err(RecvError::Closed)) {
-                    watcher.lease_store_reconnected().await;
-                }
-            });
-            probes.push(Arc::new(RedisProbe(redis.clone())));
-            (
-                Arc::new(RedisEventLog::new(redis.client(), config.event_retention)),
-                Some(cluster),
-            )
-        }
-        None => (
-            Arc::new(MemoryEventLog::new(
-                config.event_retention,
-                config.event_memory_bytes,
-            )),
-            None,
-        ),
-    };
-    let supervisors = probes
-        .into_iter()
-        .map(|probe| Supervisor::spawn(probe, metrics.clone()))
-        .collect();
+    let (log, cluster) = log_and_cluster(&config, &replica_id, &mut probes).await?;
+    let llm = llm_provider(&config)?;
+    probes.push(Arc::new(EventLogProbe(log.clone())));
+    probes.push(Arc::new(LlmProbe(llm.clone())));
+    let health = Health::start(probes, &metrics);
+    let relay = Relay::new(llm.clone(), config.llm_model(), metrics.clone());
     let deps = SessionDeps {
         store,
         log,
-        llm: llm_provider(&config)?,
-        metrics,
-        config: session_config,
+        llm,
+        metrics: metrics.clone(),
+        config: config.session(replica_id.clone()),
         cluster,
     };
-    let arbiters = (0..config.workers)
+    let arbiters = (0..config.workers())
         .map(|_| actix_rt::Arbiter::new().handle())
         .collect();
     let sessions = Sessions::start(deps, arbiters)
@@ -172,9 +175,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         })
         .transpose()?;
     let auth = Auth::new(config.jwt_secret.as_ref().map(|s| s.expose()));
+    let metrics_bound = metrics_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     tracing::info!(
         addr = %bound,
-        metrics_addr = ?metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        metrics_addr = %metrics_bound,
         replica = %replica_id,
         auth = if auth.is_local() { "local" } else { "jwt" },
         "listening"
@@ -182,16 +190,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = AppState {
         sessions,
-        auth: Arc::new(auth),
+        relay,
+        health,
+        metrics,
         registry,
-        supervisors,
         shutdown: shutdown_rx,
     };
     sluice_web::run(
         state,
+        auth,
         listener,
         ServerOptions {
-            workers: config.workers,
+            workers: config.workers(),
             metrics_listener,
             shutdown_grace: config.shutdown_grace,
         },

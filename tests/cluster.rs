@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sluice_test_support::client::{SseClient, WsClient, WsFrame, token_text};
-use sluice_test_support::cluster::{LEASE_SECONDS, TestCluster};
+use sluice_test_support::cluster::{ClusterOptions, LEASE_SECONDS, TestCluster};
 use sluice_test_support::expected_text;
+use sluice_test_support::fake_upstream::FakeOptions;
 use sluice_test_support::rest::{assert_store_unavailable, settled_answer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -257,7 +258,9 @@ async fn send_through_one_replica_and_cancel_through_another() {
 /// SSE client directly on a replica that does not own the session; returns
 /// the session, the owner and the SSE replica once 150 tokens have arrived.
 async fn mid_generation(c: &TestCluster) -> (String, usize, usize, WsClient, Followed, SseClient) {
-    let id = c.create_session(0, "fake:tokens=600,delay_ms=5").await;
+    let id = c
+        .create_session(0, "fake:tokens=600,delay_ms=5,api=ollama")
+        .await;
     let mut ws = WsClient::connect(&c.nginx.ws_url(&ws_path(&id)))
         .await
         .unwrap();
@@ -363,7 +366,9 @@ async fn the_owner_stopped_mid_generation_finishes_it_without_an_error() {
 #[tokio::test]
 async fn the_owner_stopped_past_its_grace_period_hands_the_generation_over() {
     let mut c = TestCluster::start(BIN, 3, &[("SLUICE_SHUTDOWN_GRACE_SECONDS", "1")]);
-    let id = c.create_session(0, "fake:tokens=600,delay_ms=10").await;
+    let id = c
+        .create_session(0, "fake:tokens=600,delay_ms=10,api=ollama")
+        .await;
     let mut ws = WsClient::connect(&c.nginx.ws_url(&ws_path(&id)))
         .await
         .unwrap();
@@ -392,7 +397,9 @@ async fn the_owner_stopped_past_its_grace_period_hands_the_generation_over() {
 #[tokio::test]
 async fn a_redis_restart_keeps_the_owners_clients_streaming_and_others_resume() {
     let mut c = TestCluster::start(BIN, 3, &[]);
-    let id = c.create_session(0, "fake:tokens=600,delay_ms=5").await;
+    let id = c
+        .create_session(0, "fake:tokens=600,delay_ms=5,api=ollama")
+        .await;
     let mut ws = WsClient::connect(&c.ws_url(0, &ws_path(&id)))
         .await
         .unwrap();
@@ -544,4 +551,206 @@ async fn with_postgres_down_sends_are_overloaded_and_service_returns() {
     assert_eq!(token_text(&frames), expected_text(5));
     let session = c.session(&c.nginx.url(""), &id).await;
     assert_eq!(session["messages"].as_array().unwrap().len(), 2);
+}
+
+/// An owner cut off from Redis mid-answer keeps streaming from its
+/// provider and writing to PostgreSQL, unaware that its lease expired. The
+/// replica that takes the session over claims it in the store first, which
+/// fences the old owner off: nothing it writes afterwards lands, and its
+/// first refused write stops it. The stored answer is the new owner's.
+///
+/// The old owner's provider is three times slower, so without the fence
+/// its last write would come after the new owner's and overwrite it; each
+/// owner's provider tags its text (the new one's tokens end in `b`), so
+/// the stored answer shows who wrote what.
+#[tokio::test]
+async fn an_owner_cut_off_from_redis_is_fenced_off_by_the_next_owner() {
+    let c = TestCluster::start_with(
+        BIN,
+        2,
+        ClusterOptions {
+            proxied_redis: &[0],
+            own_upstream: &[
+                (
+                    0,
+                    FakeOptions {
+                        slowdown: 3,
+                        ..FakeOptions::default()
+                    },
+                ),
+                (
+                    1,
+                    FakeOptions {
+                        suffix: "b".into(),
+                        ..FakeOptions::default()
+                    },
+                ),
+            ],
+            ..ClusterOptions::default()
+        },
+    );
+    let tokens = 300;
+    let id = c
+        .create_session(0, &format!("fake:tokens={tokens},delay_ms=10,api=ollama"))
+        .await;
+    let mut on_old = WsClient::connect(&c.ws_url(0, &ws_path(&id)))
+        .await
+        .unwrap();
+    on_old.until("snapshot").await;
+    assert_eq!(c.owner(&id), Some(0));
+    let sent = c
+        .post(&c.url(0, ""), &id, "messages", json!({"content": "go"}))
+        .await;
+    assert_eq!(sent.status(), 202);
+    let mut seen = Followed::default();
+    read_tokens(&mut on_old, &mut seen, 40).await;
+    c.redis_proxies[0].as_ref().unwrap().cut();
+
+    // A client of the other replica gets the session there once the old
+    // owner's lease has expired; that replica takes the answer over.
+    let url = c.ws_url(1, &ws_path(&id));
+    let mut on_new = Followed::default();
+    follow_ws(connect_ws(&url).await, || url.clone(), &mut on_new).await;
+    let answer = settled_answer(&c.http, &c.url(1, ""), &id).await;
+    assert_eq!(answer["status"], "complete");
+
+    // The old owner found out at its next write, and stopped.
+    let deadline = Instant::now() + RECONNECT_FOR;
+    while metric_sum(&c, &[0], "sluice_lease_losses_total").await == 0 {
+        assert!(Instant::now() < deadline, "the old owner never stopped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // It has stopped, so nothing more can come from it: the stored answer
+    // is the old owner's text up to the claim, then the new owner's, every
+    // token once.
+    let answer = settled_answer(&c.http, &c.url(1, ""), &id).await;
+    let content = answer["content"].as_str().unwrap();
+    let pieces: Vec<&str> = content.split('<').skip(1).collect();
+    assert_eq!(pieces.len(), tokens, "{content}");
+    let handed_at = pieces
+        .iter()
+        .position(|p| p.ends_with(">b"))
+        .expect("the new owner wrote the end");
+    for (i, piece) in pieces.iter().enumerate() {
+        let tag = if i < handed_at { "" } else { "b" };
+        assert_eq!(*piece, format!("{i}>{tag}"), "token {i} of {content}");
+    }
+    assert!(
+        handed_at > 0,
+        "the old owner's text up to the claim is kept"
+    );
+}
+
+/// A command whose session's owner has died waits until the owner's lease
+/// expires. Meanwhile its client's connection goes on: a ping sent after
+/// it is answered at once, while the dead owner still holds the lease.
+/// (Commands used to pause the connection's whole mailbox: no frames, no
+/// pongs and no tokens until the command ended.)
+#[tokio::test]
+async fn a_waiting_command_does_not_freeze_its_connection() {
+    let mut c = TestCluster::start(BIN, 2, &[("SLUICE_LEASE_SECONDS", "30")]);
+    let id = c.create_session(0, "fake:tokens=5").await;
+    let mut on_owner = WsClient::connect(&c.ws_url(0, &ws_path(&id)))
+        .await
+        .unwrap();
+    on_owner.until("snapshot").await;
+    assert_eq!(c.owner(&id), Some(0));
+    let mut ws = WsClient::connect(&c.ws_url(1, &ws_path(&id)))
+        .await
+        .unwrap();
+    ws.until("snapshot").await;
+    c.kill(0);
+    ws.send_json(json!({"type": "cancel"})).await;
+    ws.send_json(json!({"type": "ping"})).await;
+    loop {
+        if ws.next_json().await["type"] == "pong" {
+            break;
+        }
+    }
+    assert_eq!(
+        c.owner(&id),
+        Some(0),
+        "the pong came while the cancel waited"
+    );
+}
+
+/// Deleting a session tells its subscribers on every replica, the owner's
+/// and the others', before their streams end.
+#[tokio::test]
+async fn deleting_a_session_tells_its_subscribers_on_every_replica() {
+    let c = TestCluster::start(BIN, 2, &[]);
+    let id = c.create_session(0, "fake:tokens=5").await;
+    let mut on_owner = WsClient::connect(&c.ws_url(0, &ws_path(&id)))
+        .await
+        .unwrap();
+    on_owner.until("snapshot").await;
+    assert_eq!(c.owner(&id), Some(0));
+    let mut elsewhere = SseClient::connect(&c.url(1, &events_path(&id)), None).await;
+    elsewhere.until("snapshot").await;
+    let deleted = c
+        .http
+        .delete(c.url(1, &format!("/v1/sessions/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let frame = on_owner.next_json().await;
+    assert_eq!(
+        (frame["type"].as_str(), frame["code"].as_str()),
+        (Some("error"), Some("not_found"))
+    );
+    assert!(
+        matches!(on_owner.next().await, WsFrame::Closed(Some(close)) if u16::from(close.code) == 1000)
+    );
+    let event = elsewhere.next().await.expect("an error event");
+    assert_eq!(
+        (event.event.as_str(), &event.data["code"]),
+        ("error", &json!("not_found"))
+    );
+    assert!(elsewhere.next().await.is_none(), "then the stream ends");
+}
+
+/// `/ready` names each backend's state from its own check: with Redis
+/// down, Redis and the event log on it are down, the store is up.
+#[tokio::test]
+async fn ready_reports_each_backend_from_its_own_check() {
+    let mut c = TestCluster::start(BIN, 1, &[]);
+    let ready: Value = c
+        .http
+        .get(c.url(0, "/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["backends"]["event_log"],
+        json!({"kind": "redis", "state": "up"})
+    );
+    c.redis.stop();
+    let response = c.http.get(c.url(0, "/ready")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let ready: Value = response.json().await.unwrap();
+    for backend in ["redis", "event_log"] {
+        assert_eq!(
+            ready["backends"][backend]["state"], "down",
+            "{backend}: {ready}"
+        );
+    }
+    assert_eq!(ready["backends"]["store"]["state"], "up");
+    c.redis.resume();
+    let deadline = Instant::now() + RECONNECT_FOR;
+    while c
+        .http
+        .get(c.url(0, "/ready"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

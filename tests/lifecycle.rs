@@ -81,16 +81,24 @@ async fn kill_mid_answer(h: &mut Harness, model: &str, count: usize) -> String {
     id
 }
 
-#[tokio::test]
-async fn a_killed_process_continues_the_answer_after_restart() {
-    let mut h = Harness::start(BIN);
-    let id = kill_mid_answer(&mut h, "fake:tokens=1500,delay_ms=2", 700).await;
-    // A client resuming over the new process sees the answer go on and end.
+/// Kills a process mid-answer from a fake provider that continues answers
+/// the way `api` does, and restarts it with `SLUICE_CONTINUATION` set to
+/// `continuation`; then follows the session until the answer ends. The
+/// harness, the session, and the settled answer.
+async fn taken_over_after_kill(continuation: &str, api: &str) -> (Harness, String, Value) {
+    let mut h = Harness::start_with(BIN, &[("SLUICE_CONTINUATION", continuation)]);
+    let model = format!("fake:tokens=1500,delay_ms=2,api={api}");
+    let id = kill_mid_answer(&mut h, &model, 700).await;
+    // A client joining the new process sees the answer go on (or stop) and end.
     let mut ws = WsClient::connect(&h.ws_url(&id, "")).await.unwrap();
-    let frames = ws.until("generation_end").await;
-    let end = frames.last().unwrap();
-    assert_eq!(end["finish_reason"], "stop", "{end}");
+    ws.until("generation_end").await;
     let answer = settled_answer(&h.http, &h.url(""), &id).await;
+    (h, id, answer)
+}
+
+/// The provider was asked once more, to continue: the checkpointed answer
+/// ends its messages, in `api`'s way; the answer is whole, nothing twice.
+async fn assert_continued(h: &Harness, id: &str, answer: &Value) -> Value {
     assert_eq!(answer["status"], "complete");
     assert_eq!(
         answer["content"],
@@ -102,18 +110,80 @@ async fn a_killed_process_continues_the_answer_after_restart() {
         metrics.contains("sluice_takeovers_total{outcome=\"continued\"} 1"),
         "{metrics}"
     );
-    // The provider was asked to continue from the checkpointed text.
-    let last = h.upstream.requests().last().unwrap().clone();
-    let messages = last["messages"].as_array().unwrap();
-    assert_eq!(messages.last().unwrap()["role"], "assistant");
-    assert_eq!(h.send(&id, "again", None).await.status(), 202);
+    assert_eq!(h.send(id, "again", None).await.status(), 202);
+    let requests = h.upstream.requests();
+    let continuation = requests[requests.len() - 2].clone();
+    let last = continuation["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["role"], "assistant");
+    assert!(expected_text(1500).starts_with(last["content"].as_str().unwrap()));
+    continuation
 }
 
 #[tokio::test]
-async fn a_killed_process_leaves_the_answer_interrupted_when_it_cannot_continue() {
-    let mut h = Harness::start(BIN);
-    let id = kill_mid_answer(&mut h, "fake:tokens=1500,delay_ms=2,no_continue", 700).await;
-    let answer = settled_answer(&h.http, &h.url(""), &id).await;
+async fn a_killed_process_continues_the_answer_by_prefill() {
+    let (h, id, answer) = taken_over_after_kill("prefill", "ollama").await;
+    let request = assert_continued(&h, &id, &answer).await;
+    let last = request["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert!(last.get("prefix").is_none(), "{last}");
+}
+
+#[tokio::test]
+async fn a_killed_process_continues_the_answer_by_prefix() {
+    let (h, id, answer) = taken_over_after_kill("prefix", "mistral").await;
+    let request = assert_continued(&h, &id, &answer).await;
+    assert_eq!(
+        request["messages"].as_array().unwrap().last().unwrap()["prefix"],
+        true
+    );
+}
+
+#[tokio::test]
+async fn a_killed_process_continues_the_answer_the_vllm_way() {
+    let (h, id, answer) = taken_over_after_kill("vllm", "vllm").await;
+    let request = assert_continued(&h, &id, &answer).await;
+    assert_eq!(request["continue_final_message"], true);
+    assert_eq!(request["add_generation_prompt"], false);
+}
+
+/// Without a configured way (the default), a provider that would answer
+/// anew is never asked: the answer ends `interrupted` with its text kept.
+#[tokio::test]
+async fn a_killed_process_leaves_the_answer_interrupted_without_a_continuation_method() {
+    let (h, id, answer) = taken_over_after_kill("off", "openai").await;
+    assert_eq!(answer["status"], "interrupted");
+    let text = answer["content"].as_str().unwrap();
+    assert!(!text.is_empty(), "the text so far is kept");
+    assert!(expected_text(1500).starts_with(text));
+    assert_eq!(
+        h.upstream.requests().len(),
+        1,
+        "the provider was not asked again"
+    );
+    let metrics = h.metrics().await;
+    for needle in [
+        "sluice_takeovers_total{outcome=\"interrupted\"} 1",
+        "sluice_generations_total{finish_reason=\"interrupted\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle}: {metrics}");
+    }
+    assert_eq!(h.send(&id, "again", None).await.status(), 202);
+}
+
+/// A provider asked to continue in a way it refuses (Mistral, asked with a
+/// plain trailing message) leaves the answer `interrupted` with its text.
+#[tokio::test]
+async fn a_killed_process_leaves_the_answer_interrupted_when_the_provider_refuses() {
+    let (h, id, answer) = taken_over_after_kill("prefill", "mistral").await;
     assert_eq!(answer["status"], "interrupted");
     let text = answer["content"].as_str().unwrap();
     assert!(!text.is_empty(), "the text so far is kept");
@@ -312,22 +382,20 @@ fn help_lists_the_configuration() {
 
 #[tokio::test]
 async fn health_ready_and_metrics_report_the_server() {
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    let h = Harness::start_with(BIN, &[("SLUICE_METRICS_ADDR", &metrics_addr)]);
+    let h = Harness::start_with(BIN, &[("SLUICE_METRICS_ADDR", "127.0.0.1:0")]);
+    let metrics_addr = h.sluice.metrics_addr.expect("a metrics listener");
     let health = h.http.get(h.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     let ready = h.http.get(h.url("/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["backends"]["store"]["state"], "up");
-    assert_eq!(ready["backends"]["llm"]["kind"], "openai");
     assert_eq!(ready["backends"]["event_log"]["kind"], "memory");
+    assert_eq!(ready["backends"]["event_log"]["state"], "up");
     assert_eq!(ready["backends"]["store"]["kind"], "redb");
+    // The provider is really asked (its model list), not assumed.
+    let llm = checked_llm(&h).await;
+    assert_eq!(llm, json!({"kind": "openai", "state": "up"}));
 
     let (_, mut ws) = h.session_with_ws("fake:tokens=12", "go").await;
     ws.until("generation_end").await;
@@ -344,6 +412,48 @@ async fn health_ready_and_metrics_report_the_server() {
             assert!(text.contains(needle), "{url} lacks {needle}:\n{text}");
         }
     }
+}
+
+/// `/ready`'s `llm` entry once the provider has been checked (it is
+/// checked at start, then every 30 s; the wait is a hang guard).
+async fn checked_llm(h: &Harness) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let ready = h.get_json(&h.url("/ready")).await;
+        let llm = ready["backends"]["llm"].clone();
+        if llm["state"] != "unchecked" {
+            return llm;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the provider was never checked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A provider that cannot be reached is reported down, with why; it does
+/// not make the replica unready (every replica shares the provider).
+#[tokio::test]
+async fn ready_reports_a_provider_that_does_not_answer() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let h = Harness::start_with(
+        BIN,
+        &[("SLUICE_LLM_BASE_URL", &format!("http://{closed}/v1"))],
+    );
+    let llm = checked_llm(&h).await;
+    assert_eq!(llm["state"], "down", "{llm}");
+    assert!(
+        llm["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unreachable")),
+        "{llm}"
+    );
+    let ready = h.http.get(h.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
 }
 
 /// Reads `/metrics` until `needle` appears (the server reports the state
@@ -463,4 +573,78 @@ async fn with_postgres_down_sends_are_overloaded_and_service_returns_by_itself()
     assert_eq!(token_text(&frames), expected_text(3));
     let messages = h.session(&id).await["messages"].as_array().unwrap().len();
     assert_eq!(messages, 4, "the refused send left nothing behind");
+}
+
+/// A send still saving when shutdown begins is waited for, like a running
+/// generation: its answer is whole in the store when the process exits.
+/// (A drain that looked only for a running generation saw none, and the
+/// generation started after the save was cut off with the process.)
+#[tokio::test]
+async fn shutdown_waits_for_a_send_that_is_still_saving() {
+    let db = sluice_test_support::postgres::TestPostgres::start();
+    let mut h = Harness::start_with(BIN, &[("SLUICE_POSTGRES_URL", &db.url())]);
+    let id = h.create_session("fake:tokens=100,delay_ms=10").await;
+    // Its actor runs (a read starts it), then its row is held, so the
+    // send's save waits for it.
+    h.session(&id).await;
+    let held = db.hold(&format!(
+        "SELECT 1 FROM sessions WHERE id = '{id}' FOR UPDATE"
+    ));
+    let send = {
+        let (http, url) = (
+            h.http.clone(),
+            h.url(&format!("/v1/sessions/{id}/messages")),
+        );
+        tokio::spawn(async move { http.post(url).json(&json!({"content": "go"})).send().await })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while db.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'") == "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the save never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    h.sluice.signal_term();
+    held.commit();
+    let sent = send.await.unwrap().unwrap();
+    assert_eq!(sent.status(), 202);
+    assert!(h.sluice.wait().success(), "a clean exit");
+    let stored = db.psql(&format!(
+        "SELECT status || ' ' || content FROM messages WHERE session_id = '{id}' AND role = 'assistant'"
+    ));
+    assert_eq!(stored, format!("complete {}", expected_text(100)));
+}
+
+/// Deleting a session tells whoever follows it, before their stream ends,
+/// so they do not reconnect to a session that is gone.
+#[tokio::test]
+async fn deleting_a_session_tells_its_subscribers() {
+    let h = Harness::start(BIN);
+    let id = h.create_session("fake:tokens=5").await;
+    let mut ws = WsClient::connect(&h.ws_url(&id, "")).await.unwrap();
+    ws.until("snapshot").await;
+    let mut sse = SseClient::connect(&h.events_url(&id, ""), None).await;
+    sse.until("snapshot").await;
+    let deleted = h
+        .http
+        .delete(h.url(&format!("/v1/sessions/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let frame = ws.next_json().await;
+    assert_eq!(
+        (frame["type"].as_str(), frame["code"].as_str()),
+        (Some("error"), Some("not_found")),
+        "{frame}"
+    );
+    match ws.next().await {
+        WsFrame::Closed(Some(close)) => assert_eq!(u16::from(close.code), 1000),
+        other => panic!("expected a close, got {other:?}"),
+    }
+    let event = sse.next().await.expect("an error event");
+    assert_eq!(event.event, "error");
+    assert_eq!(event.data["code"], "not_found");
+    assert!(sse.next().await.is_none(), "then the stream ends");
 }

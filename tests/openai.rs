@@ -131,7 +131,7 @@ async fn upstream_and_request_errors_use_the_envelope() {
             "upstream_error",
         ),
         (
-            json!({"model": "fake:status=400", "messages": [{"role": "user", "content": "x"}]}),
+            json!({"model": "fake:status=503", "messages": [{"role": "user", "content": "x"}]}),
             502,
             "upstream_error",
         ),
@@ -168,10 +168,57 @@ async fn upstream_and_request_errors_use_the_envelope() {
     assert_eq!(last["error"]["code"], "upstream_error");
 }
 
+/// A provider's refusal (4xx) is the request's fault: it keeps its status
+/// and the provider's `code`, `param` and message, so SDKs do not retry it
+/// as they would a 502, and the provider is asked once.
 #[tokio::test]
-async fn models_are_listed() {
+async fn a_providers_refusal_keeps_its_status_and_fields() {
+    let h = Harness::start(BIN);
+    for (status, stream) in [(400, false), (404, true), (422, true)] {
+        let model = format!("fake:status={status}");
+        let response = h
+            .http
+            .post(h.url("/v1/chat/completions"))
+            .json(&json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "x"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{model}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body["error"],
+            json!({"message": format!("fake failure {status}"), "type": "invalid_request_error",
+                   "param": "model", "code": "fake_refusal"}),
+            "{model}"
+        );
+        let asked = h
+            .upstream
+            .requests()
+            .iter()
+            .filter(|r| r["model"] == model.as_str())
+            .count();
+        assert_eq!(asked, 1, "{model} was not retried");
+    }
+}
+
+#[tokio::test]
+async fn models_are_listed_and_retrieved() {
     let h = Harness::start(BIN);
     let body: Value = h.get_json(&h.url("/v1/models")).await;
     assert_eq!(body["object"], "list");
     assert_eq!(body["data"][0]["id"], "fake:tokens=20");
+    let model = h
+        .http
+        .get(h.url("/v1/models/fake:tokens=20"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(model.status(), 200);
+    let model: Value = model.json().await.unwrap();
+    assert_eq!(model["id"], "fake:tokens=20");
+    assert_eq!(model["object"], "model");
+    let unknown = h.http.get(h.url("/v1/models/nope")).send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    let unknown: Value = unknown.json().await.unwrap();
+    assert_eq!(unknown["error"]["code"], "not_found");
 }

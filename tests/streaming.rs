@@ -118,6 +118,24 @@ async fn sse_streams_a_generation_with_the_documented_headers() {
     check_generation(&frames, 25, 1);
 }
 
+/// The stream opens with a `retry:` field, so a browser's `EventSource`
+/// resumes a second after the stream ends instead of its default of about
+/// three seconds.
+#[tokio::test]
+async fn sse_tells_the_browser_how_soon_to_reconnect() {
+    use futures::StreamExt;
+    let h = Harness::start(BIN);
+    let id = h.create_session("fake:tokens=2").await;
+    let response = h.http.get(h.events_url(&id, "")).send().await.unwrap();
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("event: hello") {
+        let chunk = body.next().await.expect("more of the stream").unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.starts_with("retry: 1000\n\n"), "{text}");
+}
+
 /// Reads frames until at least `tokens` token frames were seen.
 async fn read_tokens(ws: &mut WsClient, tokens: usize) -> Vec<Value> {
     let mut frames = Vec::new();
@@ -476,9 +494,19 @@ async fn rest_errors_use_the_envelope_and_every_response_has_a_request_id() {
     let h = Harness::start(BIN);
     let id = h.create_session("fake").await;
     let messages = h.url(&format!("/v1/sessions/{id}/messages"));
-    let post = || h.http.post(&messages);
+    let post = || {
+        h.http
+            .post(&messages)
+            .header("Content-Type", "application/json")
+    };
     for (name, request, status, code) in [
         ("truncated JSON", post().body("{"), 400, "bad_request"),
+        (
+            "not declared as JSON",
+            h.http.post(&messages).body(r#"{"content":"hi"}"#),
+            415,
+            "unsupported_media_type",
+        ),
         (
             "wrong type",
             post().body(r#"{"content":5}"#),
@@ -525,6 +553,7 @@ async fn rest_errors_use_the_envelope_and_every_response_has_a_request_id() {
             "unknown field",
             h.http
                 .post(h.url("/v1/sessions"))
+                .header("Content-Type", "application/json; charset=utf-8")
                 .body(r#"{"titel":"typo"}"#),
             400,
             "bad_request",

@@ -1,5 +1,10 @@
 //! Several replicas as one: who owns a session, and how the others reach it.
 //!
+//! Every replica is a member of a cluster, so one code path serves one
+//! replica and many: a lone replica's cluster runs on the in-process bus
+//! and leases ([`Cluster::local`]), where it always holds every lease and
+//! nothing is ever forwarded.
+//!
 //! - **Ownership** is a lease per session ([`Leases`]). The replica that
 //!   holds it runs the session's actor; the actor renews it and gives it up
 //!   when it stops. A replica that dies stops renewing, the lease expires,
@@ -25,9 +30,12 @@ use sluice_protocol::rest::SendMessage;
 use sluice_protocol::{ErrorCode, Partial};
 use tokio::sync::oneshot;
 
-use crate::bus::{Bus, BusMessage};
+use sluice_backends::bus::memory::MemoryBus;
+use sluice_backends::bus::{Bus, BusMessage};
+use sluice_backends::lease::Leases;
+use sluice_backends::lease::memory::MemoryLeases;
+
 use crate::error::SessionError;
-use crate::lease::Leases;
 
 /// How long the canary lease (see [`Cluster::lease_store_reconnected`])
 /// lives unrenewed; it is taken again at every start.
@@ -40,6 +48,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn events_channel(session_id: &str) -> String {
     format!("sluice:{{{session_id}}}:events")
 }
+
+/// Published on a session's events channel when the session is deleted,
+/// so subscribers on other replicas are told and let go (an event line is
+/// always an object with a `seq`; this one has none).
+pub const DELETED_NOTICE: &str = r#"{"type":"session_deleted"}"#;
 
 /// The channel a replica receives requests and answers on.
 pub fn replica_channel(replica_id: &str) -> String {
@@ -182,6 +195,9 @@ pub struct Cluster {
     bus: Arc<dyn Bus>,
     leases: Arc<dyn Leases>,
     lease_ttl: Duration,
+    /// Whether other replicas share the bus and leases (Redis): a draining
+    /// replica hands its running generations over only if so.
+    shared: bool,
     pending: Mutex<HashMap<u64, oneshot::Sender<Result<serde_json::Value, SessionError>>>>,
     next_id: AtomicU64,
     /// Until then, take no lease nobody holds (see [`Cluster::lease_store_reconnected`]).
@@ -189,18 +205,41 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// A cluster member named `replica_id`, holding leases for `lease_ttl`.
-    pub fn new(
+    /// A member named `replica_id` of a cluster whose replicas share `bus`
+    /// and `leases`, holding leases for `lease_ttl`.
+    pub fn shared(
         replica_id: String,
         bus: Arc<dyn Bus>,
         leases: Arc<dyn Leases>,
         lease_ttl: Duration,
+    ) -> Self {
+        Self::new(replica_id, bus, leases, lease_ttl, true)
+    }
+
+    /// A cluster of one: this process's bus and leases.
+    pub fn local(replica_id: String, lease_ttl: Duration) -> Self {
+        Self::new(
+            replica_id,
+            Arc::new(MemoryBus::new()),
+            Arc::new(MemoryLeases::new()),
+            lease_ttl,
+            false,
+        )
+    }
+
+    fn new(
+        replica_id: String,
+        bus: Arc<dyn Bus>,
+        leases: Arc<dyn Leases>,
+        lease_ttl: Duration,
+        shared: bool,
     ) -> Self {
         Self {
             replica_id,
             bus,
             leases,
             lease_ttl,
+            shared,
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             hold_until: Mutex::new(None),
@@ -217,8 +256,7 @@ impl Cluster {
     pub async fn plant_canary(&self) -> Result<(), SessionError> {
         self.leases
             .acquire(&self.canary(), &self.replica_id, CANARY_TTL)
-            .await
-            .map_err(|e| SessionError::Overloaded(e.to_string()))?;
+            .await?;
         Ok(())
     }
 
@@ -277,6 +315,11 @@ impl Cluster {
         self.lease_ttl
     }
 
+    /// Whether other replicas may serve this replica's sessions.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
     fn pending(
         &self,
     ) -> std::sync::MutexGuard<
@@ -293,8 +336,7 @@ impl Cluster {
         let mut rx = self
             .bus
             .subscribe(&replica_channel(&self.replica_id))
-            .await
-            .map_err(|e| SessionError::Overloaded(e.to_string()))?;
+            .await?;
         let this = self.clone();
         tokio::spawn(async move {
             while let Some(message) = rx.recv().await {
@@ -370,7 +412,7 @@ impl Cluster {
         let delivered = self.bus.publish(&replica_channel(owner), json).await;
         let result = match delivered {
             Ok(0) => Err(CallError::NotDelivered),
-            Err(e) => Err(CallError::Failed(SessionError::Overloaded(e.to_string()))),
+            Err(e) => Err(CallError::Failed(e.into())),
             Ok(_) => match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
                 Ok(Ok(result)) => result.map_err(CallError::Failed),
                 Ok(Err(_)) | Err(_) => Err(CallError::NoAnswer),
@@ -385,11 +427,7 @@ impl Cluster {
     pub async fn await_release(&self, session_id: &str, owner: &str) -> Result<(), SessionError> {
         let deadline = tokio::time::Instant::now() + self.lease_ttl + Duration::from_secs(2);
         loop {
-            let current = self
-                .leases
-                .owner(session_id)
-                .await
-                .map_err(|e| SessionError::Overloaded(e.to_string()))?;
+            let current = self.leases.owner(session_id).await?;
             if current.as_deref() != Some(owner) {
                 return Ok(());
             }

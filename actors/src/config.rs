@@ -1,4 +1,6 @@
-//! Settings of the session layer, filled from the binary's configuration.
+//! Settings of the session layer. The binary fills them from its table of
+//! environment variables, which holds every default once; nothing here has
+//! a default of its own.
 
 use std::time::Duration;
 
@@ -9,41 +11,49 @@ pub struct SessionConfig {
     pub replica_id: String,
     /// The model used when a session or request names none.
     pub default_model: String,
-    /// A session actor with no subscriber and no generation stops after this.
+    /// A session actor with no subscriber and nothing running stops after this.
     pub idle_timeout: Duration,
-    /// How often a streaming assistant message is checkpointed to the store.
-    pub checkpoint_interval: Duration,
-    /// Events kept per session for resume.
-    pub event_retention: usize,
-    /// Queue length at which a subscriber's `token` events start coalescing.
-    pub subscriber_soft_limit: usize,
-    /// Queue length (or [`Self::subscriber_max_bytes`]) at which a subscriber
-    /// is disconnected; it resumes from its cursor.
-    pub subscriber_hard_limit: usize,
-    /// Bytes queued for one subscriber before it is disconnected.
+    /// Bytes queued for one subscriber before it is disconnected (it resumes
+    /// from its cursor).
     pub subscriber_max_bytes: usize,
-    /// Messages of history sent to the model with each generation.
-    pub history_messages: usize,
     /// How long graceful shutdown waits for running generations.
     pub shutdown_grace: Duration,
     /// Temperature sent with session generations (the provider's default if unset).
     pub temperature: Option<f64>,
+    /// How a generation taken over from another replica is continued.
+    pub continuation: Continuation,
 }
 
-impl Default for SessionConfig {
-    fn default() -> Self {
-        Self {
-            replica_id: "sluice".into(),
-            default_model: crate::llm::demo::DEMO_MODEL.into(),
-            idle_timeout: Duration::from_secs(300),
-            checkpoint_interval: Duration::from_secs(1),
-            event_retention: 10_000,
-            subscriber_soft_limit: 64,
-            subscriber_hard_limit: 4096,
-            subscriber_max_bytes: 4 * 1024 * 1024,
-            history_messages: 40,
-            shutdown_grace: Duration::from_secs(30),
-            temperature: None,
+/// How the provider is asked to continue an answer that another replica
+/// started (after a takeover or handover). Providers differ, and a provider
+/// asked the wrong way answers anew, which would splice a second answer
+/// onto the first; so the operator names the provider's way, and without
+/// one a taken-over generation ends `interrupted` with its text kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Continuation {
+    /// Never continue: end the generation `interrupted`.
+    Off,
+    /// The answer so far as a trailing `assistant` message (Ollama,
+    /// llama.cpp's server, Anthropic's OpenAI layer).
+    Prefill,
+    /// A trailing `assistant` message with `"prefix": true` (Mistral,
+    /// DeepSeek).
+    Prefix,
+    /// A trailing `assistant` message with `continue_final_message: true`
+    /// and `add_generation_prompt: false` (vLLM).
+    Vllm,
+}
+
+impl std::str::FromStr for Continuation {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "off" => Ok(Self::Off),
+            "prefill" => Ok(Self::Prefill),
+            "prefix" => Ok(Self::Prefix),
+            "vllm" => Ok(Self::Vllm),
+            _ => Err("must be one of off, prefill, prefix, vllm".into()),
         }
     }
 }

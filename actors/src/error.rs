@@ -1,5 +1,7 @@
 //! The session layer's one error type.
 
+use sluice_backends::llm::LlmError;
+use sluice_backends::{BackendError, ErrorKind};
 use sluice_protocol::ErrorCode;
 
 /// What went wrong in the session layer, and so what a client is told.
@@ -28,7 +30,10 @@ pub enum SessionError {
     /// where it lives again. Callers in this crate retry it.
     #[error("the session moved to another replica, retry")]
     NotOwner,
-    /// A bug or an unexpected backend answer.
+    /// The LLM provider failed or refused the request (the relay).
+    #[error("{0}")]
+    Upstream(LlmError),
+    /// A bug, or a backend answer that retrying cannot change.
     #[error("{0}")]
     Internal(String),
 }
@@ -42,19 +47,55 @@ impl SessionError {
             Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::Protocol(e) => e.code(),
             Self::Overloaded(_) | Self::Retired | Self::NotOwner => ErrorCode::Overloaded,
+            Self::Upstream(e) => e.code(),
             Self::Internal(_) => ErrorCode::Internal,
         }
     }
 }
 
-impl From<crate::store::StoreError> for SessionError {
-    fn from(e: crate::store::StoreError) -> Self {
-        Self::Overloaded(format!("session store unavailable: {e}"))
+/// Only a backend that may come back is `overloaded` (503, retry later); a
+/// corrupt record or a refused request is an internal error, which no retry
+/// mends; a fenced write means the session moved.
+impl From<BackendError> for SessionError {
+    fn from(e: BackendError) -> Self {
+        match e.kind {
+            ErrorKind::Unavailable => Self::Overloaded(e.to_string()),
+            ErrorKind::Fenced => Self::NotOwner,
+            ErrorKind::Corrupt | ErrorKind::Rejected => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<LlmError> for SessionError {
+    fn from(e: LlmError) -> Self {
+        Self::Upstream(e)
     }
 }
 
 impl From<actix::MailboxError> for SessionError {
     fn from(e: actix::MailboxError) -> Self {
         Self::Internal(format!("session actor unavailable: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_backends::Backend;
+
+    use super::*;
+
+    #[test]
+    fn only_a_backend_that_may_come_back_is_overloaded() {
+        let check = |kind, code| {
+            let e = SessionError::from(BackendError::new(Backend::Store, kind, "x"));
+            assert_eq!(e.code(), code, "{kind:?}");
+        };
+        check(ErrorKind::Unavailable, ErrorCode::Overloaded);
+        check(ErrorKind::Corrupt, ErrorCode::Internal);
+        check(ErrorKind::Rejected, ErrorCode::Internal);
+        assert!(matches!(
+            SessionError::from(BackendError::new(Backend::Store, ErrorKind::Fenced, "x")),
+            SessionError::NotOwner
+        ));
     }
 }

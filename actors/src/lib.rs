@@ -1,50 +1,60 @@
 //! Sluice's live core: one actor per conversation, the registry that finds
-//! them, and the backends they stand on.
+//! them, the cluster that spreads them over replicas, and the relay that
+//! serves the OpenAI-compatible API. The backends they stand on are in
+//! `sluice-backends` (`actors/backends`).
 //!
-//! - [`session`]: [`SessionActor`](session::SessionActor), the single writer of a
-//!   session's events: it allocates `seq`, runs generations, persists messages.
-//! - [`registry`]: [`SessionRegistry`](registry::SessionRegistry), session id →
-//!   actor; starts actors on demand from the store and retires idle ones.
-//! - [`outbox`]: the per-session task that appends events to the log, then
-//!   fans them out to subscribers, in order.
-//! - [`subscriber`]: bounded per-subscriber queues that coalesce `token`
-//!   deltas for slow consumers and drop them past a hard limit.
-//! - [`handle`]: [`Sessions`](handle::Sessions), the async API the web layer
-//!   calls, and [`Subscription`](handle::Subscription), the resume logic of
-//!   PROTOCOL.md §4 shared by WebSocket and SSE.
-//! - Backends, each a trait with its implementations beside it:
-//!   [`log`] (event log), [`store`] (sessions and messages), [`llm`] (providers),
-//!   [`lease`] (which replica owns a session), [`bus`] (messages between
-//!   replicas). [`redis`] holds a replica's Redis connections.
-//! - [`cluster`]: session ownership across replicas, and requests forwarded
-//!   to a session's owner.
-//! - [`supervisor`]: one actor per backend that watches it for `/ready` and
-//!   the metrics.
-//! - [`metrics`]: the Prometheus handles, registered on an injected registry.
+//! Follow a token from the provider to a client's socket:
+//! - [`session`]: [`SessionActor`](session::SessionActor), the single writer
+//!   of a session's events. Its generation task turns the provider's chunks
+//!   into `token` events, each with the next `seq`.
+//! - [`outbox`]: the session's task that appends events to the log,
+//!   publishes them on the bus, then hands them to local subscribers.
+//! - [`subscriber`]: one client's bounded queue, which coalesces `token`
+//!   deltas for a slow consumer and drops it past a hard limit.
+//! - [`subscription`]: [`Subscription`], what a WebSocket or SSE connection
+//!   reads: `hello`, the replay from its cursor (PROTOCOL.md §4), then the
+//!   queue.
+//!
+//! Around them:
+//! - [`sessions`]: [`Sessions`], the async API the web layer calls.
+//! - [`registry`]: [`SessionRegistry`](registry::SessionRegistry), session
+//!   id → actor; loads one session at most once at a time.
+//! - [`cluster`]: [`Cluster`](cluster::Cluster), session ownership (leases)
+//!   and requests forwarded to a session's owner; one replica is a cluster
+//!   of one on in-process backends.
+//! - [`remote_pump`]: feeds a subscriber on a replica that does not own the
+//!   session from the bus.
+//! - [`relay`]: [`Relay`], the OpenAI-compatible API's way to the provider.
+//! - [`supervisor`]: one actor per backend that probes it, and
+//!   [`Health`](supervisor::Health), what `/ready` asks.
+//! - [`deps`], [`config`], [`error`], [`metrics`]: what every part shares.
 //!
 //! This crate knows nothing of HTTP: the web crate maps [`SessionError`] to
 //! statuses and close codes.
 
-pub mod bus;
 pub mod cluster;
 pub mod config;
+pub mod deps;
 pub mod error;
-pub mod handle;
-pub mod ids;
-pub mod lease;
-pub mod llm;
-pub mod log;
 pub mod metrics;
 pub mod outbox;
-pub mod redis;
 pub mod registry;
-pub mod secret;
+pub mod relay;
+pub mod remote_pump;
 pub mod session;
-pub mod store;
+pub mod sessions;
 pub mod subscriber;
+pub mod subscription;
 pub mod supervisor;
 
-pub use config::SessionConfig;
+pub use config::{Continuation, SessionConfig};
 pub use error::SessionError;
-pub use handle::{Outgoing, Sessions, Subscription};
 pub use metrics::Metrics;
+pub use relay::Relay;
+pub use sessions::Sessions;
+pub use subscription::{Outgoing, Subscription};
+
+/// Ids and timestamps, as the web layer needs them.
+pub use sluice_backends::ids;
+/// Provider errors, as the relay reports them.
+pub use sluice_backends::llm::{LlmError, Refusal};

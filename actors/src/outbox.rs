@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::bus::Bus;
+use sluice_backends::BackendError;
+use sluice_backends::bus::Bus;
+use sluice_backends::log::{EncodedEvent, EventLog};
+
 use crate::cluster::events_channel;
-use crate::log::{EncodedEvent, EventLog};
 use crate::subscriber::{CloseReason, SubscriberQueue};
 
 /// Most commands folded into one batch.
@@ -31,24 +33,33 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 pub enum OutboxCmd {
     /// Log and deliver an event.
     Event(Arc<EncodedEvent>),
-    /// Start delivering to `queue` (if any); `registered` fires once every
-    /// earlier event is in the log and published.
+    /// Start delivering to `queue`; `registered` fires once every earlier
+    /// event is in the log and published.
     Subscribe {
-        /// The subscriber's queue; `None` for a subscriber on another replica,
-        /// which reads the bus.
-        queue: Option<Arc<SubscriberQueue>>,
+        /// The subscriber's queue.
+        queue: Arc<SubscriberQueue>,
         /// Acknowledges the registration.
         registered: oneshot::Sender<()>,
     },
+    /// Fires `reached` once every earlier event is in the log and
+    /// published (a subscriber on another replica joins after it; a drain
+    /// gives the lease back after it).
+    Barrier {
+        /// Fires at the barrier.
+        reached: oneshot::Sender<()>,
+    },
+    /// Drops the events not yet logged and closes every local subscriber
+    /// with `reason` (the session was deleted, or another replica owns it).
+    Close(CloseReason),
 }
 
-/// Where an outbox sends events: the log, then (with several replicas) the
-/// session's bus channel, then local subscribers.
+/// Where an outbox sends events: the log, then the session's bus channel
+/// (for subscribers on other replicas), then local subscribers.
 pub struct Sinks {
     /// The event log.
     pub log: Arc<dyn EventLog>,
-    /// The bus, when other replicas may be listening.
-    pub bus: Option<Arc<dyn Bus>>,
+    /// The bus.
+    pub bus: Arc<dyn Bus>,
 }
 
 /// Starts the outbox task of `session_id` on the current arbiter.
@@ -87,9 +98,19 @@ async fn run(session_id: String, sinks: Sinks, mut rx: mpsc::UnboundedReceiver<O
                 OutboxCmd::Event(event) => outbox.events.push(event),
                 OutboxCmd::Subscribe { queue, registered } => {
                     outbox.flush().await;
-                    outbox.subscribers.extend(queue);
+                    outbox.subscribers.push(queue);
                     // The subscriber may have given up waiting; that is fine.
                     let _ = registered.send(());
+                }
+                OutboxCmd::Barrier { reached } => {
+                    outbox.flush().await;
+                    let _ = reached.send(());
+                }
+                OutboxCmd::Close(reason) => {
+                    outbox.events.clear();
+                    for queue in outbox.subscribers.drain(..) {
+                        queue.close(reason);
+                    }
                 }
             }
         }
@@ -123,24 +144,19 @@ impl Outbox {
         }
     }
 
-    async fn log_and_publish(&self) -> Result<(), String> {
+    async fn log_and_publish(&self) -> Result<(), BackendError> {
         let events = &self.events;
         self.sinks
             .log
             .append(&self.session_id, events.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Some(bus) = &self.sinks.bus {
-            // One message per batch: the events' JSON, one per line.
-            let mut payload = String::with_capacity(events.iter().map(|e| e.json.len() + 1).sum());
-            for event in events {
-                payload.push_str(&event.json);
-                payload.push('\n');
-            }
-            bus.publish(&self.channel, payload)
-                .await
-                .map_err(|e| e.to_string())?;
+            .await?;
+        // One message per batch: the events' JSON, one per line.
+        let mut payload = String::with_capacity(events.iter().map(|e| e.json.len() + 1).sum());
+        for event in events {
+            payload.push_str(&event.json);
+            payload.push('\n');
         }
+        self.sinks.bus.publish(&self.channel, payload).await?;
         Ok(())
     }
 }

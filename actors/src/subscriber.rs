@@ -14,8 +14,15 @@ use std::sync::{Arc, Mutex};
 use sluice_protocol::{Event, EventBody};
 use tokio::sync::Notify;
 
-use crate::log::EncodedEvent;
+use sluice_backends::log::EncodedEvent;
+
 use crate::metrics::Metrics;
+
+/// Queue length from which a subscriber's `token` events coalesce.
+pub const SOFT_LIMIT: usize = 64;
+
+/// Queue length past which a subscriber is dropped (it resumes from its cursor).
+pub const HARD_LIMIT: usize = 4096;
 
 /// Bounds of a subscriber queue.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +47,8 @@ pub enum CloseReason {
     /// Events may have been missed on the way from another replica (the bus
     /// broke, or skipped a `seq`): the client should resume from its cursor.
     Resume,
+    /// The session was deleted: the client is told so, and not to resume.
+    Deleted,
 }
 
 /// A bounded, coalescing, single-consumer event queue.

@@ -1,109 +1,42 @@
-//! Backend supervisors: one actor per backend, holding its client or pool,
-//! so `/ready` and the metrics tell the truth about it.
+//! Backend supervisors: one actor per backend, so `/ready` and the metrics
+//! tell the truth about it, and [`Health`], what `/ready` asks.
 //!
-//! Each backend is a [`Probe`]. Its supervisor checks it on a timer (every
-//! second while up, backing off to [`MAX_BACKOFF`] while down), and exports
-//! `sluice_backend_up`,
+//! Each backend is a [`Probe`] (in `sluice-backends`). Its supervisor checks
+//! it on a timer (at the probe's interval while up, backing off to
+//! [`MAX_BACKOFF`] while down), and exports `sluice_backend_up`,
 //! `sluice_backend_reconnects_total` and `sluice_backend_pool_connections`.
 //! The clients themselves reconnect: fred with its exponential reconnect
 //! policy, deadpool by opening a new connection on the next checkout (which
-//! each probe's check is). `/ready` asks for a fresh check, so it is never
-//! staler than one round trip.
+//! each probe's check is). `/ready` asks for a fresh check of a probe that
+//! allows it, so it is never staler than one round trip; the LLM provider
+//! is reported as last checked.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use futures::future::BoxFuture;
 use serde::Serialize;
+use sluice_backends::probe::{Probe, ProbeReport};
 
 use crate::metrics::Metrics;
-use crate::redis::RedisConnections;
-use crate::store::{PoolStatus, SessionStore};
-
-/// Time between checks of a healthy backend.
-const INTERVAL: Duration = Duration::from_secs(1);
 
 /// Longest time between checks of a backend that is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-/// What a check found out, besides up or down.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProbeReport {
-    /// The pool's occupancy, for pooled clients.
-    pub pool: Option<PoolStatus>,
-    /// Reconnections of the client so far.
-    pub reconnects: u64,
-}
-
-/// One supervised backend.
-pub trait Probe: Send + Sync + 'static {
-    /// The role (`store`, `redis`), the key in `/ready` and the metric label.
-    fn backend(&self) -> &'static str;
-    /// The implementation (`postgres`, `redb`, `redis`).
-    fn kind(&self) -> &'static str;
-    /// Checks that the backend answers now.
-    fn check(&self) -> BoxFuture<'static, Result<ProbeReport, String>>;
-}
-
-/// The session store as a probe.
-pub struct StoreProbe(pub Arc<dyn SessionStore>);
-
-impl Probe for StoreProbe {
-    fn backend(&self) -> &'static str {
-        "store"
-    }
-
-    fn kind(&self) -> &'static str {
-        self.0.name()
-    }
-
-    fn check(&self) -> BoxFuture<'static, Result<ProbeReport, String>> {
-        let store = self.0.clone();
-        Box::pin(async move {
-            store.ping().await.map_err(|e| e.to_string())?;
-            Ok(ProbeReport {
-                pool: store.pool_status(),
-                reconnects: 0,
-            })
-        })
-    }
-}
-
-/// Redis (event log, bus, leases) as a probe.
-pub struct RedisProbe(pub RedisConnections);
-
-impl Probe for RedisProbe {
-    fn backend(&self) -> &'static str {
-        "redis"
-    }
-
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-
-    fn check(&self) -> BoxFuture<'static, Result<ProbeReport, String>> {
-        let redis = self.0.clone();
-        Box::pin(async move {
-            redis.ping().await?;
-            Ok(ProbeReport {
-                pool: None,
-                reconnects: redis.reconnects(),
-            })
-        })
-    }
-}
 
 /// A backend's state as last checked.
 #[derive(Debug, Clone, Serialize)]
 pub struct BackendState {
     /// The implementation.
     pub kind: &'static str,
-    /// `up` or `down`.
+    /// `up`, `down`, or `unchecked` (not checked yet).
     pub state: &'static str,
     /// Why it is down.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Whether the replica is unready while it is not up.
+    #[serde(skip)]
+    pub required: bool,
 }
 
 impl BackendState {
@@ -121,6 +54,8 @@ pub struct Supervisor {
     reconnects: u64,
     /// Consecutive failed checks, for the backoff.
     failures: u32,
+    /// The last check's outcome; `None` before the first.
+    last: Option<BackendState>,
 }
 
 impl Supervisor {
@@ -131,8 +66,18 @@ impl Supervisor {
             metrics,
             reconnects: 0,
             failures: 0,
+            last: None,
         }
         .start()
+    }
+
+    fn state(&self, state: &'static str, error: Option<String>) -> BackendState {
+        BackendState {
+            kind: self.probe.kind(),
+            state,
+            error,
+            required: self.probe.required(),
+        }
     }
 
     fn record(&mut self, result: &Result<ProbeReport, String>) -> BackendState {
@@ -142,7 +87,7 @@ impl Supervisor {
             .backend_up
             .with_label_values(&[backend])
             .set(i64::from(result.is_ok()));
-        match result {
+        let state = match result {
             Ok(report) => {
                 self.failures = 0;
                 if report.reconnects > self.reconnects {
@@ -161,24 +106,18 @@ impl Supervisor {
                         .with_label_values(&[backend, "in_use"])
                         .set(pool.in_use as i64);
                 }
-                BackendState {
-                    kind: self.probe.kind(),
-                    state: "up",
-                    error: None,
-                }
+                self.state("up", None)
             }
             Err(error) => {
                 if self.failures == 0 {
                     tracing::warn!(backend, error, "backend down");
                 }
                 self.failures = self.failures.saturating_add(1);
-                BackendState {
-                    kind: self.probe.kind(),
-                    state: "down",
-                    error: Some(error.clone()),
-                }
+                self.state("down", Some(error.clone()))
             }
-        }
+        };
+        self.last = Some(state.clone());
+        state
     }
 
     fn check(&mut self) -> impl ActorFuture<Self, Output = (&'static str, BackendState)> + use<> {
@@ -188,14 +127,18 @@ impl Supervisor {
             .map(|result, act, _| (act.probe.backend(), act.record(&result)))
     }
 
-    fn schedule(&mut self, ctx: &mut Context<Self>) {
-        let delay = if self.failures == 0 {
-            INTERVAL
-        } else {
-            (INTERVAL / 4 * 2u32.saturating_pow(self.failures.min(5))).min(MAX_BACKOFF)
-        };
+    fn schedule(&mut self, delay: Duration, ctx: &mut Context<Self>) {
         ctx.run_later(delay, |act, ctx| {
-            ctx.wait(act.check().map(|_, act, ctx| act.schedule(ctx)));
+            ctx.wait(act.check().map(|_, act, ctx| {
+                let interval = act.probe.interval();
+                let delay = if act.failures == 0 {
+                    interval
+                } else {
+                    let backoff = interval / 4 * 2u32.saturating_pow(act.failures.min(5));
+                    backoff.min(MAX_BACKOFF.max(interval))
+                };
+                act.schedule(delay, ctx);
+            }));
         });
     }
 }
@@ -204,19 +147,66 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.schedule(ctx);
+        // The first check runs at once, so `/ready` soon knows.
+        self.schedule(Duration::ZERO, ctx);
     }
 }
 
-/// Check the backend now; its role and state.
+/// The backend's role and state: checked now, or as last checked.
 #[derive(Message)]
 #[rtype(result = "(&'static str, BackendState)")]
-pub struct CheckNow;
+struct CheckNow;
 
 impl Handler<CheckNow> for Supervisor {
     type Result = ResponseActFuture<Self, (&'static str, BackendState)>;
 
     fn handle(&mut self, _: CheckNow, _: &mut Self::Context) -> Self::Result {
-        Box::pin(self.check())
+        if self.probe.fresh_on_ready() {
+            return Box::pin(self.check());
+        }
+        let state = self
+            .last
+            .clone()
+            .unwrap_or_else(|| self.state("unchecked", None));
+        Box::pin(fut::ready((self.probe.backend(), state)))
+    }
+}
+
+/// Every backend's supervisor. Cloning is cheap.
+#[derive(Clone)]
+pub struct Health {
+    supervisors: Vec<Addr<Supervisor>>,
+}
+
+/// What `/ready` reports.
+pub struct Readiness {
+    /// Every required backend is up.
+    pub ready: bool,
+    /// Each backend by role.
+    pub backends: BTreeMap<&'static str, BackendState>,
+}
+
+impl Health {
+    /// Starts a supervisor for each probe (inside a running actix system).
+    pub fn start(probes: Vec<Arc<dyn Probe>>, metrics: &Metrics) -> Self {
+        Self {
+            supervisors: probes
+                .into_iter()
+                .map(|probe| Supervisor::spawn(probe, metrics.clone()))
+                .collect(),
+        }
+    }
+
+    /// Every backend's state, checked now where its probe allows.
+    pub async fn report(&self) -> Readiness {
+        let checks = self.supervisors.iter().map(|s| s.send(CheckNow));
+        let backends: BTreeMap<_, _> = futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect();
+        let ready = backends.len() == self.supervisors.len()
+            && backends.values().all(|b| b.is_up() || !b.required);
+        Readiness { ready, backends }
     }
 }

@@ -10,10 +10,15 @@ pub enum ErrorCode {
     BadRequest,
     /// Missing, malformed, expired or wrongly signed token.
     Unauthorized,
+    /// Refused whoever asks: in local mode, a request from another site
+    /// (a foreign `Host` or `Origin`).
+    Forbidden,
     /// No such session or file for this user.
     NotFound,
     /// A generation is already running in this session.
     Conflict,
+    /// The request body did not arrive in time.
+    RequestTimeout,
     /// Body, upload or frame over its limit.
     PayloadTooLarge,
     /// Upload of a type the server does not accept.
@@ -36,7 +41,9 @@ impl ErrorCode {
         match self {
             Self::BadRequest => 400,
             Self::Unauthorized => 401,
+            Self::Forbidden => 403,
             Self::NotFound => 404,
+            Self::RequestTimeout => 408,
             Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
@@ -53,7 +60,9 @@ impl ErrorCode {
         match self {
             Self::BadRequest => "bad_request",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
+            Self::RequestTimeout => "request_timeout",
             Self::Conflict => "conflict",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
@@ -153,7 +162,9 @@ mod tests {
         for (code, status) in [
             (ErrorCode::BadRequest, 400),
             (ErrorCode::Unauthorized, 401),
+            (ErrorCode::Forbidden, 403),
             (ErrorCode::NotFound, 404),
+            (ErrorCode::RequestTimeout, 408),
             (ErrorCode::Conflict, 409),
             (ErrorCode::PayloadTooLarge, 413),
             (ErrorCode::UnsupportedMediaType, 415),

@@ -21,6 +21,12 @@ pub fn encode(id: Option<u64>, event: &str, json: &str) -> String {
     out
 }
 
+/// A `retry:` field alone: how many milliseconds a client waits before it
+/// reconnects once the stream ends.
+pub fn retry(milliseconds: u64) -> String {
+    format!("retry: {milliseconds}\n\n")
+}
+
 /// The keep-alive comment sent at least every 15 seconds.
 pub const PING_COMMENT: &str = ": ping\n\n";
 
@@ -46,6 +52,11 @@ mod tests {
     #[test]
     fn multi_line_data_is_split() {
         assert_eq!(encode(None, "x", "a\nb"), "event: x\ndata: a\ndata: b\n\n");
+    }
+
+    #[test]
+    fn retry_is_a_field_of_its_own() {
+        assert_eq!(retry(1000), "retry: 1000\n\n");
     }
 
     #[test]

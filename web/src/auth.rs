@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use sluice_protocol::ErrorCode;
 
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// The user id in local mode.
 pub const LOCAL_USER: &str = "local";
@@ -96,9 +95,13 @@ pub fn mint(secret: &str, sub: &str, exp: u64) -> Result<String, jsonwebtoken::e
     )
 }
 
-/// The authenticated caller. On the WS and SSE routes the token may also
-/// come as the `access_token` query parameter, since browsers cannot set
-/// headers there.
+/// The routes where the token may come as the `access_token` query
+/// parameter, since browsers cannot set headers on a WebSocket or an
+/// `EventSource`: matched by route, so no other path qualifies by its ending.
+pub const QUERY_TOKEN_ROUTES: [&str; 2] = ["/v1/sessions/{id}/ws", "/v1/sessions/{id}/events"];
+
+/// The authenticated caller. On [`QUERY_TOKEN_ROUTES`] the token may also
+/// come as the `access_token` query parameter.
 #[derive(Debug, Clone)]
 pub struct User(pub String);
 
@@ -115,8 +118,8 @@ fn token_of(req: &HttpRequest) -> Option<String> {
             .or_else(|| value.strip_prefix("bearer "))?;
         return Some(token.trim().to_owned());
     }
-    let path = req.path();
-    if path.ends_with("/ws") || path.ends_with("/events") {
+    let route = req.match_pattern();
+    if route.is_some_and(|r| QUERY_TOKEN_ROUTES.contains(&r.as_str())) {
         let query = web::Query::<TokenQuery>::from_query(req.query_string()).ok()?;
         return query.into_inner().access_token;
     }
@@ -128,11 +131,11 @@ impl FromRequest for User {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let Some(state) = req.app_data::<web::Data<AppState>>() else {
-            return ready(Err(ApiError::new(ErrorCode::Internal, "app state missing")));
+        let Some(auth) = req.app_data::<web::Data<Auth>>() else {
+            return ready(Err(ApiError::new(ErrorCode::Internal, "auth missing")));
         };
         let token = token_of(req);
-        ready(state.auth.verify(token.as_deref()).map(User))
+        ready(auth.verify(token.as_deref()).map(User))
     }
 }
 

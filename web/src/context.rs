@@ -1,17 +1,27 @@
 //! Per-request context: `X-Request-Id` (echoed or generated), a tracing span
 //! carrying it, and the HTTP metrics.
+//!
+//! Every metric label comes from a closed set: the route is a pattern of
+//! this app or `unmatched`, the method one of HTTP's own or `other`, the
+//! status a number below 1000. A client cannot mint new series.
 
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::web;
 use tracing::Instrument;
 
-use crate::error::REQUEST_ID;
 use crate::state::AppState;
+
+tokio::task_local! {
+    /// The current request's id, set by [`request_context`] so that an
+    /// `internal` error can name it.
+    pub static REQUEST_ID: String;
+}
 
 /// The request id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -32,14 +42,14 @@ pub async fn request_context(
         .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_BYTES)
         .map(str::to_owned)
         .unwrap_or_else(sluice_actors::ids::new_id);
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
     let metrics = req
         .app_data::<web::Data<AppState>>()
-        .map(|s| s.sessions.metrics().clone());
-    let span = tracing::info_span!("request", request_id = %id, %method, %route);
+        .map(|s| s.metrics.clone());
+    let span = tracing::info_span!("request", request_id = %id, method, %route);
     let mut response = REQUEST_ID
         .scope(id.clone(), next.call(req).instrument(span.clone()))
         .await?;
@@ -50,7 +60,7 @@ pub async fn request_context(
     if let Some(metrics) = metrics {
         metrics
             .http_requests_total
-            .with_label_values(&[&route, &method, status.as_str()])
+            .with_label_values(&[&route, method, status.as_str()])
             .inc();
         metrics
             .http_request_duration_seconds
@@ -65,4 +75,35 @@ pub async fn request_context(
         );
     });
     Ok(response)
+}
+
+/// The method as a metric label: HTTP's own methods by name, anything
+/// else (a client may send any token as a method) as `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_methods_fold_into_one_label() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        for name in ["PURGE", "X".repeat(1000).as_str()] {
+            let method = Method::from_bytes(name.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), "other");
+        }
+    }
 }

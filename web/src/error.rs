@@ -2,18 +2,13 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use sluice_actors::SessionError;
-use sluice_actors::llm::LlmError;
+use sluice_actors::{LlmError, Refusal, SessionError};
 use sluice_protocol::{ErrorBody, ErrorCode, ProtocolError};
+
+use crate::context::REQUEST_ID;
 
 /// Seconds a client is told to wait on `overloaded` and `rate_limited`.
 const RETRY_AFTER_SECONDS: &str = "1";
-
-tokio::task_local! {
-    /// The current request's id, set by the request-context middleware so
-    /// that an `internal` error can name it.
-    pub static REQUEST_ID: String;
-}
 
 /// An error answer: a code and a human message.
 #[derive(Debug, Clone)]
@@ -22,6 +17,9 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// What went wrong, for a person.
     pub message: String,
+    /// A provider's refusal, passed on with its own status and fields
+    /// instead of `code` (the OpenAI-compatible route).
+    refusal: Option<Box<Refusal>>,
 }
 
 impl ApiError {
@@ -30,6 +28,7 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            refusal: None,
         }
     }
 
@@ -57,10 +56,28 @@ impl std::fmt::Display for ApiError {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        let status = match &self.refusal {
+            Some(refusal) => refusal.status,
+            None => self.code.http_status(),
+        };
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if let Some(refusal) = &self.refusal {
+            // The provider's error object as it sent it: SDKs read `code`
+            // and `param` to say what to fix.
+            if refusal.status == 429 {
+                response.insert_header(("Retry-After", RETRY_AFTER_SECONDS));
+            }
+            return response.json(serde_json::json!({"error": {
+                "message": refusal.message,
+                "type": refusal.kind,
+                "param": refusal.param,
+                "code": refusal.code,
+            }}));
+        }
         let mut body = self.body();
         if self.code == ErrorCode::Internal {
             // Never the details of a bug: they go to the log with the id.
@@ -68,9 +85,13 @@ impl ResponseError for ApiError {
             tracing::error!(request_id = %id, error = %self.message, "internal error");
             body.error.message = format!("internal error; request id {id}");
         }
-        let mut response = HttpResponse::build(self.status_code());
         if matches!(self.code, ErrorCode::Overloaded | ErrorCode::RateLimited) {
             response.insert_header(("Retry-After", RETRY_AFTER_SECONDS));
+        }
+        if self.code == ErrorCode::RequestTimeout {
+            // The rest of the body may never come: nothing more is read
+            // from this connection.
+            response.force_close();
         }
         response.json(body)
     }
@@ -78,22 +99,24 @@ impl ResponseError for ApiError {
 
 impl From<SessionError> for ApiError {
     fn from(e: SessionError) -> Self {
+        let refusal = match &e {
+            SessionError::Upstream(LlmError::Refused(refusal)) => Some(Box::new(refusal.clone())),
+            _ => None,
+        };
         let message = match &e {
             SessionError::NotFound => "no such session".to_owned(),
             other => other.to_string(),
         };
-        Self::new(e.code(), message)
+        Self {
+            code: e.code(),
+            message,
+            refusal,
+        }
     }
 }
 
 impl From<ProtocolError> for ApiError {
     fn from(e: ProtocolError) -> Self {
-        Self::new(e.code(), e.to_string())
-    }
-}
-
-impl From<LlmError> for ApiError {
-    fn from(e: LlmError) -> Self {
         Self::new(e.code(), e.to_string())
     }
 }

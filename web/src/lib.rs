@@ -8,15 +8,23 @@
 //! - [`error`]: [`ApiError`](error::ApiError), the one place errors become
 //!   statuses and the OpenAI-style envelope (§2).
 //! - [`context`]: request ids, tracing spans and HTTP metrics for every request.
-//! - [`body`]: the JSON body extractor with its size limit.
+//! - [`local`]: local mode's guard against other web sites (`Host`, `Origin`).
+//! - [`body`]: the JSON body extractor: media type, size and time limits.
+//! - [`unread`]: a request body left unread closes its connection.
+//!
+//! It speaks to the session layer only through `sluice-actors`'
+//! [`Sessions`](sluice_actors::Sessions), [`Relay`](sluice_actors::Relay)
+//! and [`Health`](sluice_actors::supervisor::Health).
 
 pub mod auth;
 pub mod body;
 pub mod context;
 pub mod error;
+pub mod local;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod unread;
 
 pub use server::{ServerOptions, run};
 pub use state::AppState;

@@ -32,5 +32,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/v1/chat/completions").route(web::post().to(openai::chat_completions)),
         )
-        .service(web::resource("/v1/models").route(web::get().to(openai::models)));
+        .service(web::resource("/v1/models").route(web::get().to(openai::models)))
+        .service(web::resource("/v1/models/{id}").route(web::get().to(openai::model)));
 }

@@ -14,10 +14,13 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use tokio::sync::watch;
 
+use crate::auth::Auth;
 use crate::context::request_context;
 use crate::error::ApiError;
+use crate::local::local_guard;
 use crate::routes;
 use crate::state::AppState;
+use crate::unread::hold_unread_bodies;
 
 /// Connections that may wait to be accepted; the kernel caps it at
 /// `net.core.somaxconn` (4096 by default). The standard library's listener
@@ -50,9 +53,11 @@ pub struct ServerOptions {
     pub shutdown_grace: Duration,
 }
 
-/// The application with every route and the request-context middleware.
+/// The application with every route, the local-mode guard and the
+/// request-context middleware (outermost, so it sees every answer).
 pub fn app(
     state: AppState,
+    auth: web::Data<Auth>,
 ) -> App<
     impl ServiceFactory<
         ServiceRequest,
@@ -64,6 +69,7 @@ pub fn app(
 > {
     App::new()
         .app_data(web::Data::new(state))
+        .app_data(auth)
         .app_data(
             web::QueryConfig::default()
                 .error_handler(|e, _| ApiError::bad_request(format!("invalid query: {e}")).into()),
@@ -74,6 +80,8 @@ pub fn app(
         )
         .configure(routes::configure)
         .default_service(web::to(not_found))
+        .wrap(from_fn(hold_unread_bodies))
+        .wrap(from_fn(local_guard))
         .wrap(from_fn(request_context))
 }
 
@@ -85,12 +93,14 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 /// gracefully. `shutdown` is the sender of `state.shutdown`.
 pub async fn run(
     state: AppState,
+    auth: Auth,
     listener: TcpListener,
     options: ServerOptions,
     shutdown: watch::Sender<bool>,
 ) -> std::io::Result<()> {
     let app_state = state.clone();
-    let server = HttpServer::new(move || app(app_state.clone()))
+    let auth = web::Data::new(auth);
+    let server = HttpServer::new(move || app(app_state.clone(), auth.clone()))
         .workers(options.workers)
         // Tokens are small writes that must leave at once: without this,
         // Nagle's algorithm holds each one until the client's (delayed)
@@ -176,17 +186,17 @@ mod tests {
     /// Far more connections than the standard library's backlog of 128 all
     /// complete while nothing accepts them yet, as a burst of reconnecting
     /// clients does while the server is busy. With a backlog of 128, the
-    /// 130th connect would get no answer and time out.
+    /// 130th connect would get no answer and time out (the `expect` fails).
     #[test]
     fn the_listener_queues_a_burst_of_connections() {
         let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
-        let connected: Vec<TcpStream> = (0..500)
-            .map(|i| {
-                TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-                    .unwrap_or_else(|e| panic!("connection {i} was not queued: {e}"))
-            })
-            .collect();
-        assert_eq!(connected.len(), 500);
+        // Held open, so each connect needs a place of its own in the queue.
+        let mut held = Vec::new();
+        for i in 0..500 {
+            let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("connection {i} was not queued: {e}"));
+            held.push(stream);
+        }
     }
 }

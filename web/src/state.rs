@@ -1,25 +1,23 @@
 //! What every handler can reach.
 
-use std::sync::Arc;
-
-use actix::Addr;
-use sluice_actors::Sessions;
-use sluice_actors::supervisor::Supervisor;
+use sluice_actors::supervisor::Health;
+use sluice_actors::{Metrics, Relay, Sessions};
 use tokio::sync::watch;
 
-use crate::auth::Auth;
-
-/// Shared application state. Cloning is cheap.
+/// Shared application state. Cloning is cheap. (How requests are
+/// authenticated is app data of its own: [`crate::auth::Auth`].)
 #[derive(Clone)]
 pub struct AppState {
     /// The session layer.
     pub sessions: Sessions,
-    /// How requests are authenticated.
-    pub auth: Arc<Auth>,
+    /// The OpenAI-compatible relay.
+    pub relay: Relay,
+    /// The backends' supervisors, for `/ready`.
+    pub health: Health,
+    /// Metric handles.
+    pub metrics: Metrics,
     /// The registry `/metrics` renders.
     pub registry: prometheus::Registry,
-    /// One per backend; `/ready` asks them.
-    pub supervisors: Vec<Addr<Supervisor>>,
     /// Flips to true when shutdown begins: streams close (WS with 1001).
     pub shutdown: watch::Receiver<bool>,
 }

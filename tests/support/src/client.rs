@@ -10,7 +10,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 /// Longest wait for one frame before a test fails (a hang guard).
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
-type WsStream =
+/// A WebSocket connection as `tokio-tungstenite` opens it.
+pub type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// What a WebSocket read returned.
@@ -32,6 +33,11 @@ impl WsClient {
     pub async fn connect(url: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let (stream, _) = tokio_tungstenite::connect_async(url).await?;
         Ok(Self { stream })
+    }
+
+    /// Reads Sluice frames from a connection opened elsewhere.
+    pub fn from_stream(stream: WsStream) -> Self {
+        Self { stream }
     }
 
     /// Connects with a small receive buffer, so that a client that stops

@@ -1,20 +1,32 @@
 //! The production topology on loopback: a throwaway Redis and PostgreSQL,
-//! N `sluice` replicas sharing them (replica `i` is named `r{i}`, on a port
-//! chosen up front), the fake provider, and nginx in front.
+//! N `sluice` replicas sharing them (replica `i` is named `r{i}`; each binds
+//! port 0 and reports its address), the fake provider, and nginx in front.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::fake_upstream::FakeUpstream;
+use crate::fake_upstream::{FakeOptions, FakeUpstream};
 use crate::nginx::TestNginx;
 use crate::postgres::TestPostgres;
 use crate::process::{Sluice, SluiceBuilder};
 use crate::redis::TestRedis;
+use crate::tcp_proxy::TcpProxy;
 
 /// Lease length the tests run with, in seconds: takeovers wait for it.
 pub const LEASE_SECONDS: &str = "2";
+
+/// How replicas differ from the default topology.
+#[derive(Default)]
+pub struct ClusterOptions<'a> {
+    /// Environment added to every replica's.
+    pub env: &'a [(&'a str, &'a str)],
+    /// Replicas that reach Redis through a [`TcpProxy`] the test can cut.
+    pub proxied_redis: &'a [usize],
+    /// Replicas with a fake provider of their own, differing by these options.
+    pub own_upstream: &'a [(usize, FakeOptions)],
+}
 
 /// A running cluster. Everything stops on drop.
 pub struct TestCluster {
@@ -30,46 +42,72 @@ pub struct TestCluster {
     pub postgres: TestPostgres,
     /// An HTTP client.
     pub http: reqwest::Client,
+    /// Each replica's proxy to Redis, for those in
+    /// [`ClusterOptions::proxied_redis`].
+    pub redis_proxies: Vec<Option<TcpProxy>>,
+    /// Each replica's own fake provider, for those in
+    /// [`ClusterOptions::own_upstream`].
+    pub own_upstreams: Vec<Option<FakeUpstream>>,
     addrs: Vec<SocketAddr>,
     _data: Vec<tempfile::TempDir>,
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 impl TestCluster {
     /// Starts everything with `n` replicas; `env` is added to each replica's.
     pub fn start(bin: &str, n: usize, env: &[(&str, &str)]) -> Self {
+        Self::start_with(
+            bin,
+            n,
+            ClusterOptions {
+                env,
+                ..ClusterOptions::default()
+            },
+        )
+    }
+
+    /// Starts everything with `n` replicas, as `options` say.
+    pub fn start_with(bin: &str, n: usize, options: ClusterOptions<'_>) -> Self {
         let redis = TestRedis::start();
         let postgres = TestPostgres::start();
         let upstream = FakeUpstream::start();
-        let mut builders = Vec::new();
-        let mut addrs = Vec::new();
+        let mut replicas = Vec::new();
+        let mut redis_proxies = Vec::new();
+        let mut own_upstreams = Vec::new();
         let mut data = Vec::new();
         for i in 0..n {
             let dir = tempfile::tempdir().expect("temp dir");
-            let addr = free_addr();
+            let proxy = options
+                .proxied_redis
+                .contains(&i)
+                .then(|| TcpProxy::start(redis.addr()));
+            let redis_url = match &proxy {
+                Some(proxy) => format!("redis://{}", proxy.addr()),
+                None => redis.url(),
+            };
+            let own = options
+                .own_upstream
+                .iter()
+                .find(|(replica, _)| *replica == i)
+                .map(|(_, fake)| FakeUpstream::start_with(fake.clone()));
+            let base_url = own.as_ref().unwrap_or(&upstream).base_url();
             let mut builder = SluiceBuilder::new(PathBuf::from(bin), dir.path())
-                .env("SLUICE_ADDR", addr.to_string())
                 .env("SLUICE_REPLICA_ID", format!("r{i}"))
-                .env("SLUICE_REDIS_URL", redis.url())
+                .env("SLUICE_REDIS_URL", redis_url)
                 .env("SLUICE_POSTGRES_URL", postgres.url())
                 .env("SLUICE_LEASE_SECONDS", LEASE_SECONDS)
                 .env("SLUICE_SHUTDOWN_GRACE_SECONDS", "20")
-                .env("SLUICE_LLM_BASE_URL", upstream.base_url())
+                .env("SLUICE_CONTINUATION", "prefill")
+                .env("SLUICE_LLM_BASE_URL", base_url)
                 .env("SLUICE_LLM_MODEL", "fake:tokens=20");
-            for (k, v) in env {
+            for (k, v) in options.env {
                 builder = builder.env(k, *v);
             }
-            builders.push(builder);
-            addrs.push(addr);
+            replicas.push(Some(builder.start()));
+            redis_proxies.push(proxy);
+            own_upstreams.push(own);
             data.push(dir);
         }
-        let replicas = builders.iter().map(|b| Some(b.start())).collect();
+        let addrs: Vec<SocketAddr> = replicas.iter().flatten().map(|r| r.addr).collect();
         let nginx = TestNginx::start(&addrs);
         Self {
             replicas,
@@ -78,6 +116,8 @@ impl TestCluster {
             redis,
             postgres,
             http: reqwest::Client::new(),
+            redis_proxies,
+            own_upstreams,
             addrs,
             _data: data,
         }

@@ -13,12 +13,23 @@
 //! - `stall_after=N`: send N content chunks, then go silent.
 //! - `finish=length`: the finish reason of the last chunk.
 //! - `pad=N`: each chunk is `<i>` followed by N dots (large tokens).
-//! - `no_continue`: refuse continuation requests (below) with a 400, as a
-//!   provider without prefix continuation might.
+//! - `api=NAME`: which real provider's way to continue an answer it follows
+//!   (below); `openai` by default.
 //!
-//! A request whose last message is the assistant's asks to continue that
-//! answer (as providers with prefix continuation do): the stream starts at
-//! the first chunk not already in it (each chunk starts with `<`).
+//! A status of 4xx answers with an OpenAI error object whose `type` is
+//! `invalid_request_error`, `param` is `model` and `code` is `fake_refusal`.
+//!
+//! **Continuing an answer.** A request that ends with an `assistant`
+//! message asks to continue it on some providers and not on others; the
+//! fake does what the provider named by `api` does. Continuing, the stream
+//! starts at the first chunk not already in the answer (each chunk starts
+//! with `<`); not continuing, it answers anew from chunk 0.
+//! - `openai`: answers anew (OpenAI's models do not continue).
+//! - `ollama`: continues a plain trailing assistant message (`prefill`).
+//! - `mistral`: continues one with `"prefix": true` (`prefix`, also
+//!   DeepSeek's); refuses a plain one with a 400, as Mistral does.
+//! - `vllm`: continues with `continue_final_message: true` and
+//!   `add_generation_prompt: false`; otherwise answers anew.
 //!
 //! Any other model streams the default. Every request body is recorded with
 //! its `Authorization` header and can be read at `GET /_requests`.
@@ -34,11 +45,32 @@ use serde_json::{Value, json};
 
 use crate::padded_token_text;
 
-/// What the fake remembers.
+/// What the fake remembers, and how this instance differs from the default.
 #[derive(Default, Clone)]
 pub struct State {
     requests: Arc<Mutex<Vec<Value>>>,
     failures: Arc<Mutex<HashMap<String, u32>>>,
+    options: FakeOptions,
+}
+
+/// How one fake instance differs from the default, so a test can tell two
+/// providers apart.
+#[derive(Debug, Clone, Default)]
+pub struct FakeOptions {
+    /// Appended to every chunk's text (without a `<`).
+    pub suffix: String,
+    /// Every pause between chunks lasts this many times longer (0 or 1: as
+    /// scripted).
+    pub slowdown: u32,
+}
+
+/// Which provider's continuation rules a fake model follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    OpenAi,
+    Ollama,
+    Mistral,
+    Vllm,
 }
 
 /// A parsed `fake:` model.
@@ -53,7 +85,7 @@ struct Script {
     stall_after: Option<usize>,
     finish: String,
     pad: usize,
-    no_continue: bool,
+    api: Api,
 }
 
 impl Script {
@@ -68,7 +100,7 @@ impl Script {
             stall_after: None,
             finish: "stop".into(),
             pad: 0,
-            no_continue: false,
+            api: Api::OpenAi,
         };
         let Some(spec) = model.strip_prefix("fake:") else {
             return script;
@@ -86,7 +118,14 @@ impl Script {
                 "stall_after" => script.stall_after = Some(number as usize),
                 "finish" => script.finish = value.to_owned(),
                 "pad" => script.pad = number as usize,
-                "no_continue" => script.no_continue = true,
+                "api" => {
+                    script.api = match value {
+                        "ollama" => Api::Ollama,
+                        "mistral" => Api::Mistral,
+                        "vllm" => Api::Vllm,
+                        _ => Api::OpenAi,
+                    }
+                }
                 _ => {}
             }
         }
@@ -137,7 +176,15 @@ pub struct FakeUpstream {
 impl FakeUpstream {
     /// Starts the fake on a free loopback port.
     pub fn start() -> Self {
-        let state = State::default();
+        Self::start_with(FakeOptions::default())
+    }
+
+    /// Starts a fake that differs from the default by `options`.
+    pub fn start_with(options: FakeOptions) -> Self {
+        let state = State {
+            options,
+            ..State::default()
+        };
         let (tx, rx) = std::sync::mpsc::channel();
         let thread_state = state.clone();
         std::thread::spawn(move || {
@@ -217,35 +264,44 @@ async fn completions(
             }
         };
         if fail {
+            let error = if (400..500).contains(&status) {
+                json!({"message": format!("fake failure {status}"), "type": "invalid_request_error", "param": "model", "code": "fake_refusal"})
+            } else {
+                json!({"message": format!("fake failure {status}"), "type": "server_error", "param": null, "code": null})
+            };
             return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
-                .json(json!({"error": {"message": format!("fake failure {status}"), "type": "server_error", "code": null}}));
+                .json(json!({"error": error}));
         }
     }
     let stream = body["stream"].as_bool().unwrap_or(false);
-    let continuation = body["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .is_some_and(|m| m["role"] == "assistant");
-    if continuation && script.no_continue {
-        return HttpResponse::BadRequest().json(json!({"error": {"message": "this model cannot continue an assistant message", "type": "invalid_request_error", "code": null}}));
+    let last = body["messages"].as_array().and_then(|m| m.last());
+    let trailing_answer = last.filter(|m| m["role"] == "assistant");
+    let continues = trailing_answer.is_some_and(|m| match script.api {
+        Api::OpenAi => false,
+        Api::Ollama => true,
+        Api::Mistral => m["prefix"] == true,
+        Api::Vllm => {
+            body["continue_final_message"] == true && body["add_generation_prompt"] == false
+        }
+    });
+    if script.api == Api::Mistral && trailing_answer.is_some() && !continues {
+        return HttpResponse::BadRequest().json(json!({"error": {"message": "Expected last role User or Tool (or Assistant with prefix True) for serving but got assistant", "type": "invalid_request_error", "param": null, "code": "3230"}}));
     }
     let include_usage = body["stream_options"]["include_usage"]
         .as_bool()
         .unwrap_or(false);
     let prompt_tokens = body["messages"].as_array().map_or(0, Vec::len) as u64;
-    let last = body["messages"].as_array().and_then(|m| m.last());
-    let start = match last {
-        Some(m) if m["role"] == "assistant" => {
-            m["content"].as_str().unwrap_or("").matches('<').count()
-        }
+    let start = match trailing_answer {
+        Some(m) if continues => m["content"].as_str().unwrap_or("").matches('<').count(),
         _ => 0,
     };
+    let suffix = state.options.suffix.clone();
+    let slowdown = state.options.slowdown.max(1);
+    let token = move |i: usize| format!("{}{suffix}", padded_token_text(i, script.pad));
     let id = "chatcmpl-fake".to_owned();
     if !stream {
         tokio::time::sleep(script.first_delay).await;
-        let content: String = (0..script.tokens)
-            .map(|i| padded_token_text(i, script.pad))
-            .collect();
+        let content: String = (0..script.tokens).map(&token).collect();
         return HttpResponse::Ok().json(json!({
             "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": null, "finish_reason": script.finish}],
@@ -267,9 +323,9 @@ async fn completions(
                 std::future::pending::<()>().await;
             }
             if i > start && !script.delay.is_zero() {
-                tokio::time::sleep(script.delay).await;
+                tokio::time::sleep(script.delay * slowdown).await;
             }
-            yield Ok(chunk(&id, &model, json!({"content": padded_token_text(i, script.pad)}), None));
+            yield Ok(chunk(&id, &model, json!({"content": token(i)}), None));
         }
         yield Ok(chunk(&id, &model, json!({}), Some(&script.finish)));
         if include_usage {

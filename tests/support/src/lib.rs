@@ -10,6 +10,7 @@
 //! - [`redis`]: a throwaway Redis server.
 //! - [`rest`]: REST calls shared by the harnesses and tests.
 //! - [`cluster`]: Redis, PostgreSQL, N replicas and nginx, as in production.
+//! - [`tcp_proxy`]: a TCP proxy a test can cut, for network partitions.
 
 pub mod client;
 pub mod cluster;
@@ -20,6 +21,21 @@ pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod rest;
+pub mod tcp_proxy;
+
+/// How many free ports a throwaway server tries: a port picked free can be
+/// taken by another test's server before this one binds it.
+pub const PORT_ATTEMPTS: usize = 5;
+
+/// A loopback port that was free a moment ago, for a server that cannot
+/// bind port 0 and report the port itself. The caller retries with another
+/// if the server finds it taken.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
 
 /// The text of token `i` from the fake upstream: its index in brackets, so a
 /// test can check order and completeness of any stretch of text.

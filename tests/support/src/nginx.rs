@@ -1,6 +1,7 @@
 //! nginx in front of Sluice replicas for tests: renders the repository's
 //! `nginx/nginx.conf` template into a temp dir, runs nginx in the foreground
-//! on a free loopback port, stops it by pid on drop.
+//! on a free loopback port (another, if that one is taken before nginx
+//! binds it), stops it by pid on drop.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -43,53 +44,67 @@ impl TestNginx {
         let dir = tempfile::tempdir().expect("temp dir");
         // nginx workers run as an unprivileged user when started as root.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let servers: String = upstreams
             .iter()
             .map(|u| format!("server {u};\n        "))
             .collect();
         let template = std::fs::read_to_string(template_path()).expect("read nginx/nginx.conf");
-        let conf = render(
-            &template,
-            &[
-                ("NGINX_LISTEN", &addr.to_string()),
-                ("NGINX_PREFIX", dir.path().to_str().unwrap()),
-                ("SLUICE_UPSTREAM_SERVERS", &servers),
-            ],
-        );
-        let unfilled = conf
-            .lines()
-            .filter(|l| !l.trim_start().starts_with('#'))
-            .any(|l| l.contains("${"));
-        assert!(!unfilled, "a placeholder was left unfilled");
-        let conf_path = dir.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new(nginx_bin())
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start nginx (install nginx)");
-        let server = Self {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..crate::PORT_ATTEMPTS {
+            let addr = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
+            let conf = render(
+                &template,
+                &[
+                    ("NGINX_LISTEN", &addr.to_string()),
+                    ("NGINX_PREFIX", dir.path().to_str().unwrap()),
+                    ("SLUICE_UPSTREAM_SERVERS", &servers),
+                ],
+            );
+            let unfilled = conf
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .any(|l| l.contains("${"));
+            assert!(!unfilled, "a placeholder was left unfilled");
+            let conf_path = dir.path().join("nginx.conf");
+            std::fs::write(&conf_path, conf).unwrap();
+            let mut child = Command::new(nginx_bin())
+                .arg("-p")
+                .arg(dir.path())
+                .arg("-c")
+                .arg(&conf_path)
+                .args(["-g", "daemon off;"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start nginx (install nginx)");
+            // nginx writes its pid file once it has bound its port; if the
+            // port was taken, it exits instead.
+            let pid_file = dir.path().join("nginx.pid");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let up = loop {
+                let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+                if pid.trim() == child.id().to_string()
+                    && std::net::TcpStream::connect(addr).is_ok()
+                {
+                    break true;
+                }
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break false;
+                }
+                assert!(Instant::now() < deadline, "nginx did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            if up {
+                return Self {
+                    child,
+                    addr,
+                    _dir: dir,
+                };
+            }
         }
-        server
+        panic!(
+            "nginx did not start on any of {} ports",
+            crate::PORT_ATTEMPTS
+        );
     }
 
     /// `http://addr{path}`.

@@ -1,7 +1,9 @@
 //! A throwaway PostgreSQL server for tests: `initdb` into a temp dir and
 //! `postgres` on a free loopback port, run as the `postgres` user when the
-//! tests run as root (initdb refuses root), stopped by pid on drop.
+//! tests run as root (initdb refuses root), stopped by pid on drop. If the
+//! port picked is taken before the server binds it, another is tried.
 
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -83,24 +85,36 @@ impl TestPostgres {
             .status()
             .expect("run initdb");
         assert!(status.success(), "initdb failed");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let mut server = Self {
             child: None,
-            port,
+            port: 0,
             bin,
             ids,
             dir,
         };
-        server.resume();
-        server
+        for _ in 0..crate::PORT_ATTEMPTS {
+            server.port = crate::free_port();
+            if server.try_resume() {
+                return server;
+            }
+        }
+        panic!(
+            "postgres did not start on any of {} ports",
+            crate::PORT_ATTEMPTS
+        );
     }
 
     /// Starts the server again after [`Self::stop`], on the same port and data.
     pub fn resume(&mut self) {
+        assert!(
+            self.try_resume(),
+            "postgres did not start again on port {}",
+            self.port
+        );
+    }
+
+    /// Starts the server on its port; false if it exited (the port was taken).
+    fn try_resume(&mut self) -> bool {
         assert!(self.child.is_none(), "already running");
         let data = self.dir.path().join("data");
         let child = command(&self.bin.join("postgres"), self.ids)
@@ -126,13 +140,23 @@ impl TestPostgres {
             .expect("start postgres");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
+        // Ready when this server says so in its own data directory's lock
+        // file (another test's server may answer on a port taken from us).
+        let lock = data.join("postmaster.pid");
         loop {
-            let ready = Command::new(self.bin.join("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
-                .status()
-                .is_ok_and(|s| s.success());
+            let ready = std::fs::read_to_string(&lock).is_ok_and(|text| {
+                text.lines()
+                    .nth(7)
+                    .is_some_and(|status| status.trim() == "ready")
+            });
             if ready {
-                return;
+                return true;
+            }
+            if let Some(child) = &mut self.child
+                && matches!(child.try_wait(), Ok(Some(_)))
+            {
+                self.child = None;
+                return false;
             }
             assert!(Instant::now() < deadline, "postgres did not start");
             std::thread::sleep(Duration::from_millis(100));
@@ -153,6 +177,89 @@ impl TestPostgres {
     /// A connection URL for the `postgres` database.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn psql_command(&self) -> Command {
+        let mut command = Command::new(self.bin.join("psql"));
+        command.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+        ]);
+        command
+    }
+
+    /// Runs `sql` with `psql`; its output (unaligned, tuples only), trimmed.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = self
+            .psql_command()
+            .args(["-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Opens a transaction and runs `sql` in it (say, `SELECT ... FOR
+    /// UPDATE` to hold a row's lock); the transaction stays open until the
+    /// returned handle commits it or drops.
+    pub fn hold(&self, sql: &str) -> HeldTransaction {
+        let mut child = self
+            .psql_command()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run psql");
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "BEGIN;\n{sql};\n\\echo held").unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while line.trim() != "held" {
+            line.clear();
+            let read = stdout.read_line(&mut line).expect("read psql");
+            assert!(read > 0, "psql ended before the transaction held");
+        }
+        HeldTransaction {
+            child,
+            stdin: Some(stdin),
+        }
+    }
+}
+
+/// A transaction `psql` keeps open (see [`TestPostgres::hold`]).
+pub struct HeldTransaction {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl HeldTransaction {
+    /// Commits the transaction, letting go of what it held.
+    pub fn commit(mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = writeln!(stdin, "COMMIT;");
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HeldTransaction {
+    fn drop(&mut self) {
+        // Closing psql's input ends it, and the transaction with it.
+        self.stdin.take();
+        let _ = self.child.wait();
     }
 }
 

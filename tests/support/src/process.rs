@@ -18,6 +18,8 @@ pub struct Sluice {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its second `/metrics` listener listens, if it has one.
+    pub metrics_addr: Option<SocketAddr>,
     /// Every log line so far.
     pub logs: Arc<Mutex<Vec<String>>>,
 }
@@ -98,7 +100,13 @@ impl SluiceBuilder {
                     .expect("addr field")
                     .parse()
                     .expect("socket address");
-                return Sluice { child, addr, logs };
+                let metrics_addr = value["metrics_addr"].as_str().and_then(|a| a.parse().ok());
+                return Sluice {
+                    child,
+                    addr,
+                    metrics_addr,
+                    logs,
+                };
             }
         }
     }

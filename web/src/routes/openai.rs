@@ -1,14 +1,12 @@
-//! The OpenAI-compatible API (PROTOCOL.md §7): relayed to the provider,
-//! chunks passed through byte for byte.
+//! The OpenAI-compatible API (PROTOCOL.md §7): relayed to the provider by
+//! the session layer's [`Relay`](sluice_actors::Relay), chunks passed
+//! through byte for byte.
 
 use std::convert::Infallible;
-use std::time::Instant;
 
 use actix_web::{HttpResponse, web};
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use sluice_actors::llm::{LlmError, ready_batches};
-use sluice_actors::metrics::GaugeGuard;
+use sluice_actors::relay::Completion;
 use sluice_protocol::ErrorBody;
 use sluice_protocol::openai::ChatRequest;
 
@@ -17,81 +15,31 @@ use crate::body::RawBody;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Most chunks relayed in one write.
-const MAX_RELAY_BATCH: usize = 256;
-
 /// `POST /v1/chat/completions`, streaming or not.
 ///
 /// A streaming request waits for the provider's first chunk before
 /// answering, so a provider that fails before it gives a real HTTP error
-/// (502/504) that SDKs raise, rather than a 200 stream with an error inside.
+/// (a 4xx it gave, or 502/504) that SDKs raise, rather than a 200 stream
+/// with an error inside.
 pub async fn chat_completions(
     state: web::Data<AppState>,
     _user: User,
     body: RawBody,
 ) -> Result<HttpResponse, ApiError> {
-    let mut request = ChatRequest::parse(&body.0)?;
-    if request.model.as_deref().is_none_or(str::is_empty) {
-        request.model = Some(state.sessions.config().default_model.clone());
-    }
-    let metrics = state.sessions.metrics().clone();
-    let llm = state.sessions.llm().clone();
-    if !request.stream {
-        let completion = llm.complete(request).await.inspect_err(|e| {
-            tracing::warn!(error = %e, "provider failed (OpenAI route)");
-            metrics
-                .upstream_errors_total
-                .with_label_values(&[e.code().as_str()])
-                .inc();
-        })?;
-        return Ok(HttpResponse::Ok().json(completion));
-    }
-    let started = Instant::now();
-    let mut upstream = llm.stream(request);
-    let first = match upstream.next().await {
-        Some(Ok(chunk)) => chunk,
-        Some(Err(e)) => {
-            tracing::warn!(error = %e, "provider failed before the first chunk (OpenAI route)");
-            metrics
-                .upstream_errors_total
-                .with_label_values(&[e.code().as_str()])
-                .inc();
-            return Err(e.into());
-        }
-        None => {
-            return Err(ApiError::new(
-                sluice_protocol::ErrorCode::UpstreamError,
-                "provider ended the stream without a chunk",
-            ));
-        }
+    let request = ChatRequest::parse(&body.0)?;
+    let mut chunks = match state.relay.chat(request).await? {
+        Completion::Whole(completion) => return Ok(HttpResponse::Ok().json(completion)),
+        Completion::Stream(chunks) => chunks,
     };
-    metrics
-        .time_to_first_token_seconds
-        .with_label_values(&["openai"])
-        .observe(started.elapsed().as_secs_f64());
-    let live = GaugeGuard::new(metrics.live_connections.with_label_values(&["openai"]));
-    let tokens = metrics.tokens_streamed_total.with_label_values(&["openai"]);
-    let errors = metrics.upstream_errors_total.clone();
-    // Chunks that arrive together leave in one write.
-    let mut batches = ready_batches(upstream, MAX_RELAY_BATCH);
     let stream = async_stream::stream! {
-        let _live = live;
-        let mut batch: Vec<Result<_, LlmError>> = vec![Ok(first)];
-        loop {
+        while let Some(batch) = chunks.next_batch().await {
             let mut out = BytesMut::new();
             for item in batch {
                 match item {
-                    Ok(chunk) => {
-                        if chunk.view.content().is_some_and(|c| !c.is_empty()) {
-                            tokens.inc();
-                        }
-                        push_data_line(&mut out, &chunk.raw);
-                    }
+                    Ok(json) => push_data_line(&mut out, &json),
                     Err(e) => {
                         // After the first chunk the status is sent; the error
                         // goes in the stream, as OpenAI does, and the stream ends.
-                        tracing::warn!(error = %e, "provider failed mid-stream (OpenAI route)");
-                        errors.with_label_values(&[e.code().as_str()]).inc();
                         let body = ErrorBody::new(e.code(), e.to_string());
                         push_data_line(&mut out, &serde_json::to_string(&body).unwrap_or_default());
                         yield Ok::<_, Infallible>(out.freeze());
@@ -100,10 +48,6 @@ pub async fn chat_completions(
                 }
             }
             yield Ok(out.freeze());
-            match batches.next().await {
-                Some(next) => batch = next,
-                None => break,
-            }
         }
         yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
     };
@@ -121,14 +65,32 @@ fn push_data_line(out: &mut BytesMut, json: &str) {
     out.extend_from_slice(b"\n\n");
 }
 
+fn model_object(id: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "sluice"})
+}
+
 /// `GET /v1/models`.
 pub async fn models(state: web::Data<AppState>, _user: User) -> HttpResponse {
     let data: Vec<_> = state
-        .sessions
-        .llm()
+        .relay
         .models()
-        .into_iter()
-        .map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "sluice"}))
+        .iter()
+        .map(|id| model_object(id))
         .collect();
     HttpResponse::Ok().json(serde_json::json!({"object": "list", "data": data}))
+}
+
+/// `GET /v1/models/{id}`: a listed model (the OpenAI SDKs' `models.retrieve`).
+pub async fn model(
+    state: web::Data<AppState>,
+    _user: User,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    if state.relay.models().contains(&id) {
+        return Ok(HttpResponse::Ok().json(model_object(&id)));
+    }
+    Err(ApiError::not_found(format!(
+        "model {:?} is not listed; GET /v1/models lists the ones Sluice names (any model is passed on to the provider)",
+        id.chars().take(200).collect::<String>()
+    )))
 }

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use sluice_actors::Outgoing;
 use sluice_actors::metrics::GaugeGuard;
-use sluice_protocol::sse;
+use sluice_actors::subscriber::CloseReason;
+use sluice_protocol::{Control, ErrorCode, sse};
 
 use crate::auth::User;
 use crate::error::ApiError;
@@ -17,6 +18,11 @@ use crate::state::AppState;
 /// A `: ping` comment goes out this often, so proxies and browsers keep the
 /// connection and a dead one is noticed.
 pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+
+/// How long a browser's `EventSource` waits before it reconnects (and
+/// resumes with `Last-Event-ID`) once the stream ends; its own default is
+/// about 3 s.
+pub const RECONNECT_MS: u64 = 1000;
 
 /// Query of the events route.
 #[derive(Deserialize)]
@@ -44,18 +50,13 @@ pub async fn events(
     };
     let after = query.after.or(header_cursor);
     let mut subscription = state.sessions.subscribe(&user.0, &id, after, "sse").await?;
-    let live = GaugeGuard::new(
-        state
-            .sessions
-            .metrics()
-            .live_connections
-            .with_label_values(&["sse"]),
-    );
+    let live = GaugeGuard::new(state.metrics.live_connections.with_label_values(&["sse"]));
     let mut shutdown = state.shutdown.clone();
     let stream = async_stream::stream! {
         let _live = live;
         let mut ping = tokio::time::interval(PING_INTERVAL);
         ping.tick().await;
+        yield Ok::<_, Infallible>(Bytes::from(sse::retry(RECONNECT_MS)));
         loop {
             // `Subscription::next_batch` is cancel-safe: it takes frames in one step.
             tokio::select! {
@@ -69,7 +70,17 @@ pub async fn events(
                                 Outgoing::Event(e) => sse::encode(Some(e.seq()), e.event.type_name(), &e.json),
                             });
                         }
-                        yield Ok::<_, Infallible>(Bytes::from(chunk));
+                        yield Ok(Bytes::from(chunk));
+                    }
+                    // Said before the stream ends, so the client does not
+                    // reconnect to a session that is gone.
+                    Err(CloseReason::Deleted) => {
+                        let deleted = Control::Error {
+                            code: ErrorCode::NotFound,
+                            message: "the session was deleted".into(),
+                        };
+                        yield Ok(Bytes::from(sse::encode(None, deleted.type_name(), &deleted.to_json())));
+                        break;
                     }
                     // Lagged or ended: the client reconnects with Last-Event-ID.
                     Err(_) => break,

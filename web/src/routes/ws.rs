@@ -5,6 +5,13 @@
 //! from the session's bounded subscriber queue; incoming frames are parsed
 //! with the protocol's size limit. A malformed frame gets an `error` frame
 //! and the connection stays; an oversized one closes it with 1009.
+//!
+//! Commands (`send`, `cancel`, `resume`) run one after another, in the
+//! order they came, on a queue of the connection's own: a `cancel` right
+//! after a `send` reaches the session after it. The actor itself never
+//! waits for them, so while a command takes its time (its session's owner
+//! died, say), the connection keeps writing events, answering pings and
+//! reading frames.
 
 use std::time::{Duration, Instant};
 
@@ -16,8 +23,9 @@ use sluice_actors::metrics::GaugeGuard;
 use sluice_actors::subscriber::CloseReason;
 use sluice_actors::{Outgoing, SessionError, Sessions, Subscription};
 use sluice_protocol::limits::MAX_WS_FRAME_BYTES;
+use sluice_protocol::rest::SendMessage;
 use sluice_protocol::{ClientFrame, Control, ErrorCode, parse_client_frame};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::auth::User;
 use crate::error::ApiError;
@@ -27,6 +35,8 @@ use crate::state::AppState;
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
 /// A connection silent for this long is closed.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Commands a connection may have waiting; more are refused until some end.
+const MAX_PENDING_COMMANDS: usize = 16;
 
 /// Query of the WS route.
 #[derive(Deserialize)]
@@ -49,6 +59,7 @@ pub async fn connect(
         .subscribe(&user.0, &session_id, query.after, "ws")
         .await
         .map_err(ApiError::from)?;
+    let (commands, pending) = mpsc::channel(MAX_PENDING_COMMANDS);
     let connection = WsConnection {
         sessions: state.sessions.clone(),
         user_id: user.0,
@@ -56,15 +67,11 @@ pub async fn connect(
         last_heard: Instant::now(),
         initial: Some(subscription),
         outgoing: None,
+        commands,
+        pending: Some(pending),
         fragments: None,
         shutdown: state.shutdown.clone(),
-        _live: GaugeGuard::new(
-            state
-                .sessions
-                .metrics()
-                .live_connections
-                .with_label_values(&["ws"]),
-        ),
+        _live: GaugeGuard::new(state.metrics.live_connections.with_label_values(&["ws"])),
     };
     ws::WsResponseBuilder::new(connection, &req, stream)
         .frame_size(MAX_WS_FRAME_BYTES)
@@ -73,7 +80,7 @@ pub async fn connect(
 
 /// One WebSocket client.
 pub struct WsConnection {
-    /// To send commands and re-subscribe on `resume`.
+    /// To run commands and re-subscribe on `resume`.
     sessions: Sessions,
     /// The authenticated caller.
     user_id: String,
@@ -85,12 +92,61 @@ pub struct WsConnection {
     initial: Option<Subscription>,
     /// The running subscription stream, replaced on `resume`.
     outgoing: Option<SpawnHandle>,
-    /// A fragmented message being reassembled (bounded by the frame limit).
-    fragments: Option<String>,
+    /// The connection's command queue, run in order by its own task.
+    commands: mpsc::Sender<Command>,
+    /// The queue's other end until `started` hands it to the task.
+    pending: Option<mpsc::Receiver<Command>>,
+    /// A fragmented text message being reassembled, as bytes: a character
+    /// may be split across fragments. Bounded by the frame limit.
+    fragments: Option<Vec<u8>>,
     /// Flips at shutdown: close with 1001 so clients go elsewhere and resume.
     shutdown: watch::Receiver<bool>,
     /// Keeps `sluice_live_connections{transport="ws"}` counting this one.
     _live: GaugeGuard,
+}
+
+/// A command from the client, for the connection's queue.
+enum Command {
+    Send(SendMessage),
+    Cancel,
+    Resume { after: u64 },
+}
+
+/// How a command ended, told back to the connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+enum CommandDone {
+    /// It succeeded and has nothing to say (its events are the answer).
+    Quiet,
+    /// It failed: the client gets an `error` frame.
+    Failed(SessionError),
+    /// A `resume` joined again: this subscription replaces the old one.
+    Resumed(Subscription),
+}
+
+/// Runs the connection's commands in order until the connection is gone.
+async fn run_commands(
+    mut pending: mpsc::Receiver<Command>,
+    sessions: Sessions,
+    user_id: String,
+    session_id: String,
+    connection: Addr<WsConnection>,
+) {
+    let (user, id) = (user_id.as_str(), session_id.as_str());
+    while let Some(command) = pending.recv().await {
+        let done = match command {
+            Command::Send(message) => sessions
+                .send(user, id, message)
+                .await
+                .map(|_| CommandDone::Quiet),
+            Command::Cancel => sessions.cancel(user, id).await.map(|()| CommandDone::Quiet),
+            Command::Resume { after } => sessions
+                .subscribe(user, id, Some(after), "ws")
+                .await
+                .map(CommandDone::Resumed),
+        };
+        connection.do_send(done.unwrap_or_else(CommandDone::Failed));
+    }
 }
 
 /// What the subscription stream yields: frames ready to go (written in one
@@ -124,46 +180,24 @@ impl WsConnection {
             Ok(frame) => frame,
             Err(e) => return self.reject(ctx, e.code(), e.to_string()),
         };
-        let sessions = self.sessions.clone();
-        let user = self.user_id.clone();
-        let id = self.session_id.clone();
-        match frame {
-            ClientFrame::Ping => ctx.text(Control::Pong.to_json()),
-            // Commands wait in order (a `cancel` right after a `send` must
-            // reach the session after it); events keep queueing meanwhile.
-            ClientFrame::Send(message) => ctx.wait(
-                async move { sessions.send(&user, &id, message).await }
-                    .into_actor(self)
-                    .map(|result, act, ctx| {
-                        if let Err(e) = result {
-                            act.send_error(ctx, e.code(), e.to_string());
-                        }
-                    }),
-            ),
-            ClientFrame::Cancel => ctx.wait(
-                async move { sessions.cancel(&user, &id).await }
-                    .into_actor(self)
-                    .map(|result, act, ctx| {
-                        if let Err(e) = result {
-                            act.send_error(ctx, e.code(), e.to_string());
-                        }
-                    }),
-            ),
+        let command = match frame {
+            ClientFrame::Ping => return ctx.text(Control::Pong.to_json()),
+            ClientFrame::Send(message) => Command::Send(message),
+            ClientFrame::Cancel => Command::Cancel,
             ClientFrame::Resume { after } => {
+                // Nothing of the old subscription goes out after this frame.
                 if let Some(handle) = self.outgoing.take() {
                     ctx.cancel_future(handle);
                 }
-                ctx.wait(
-                    async move { sessions.subscribe(&user, &id, Some(after), "ws").await }
-                        .into_actor(self)
-                        .map(
-                            |result: Result<Subscription, SessionError>, act, ctx| match result {
-                                Ok(subscription) => act.attach(subscription, ctx),
-                                Err(e) => act.send_error(ctx, e.code(), e.to_string()),
-                            },
-                        ),
-                );
+                Command::Resume { after }
             }
+        };
+        if self.commands.try_send(command).is_err() {
+            self.reject(
+                ctx,
+                ErrorCode::RateLimited,
+                format!("{MAX_PENDING_COMMANDS} commands are already waiting on this connection; wait for them"),
+            );
         }
     }
 
@@ -177,6 +211,52 @@ impl WsConnection {
         });
         self.outgoing = Some(ctx.add_stream(frames));
     }
+
+    fn on_continuation(
+        &mut self,
+        item: actix_http::ws::Item,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let (bytes, last) = match item {
+            actix_http::ws::Item::FirstText(bytes) => {
+                self.fragments = Some(Vec::new());
+                (bytes, false)
+            }
+            actix_http::ws::Item::FirstBinary(_) => {
+                self.fragments = None;
+                return self.reject(
+                    ctx,
+                    ErrorCode::BadRequest,
+                    "binary frames are not supported".into(),
+                );
+            }
+            actix_http::ws::Item::Continue(bytes) => (bytes, false),
+            actix_http::ws::Item::Last(bytes) => (bytes, true),
+        };
+        let Some(buffer) = self.fragments.as_mut() else {
+            return;
+        };
+        if buffer.len() + bytes.len() > MAX_WS_FRAME_BYTES {
+            self.fragments = None;
+            return Self::close(
+                ctx,
+                CloseCode::Size,
+                &format!("message over {MAX_WS_FRAME_BYTES} bytes"),
+            );
+        }
+        buffer.extend_from_slice(&bytes);
+        if !last {
+            return;
+        }
+        // UTF-8 is checked on the whole message, once it is whole.
+        let Some(message) = self.fragments.take() else {
+            return;
+        };
+        match String::from_utf8(message) {
+            Ok(text) => self.on_text(&text, ctx),
+            Err(_) => self.reject(ctx, ErrorCode::BadRequest, "invalid UTF-8".into()),
+        }
+    }
 }
 
 impl Actor for WsConnection {
@@ -185,6 +265,15 @@ impl Actor for WsConnection {
     fn started(&mut self, ctx: &mut Self::Context) {
         if let Some(subscription) = self.initial.take() {
             self.attach(subscription, ctx);
+        }
+        if let Some(pending) = self.pending.take() {
+            actix_rt::spawn(run_commands(
+                pending,
+                self.sessions.clone(),
+                self.user_id.clone(),
+                self.session_id.clone(),
+                ctx.address(),
+            ));
         }
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
             if act.last_heard.elapsed() > CLIENT_TIMEOUT {
@@ -212,6 +301,18 @@ impl Actor for WsConnection {
     }
 }
 
+impl Handler<CommandDone> for WsConnection {
+    type Result = ();
+
+    fn handle(&mut self, done: CommandDone, ctx: &mut Self::Context) {
+        match done {
+            CommandDone::Quiet => {}
+            CommandDone::Failed(e) => self.send_error(ctx, e.code(), e.to_string()),
+            CommandDone::Resumed(subscription) => self.attach(subscription, ctx),
+        }
+    }
+}
+
 impl StreamHandler<Delivery> for WsConnection {
     fn handle(&mut self, item: Delivery, ctx: &mut Self::Context) {
         match item {
@@ -229,6 +330,11 @@ impl StreamHandler<Delivery> for WsConnection {
                 "too slow to keep up; reconnect and resume from your cursor",
             ),
             Err(CloseReason::Ended) => Self::close(ctx, CloseCode::Normal, "session ended"),
+            Err(CloseReason::Deleted) => {
+                // Said before the close, so the client does not reconnect.
+                self.send_error(ctx, ErrorCode::NotFound, "the session was deleted".into());
+                Self::close(ctx, CloseCode::Normal, "session deleted");
+            }
             Err(CloseReason::Resume) => Self::close(
                 ctx,
                 CloseCode::Restart,
@@ -282,51 +388,5 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsConnection {
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         ctx.stop();
-    }
-}
-
-impl WsConnection {
-    fn on_continuation(
-        &mut self,
-        item: actix_http::ws::Item,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) {
-        let (bytes, last) = match item {
-            actix_http::ws::Item::FirstText(bytes) => {
-                self.fragments = Some(String::new());
-                (bytes, false)
-            }
-            actix_http::ws::Item::FirstBinary(_) => {
-                self.fragments = None;
-                return self.reject(
-                    ctx,
-                    ErrorCode::BadRequest,
-                    "binary frames are not supported".into(),
-                );
-            }
-            actix_http::ws::Item::Continue(bytes) => (bytes, false),
-            actix_http::ws::Item::Last(bytes) => (bytes, true),
-        };
-        let Some(buffer) = self.fragments.as_mut() else {
-            return;
-        };
-        if buffer.len() + bytes.len() > MAX_WS_FRAME_BYTES {
-            self.fragments = None;
-            return Self::close(
-                ctx,
-                CloseCode::Size,
-                &format!("message over {MAX_WS_FRAME_BYTES} bytes"),
-            );
-        }
-        match std::str::from_utf8(&bytes) {
-            Ok(text) => buffer.push_str(text),
-            Err(_) => {
-                self.fragments = None;
-                return self.reject(ctx, ErrorCode::BadRequest, "invalid UTF-8".into());
-            }
-        }
-        if last && let Some(text) = self.fragments.take() {
-            self.on_text(&text, ctx);
-        }
     }
 }

@@ -18,7 +18,9 @@ use futures::future::BoxFuture;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Bus, BusError, BusMessage, BusReceiver};
+use super::{Bus, BusMessage, BusReceiver};
+use crate::redis::redis_error;
+use crate::{Backend, BackendError};
 
 /// Longest wait for Redis to confirm a subscription.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,7 +36,7 @@ enum Command {
     Subscribe {
         channel: String,
         tx: mpsc::UnboundedSender<BusMessage>,
-        done: oneshot::Sender<Result<u64, BusError>>,
+        done: oneshot::Sender<Result<u64, BackendError>>,
     },
     Unsubscribe {
         channel: String,
@@ -42,8 +44,12 @@ enum Command {
     },
 }
 
-fn err(e: impl std::fmt::Display) -> BusError {
-    BusError(e.to_string())
+fn err(e: fred::error::Error) -> BackendError {
+    redis_error(Backend::Bus, e)
+}
+
+fn unavailable(message: &str) -> BackendError {
+    BackendError::unavailable(Backend::Bus, message)
 }
 
 /// Unsubscribes its receiver when dropped.
@@ -105,7 +111,7 @@ async fn run(subscriber: SubscriberClient, mut commands: mpsc::UnboundedReceiver
                         let result = match subscribed {
                             Ok(Ok(())) => Ok(()),
                             Ok(Err(e)) => Err(err(e)),
-                            Err(_) => Err(BusError("subscribe timed out".into())),
+                            Err(_) => Err(unavailable("subscribe timed out")),
                         };
                         if let Err(e) = result {
                             // fred tracks the channel even if the server did
@@ -155,7 +161,7 @@ impl Bus for RedisBus {
         &self,
         channel: &str,
         payload: String,
-    ) -> BoxFuture<'static, Result<usize, BusError>> {
+    ) -> BoxFuture<'static, Result<usize, BackendError>> {
         let client = self.client.clone();
         let channel = channel.to_owned();
         Box::pin(async move {
@@ -164,7 +170,7 @@ impl Bus for RedisBus {
         })
     }
 
-    fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<BusReceiver, BusError>> {
+    fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<BusReceiver, BackendError>> {
         let commands = self.commands.clone();
         let channel = channel.to_owned();
         Box::pin(async move {
@@ -176,8 +182,8 @@ impl Bus for RedisBus {
                     tx,
                     done,
                 })
-                .map_err(|_| BusError("bus stopped".into()))?;
-            let id = ack.await.map_err(|_| BusError("bus stopped".into()))??;
+                .map_err(|_| unavailable("bus stopped"))?;
+            let id = ack.await.map_err(|_| unavailable("bus stopped"))??;
             let guard = Unsubscribe {
                 commands,
                 channel,

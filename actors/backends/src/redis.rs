@@ -11,6 +11,7 @@ use std::time::Duration;
 use fred::prelude::*;
 
 use crate::bus::redis::RedisBus;
+use crate::{Backend, BackendError, ErrorKind};
 
 /// Longest a Redis command may take before it fails.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -21,6 +22,24 @@ pub struct RedisConnections {
     client: Client,
     bus: RedisBus,
     reconnects: Arc<AtomicU64>,
+}
+
+/// Classifies a Redis failure for `backend`: a request Redis or fred
+/// refuses as malformed stays refused; everything else (a broken or slow
+/// connection, a server loading or failing over) can pass.
+pub(crate) fn redis_error(backend: Backend, e: fred::error::Error) -> BackendError {
+    use fred::error::ErrorKind as K;
+    let kind = match e.kind() {
+        K::Config
+        | K::Auth
+        | K::Url
+        | K::InvalidCommand
+        | K::InvalidArgument
+        | K::Parse
+        | K::NotFound => ErrorKind::Rejected,
+        _ => ErrorKind::Unavailable,
+    };
+    BackendError::new(backend, kind, e)
 }
 
 fn builder(url: &str) -> Result<Builder, String> {

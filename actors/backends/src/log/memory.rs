@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
-use super::{EncodedEvent, EventLog, LogError};
+use super::{EncodedEvent, EventLog};
+use crate::BackendError;
 
 /// Logs of sessions untouched for this long are dropped.
 pub const IDLE_TTL: Duration = Duration::from_secs(3600);
@@ -141,7 +142,7 @@ impl EventLog for MemoryEventLog {
         "memory"
     }
 
-    fn epoch(&self, _session_id: &str) -> BoxFuture<'static, Result<String, LogError>> {
+    fn epoch(&self, _session_id: &str) -> BoxFuture<'static, Result<String, BackendError>> {
         let epoch = self.epoch.clone();
         Box::pin(async move { Ok(epoch) })
     }
@@ -150,7 +151,7 @@ impl EventLog for MemoryEventLog {
         &self,
         session_id: &str,
         events: Vec<Arc<EncodedEvent>>,
-    ) -> BoxFuture<'static, Result<(), LogError>> {
+    ) -> BoxFuture<'static, Result<(), BackendError>> {
         let mut state = self.lock();
         let now = Instant::now();
         // Logs taken out are freed after the lock is released.
@@ -190,7 +191,7 @@ impl EventLog for MemoryEventLog {
         session_id: &str,
         after: u64,
         up_to: u64,
-    ) -> BoxFuture<'static, Result<Vec<Arc<EncodedEvent>>, LogError>> {
+    ) -> BoxFuture<'static, Result<Vec<Arc<EncodedEvent>>, BackendError>> {
         let state = self.lock();
         let events = match state.sessions.get(session_id) {
             Some(log) => {
@@ -208,7 +209,7 @@ impl EventLog for MemoryEventLog {
         Box::pin(async move { Ok(events) })
     }
 
-    fn last_seq(&self, session_id: &str) -> BoxFuture<'static, Result<u64, LogError>> {
+    fn last_seq(&self, session_id: &str) -> BoxFuture<'static, Result<u64, BackendError>> {
         let last = self
             .lock()
             .sessions
@@ -218,7 +219,7 @@ impl EventLog for MemoryEventLog {
         Box::pin(async move { Ok(last) })
     }
 
-    fn remove(&self, session_id: &str) -> BoxFuture<'static, Result<(), LogError>> {
+    fn remove(&self, session_id: &str) -> BoxFuture<'static, Result<(), BackendError>> {
         let mut state = self.lock();
         let removed = state.sessions.remove(session_id);
         if let Some(log) = &removed {
@@ -227,6 +228,11 @@ impl EventLog for MemoryEventLog {
         }
         drop(state);
         drop(removed);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn ping(&self) -> BoxFuture<'static, Result<(), BackendError>> {
+        // In this process: it answers whenever the process does.
         Box::pin(async { Ok(()) })
     }
 }

@@ -3,7 +3,7 @@
 //! The owner of a session publishes its events on the session's channel
 //! after they are in the event log, so subscribers on other replicas see them
 //! live; replicas also talk to each other on per-replica channels (see
-//! [`crate::cluster`]).
+//! the session layer's cluster).
 //!
 //! Contract for implementations (the conformance suite below holds every
 //! implementation to it):
@@ -21,10 +21,7 @@ pub mod redis;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
-/// Why the bus could not be used. Retrying later may help.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("bus unavailable: {0}")]
-pub struct BusError(pub String);
+use crate::BackendError;
 
 /// What a subscription yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,10 +40,10 @@ pub trait Bus: Send + Sync + 'static {
         &self,
         channel: &str,
         payload: String,
-    ) -> BoxFuture<'static, Result<usize, BusError>>;
+    ) -> BoxFuture<'static, Result<usize, BackendError>>;
 
     /// Subscribes to `channel`; active once the future resolves.
-    fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<BusReceiver, BusError>>;
+    fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<BusReceiver, BackendError>>;
 }
 
 /// One subscription. Dropping it unsubscribes.

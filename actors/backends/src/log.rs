@@ -18,6 +18,8 @@ use bytestring::ByteString;
 use futures::future::BoxFuture;
 use sluice_protocol::Event;
 
+use crate::BackendError;
+
 /// An event together with its JSON, serialised once for every subscriber.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EncodedEvent {
@@ -41,25 +43,20 @@ impl EncodedEvent {
     }
 }
 
-/// Why the log could not be used. Retrying later may help.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("event log unavailable: {0}")]
-pub struct LogError(pub String);
-
 /// A session-keyed, bounded, ordered event log.
 pub trait EventLog: Send + Sync + 'static {
     /// A short name for `/ready` (`memory`, `redis`).
     fn name(&self) -> &'static str;
 
     /// The identity of this log's contents for `session_id`.
-    fn epoch(&self, session_id: &str) -> BoxFuture<'static, Result<String, LogError>>;
+    fn epoch(&self, session_id: &str) -> BoxFuture<'static, Result<String, BackendError>>;
 
     /// Appends `events` (in `seq` order) to the session's log.
     fn append(
         &self,
         session_id: &str,
         events: Vec<Arc<EncodedEvent>>,
-    ) -> BoxFuture<'static, Result<(), LogError>>;
+    ) -> BoxFuture<'static, Result<(), BackendError>>;
 
     /// Retained events with `after < seq <= up_to`, in order.
     fn read_after(
@@ -67,13 +64,16 @@ pub trait EventLog: Send + Sync + 'static {
         session_id: &str,
         after: u64,
         up_to: u64,
-    ) -> BoxFuture<'static, Result<Vec<Arc<EncodedEvent>>, LogError>>;
+    ) -> BoxFuture<'static, Result<Vec<Arc<EncodedEvent>>, BackendError>>;
 
     /// The highest `seq` in the session's log (0 if none).
-    fn last_seq(&self, session_id: &str) -> BoxFuture<'static, Result<u64, LogError>>;
+    fn last_seq(&self, session_id: &str) -> BoxFuture<'static, Result<u64, BackendError>>;
 
     /// Forgets the session's events (the session was deleted).
-    fn remove(&self, session_id: &str) -> BoxFuture<'static, Result<(), LogError>>;
+    fn remove(&self, session_id: &str) -> BoxFuture<'static, Result<(), BackendError>>;
+
+    /// Checks that the log answers now.
+    fn ping(&self) -> BoxFuture<'static, Result<(), BackendError>>;
 }
 
 /// The conformance suite every [`EventLog`] must pass, parameterised by a

@@ -8,7 +8,9 @@ use std::time::Duration;
 use fred::prelude::*;
 use futures::future::BoxFuture;
 
-use super::{LeaseError, Leases};
+use super::Leases;
+use crate::redis::redis_error;
+use crate::{Backend, BackendError};
 
 /// Takes or extends the lease for ARGV[1] (ARGV[2]: milliseconds) unless
 /// someone else holds it; 1 or 0.
@@ -31,8 +33,8 @@ fn key(session_id: &str) -> String {
     format!("sluice:{{{session_id}}}:owner")
 }
 
-fn err(e: impl std::fmt::Display) -> LeaseError {
-    LeaseError(e.to_string())
+fn err(e: fred::error::Error) -> BackendError {
+    redis_error(Backend::Leases, e)
 }
 
 impl RedisLeases {
@@ -48,7 +50,7 @@ impl Leases for RedisLeases {
         session_id: &str,
         owner: &str,
         ttl: Duration,
-    ) -> BoxFuture<'static, Result<bool, LeaseError>> {
+    ) -> BoxFuture<'static, Result<bool, BackendError>> {
         let client = self.client.clone();
         let key = key(session_id);
         let args = vec![owner.to_owned(), (ttl.as_millis() as i64).to_string()];
@@ -58,7 +60,11 @@ impl Leases for RedisLeases {
         })
     }
 
-    fn release(&self, session_id: &str, owner: &str) -> BoxFuture<'static, Result<(), LeaseError>> {
+    fn release(
+        &self,
+        session_id: &str,
+        owner: &str,
+    ) -> BoxFuture<'static, Result<(), BackendError>> {
         let client = self.client.clone();
         let key = key(session_id);
         let owner = owner.to_owned();
@@ -71,7 +77,7 @@ impl Leases for RedisLeases {
         })
     }
 
-    fn owner(&self, session_id: &str) -> BoxFuture<'static, Result<Option<String>, LeaseError>> {
+    fn owner(&self, session_id: &str) -> BoxFuture<'static, Result<Option<String>, BackendError>> {
         let client = self.client.clone();
         let key = key(session_id);
         Box::pin(async move { client.get(&key).await.map_err(err) })

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{MessageRecord, SessionRecord, SessionStore, StoreError};
+use super::{MessageRecord, SessionRecord, SessionStore};
+use crate::{Backend, BackendError, ErrorKind};
 
 /// session id → JSON [`SessionRecord`].
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
@@ -57,7 +58,7 @@ impl Drop for Writer {
 struct Save {
     session: SessionRecord,
     messages: Vec<MessageRecord>,
-    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    done: tokio::sync::oneshot::Sender<Result<(), BackendError>>,
 }
 
 /// The writer thread: commits every queued save in one transaction and
@@ -71,44 +72,75 @@ fn run_writer(db: Arc<Database>, saves: std::sync::mpsc::Receiver<Save>) {
                 Err(_) => break,
             }
         }
-        let result = commit_group(&db, &group);
-        for save in group {
-            let _ = save.done.send(result.clone());
+        let results = commit_group(&db, &group);
+        for (save, result) in group.into_iter().zip(results) {
+            let _ = save.done.send(result);
         }
     }
 }
 
-/// Writes each save's session record and messages (skipping sessions deleted
-/// meanwhile), in order, in one transaction.
-fn commit_group(db: &Database, group: &[Save]) -> Result<(), StoreError> {
-    let txn = db.begin_write().map_err(err)?;
-    {
-        let mut sessions = txn.open_table(SESSIONS).map_err(err)?;
-        let mut table = txn.open_table(MESSAGES).map_err(err)?;
-        for save in group {
-            let session = &save.session;
-            if sessions.get(session.id.as_str()).map_err(err)?.is_none() {
-                continue;
-            }
-            sessions
-                .insert(session.id.as_str(), encode(session).as_slice())
-                .map_err(err)?;
-            for m in &save.messages {
-                table
-                    .insert((m.session_id.as_str(), m.id.as_str()), encode(m).as_slice())
+/// Writes each save's session record and messages, in order, in one
+/// transaction, and returns each save's outcome: a session deleted meanwhile
+/// is skipped (`Ok`), a save fenced off is skipped with its error, and a
+/// failed commit fails them all.
+fn commit_group(db: &Database, group: &[Save]) -> Vec<Result<(), BackendError>> {
+    let mut outcomes = Vec::with_capacity(group.len());
+    let committed = (|| {
+        let txn = db.begin_write().map_err(err)?;
+        {
+            let mut sessions = txn.open_table(SESSIONS).map_err(err)?;
+            let mut table = txn.open_table(MESSAGES).map_err(err)?;
+            for save in group {
+                let session = &save.session;
+                let stored_fence = match sessions.get(session.id.as_str()).map_err(err)? {
+                    Some(bytes) => decode::<SessionRecord>(bytes.value())?.fence,
+                    None => {
+                        outcomes.push(Ok(()));
+                        continue;
+                    }
+                };
+                if session.fence < stored_fence {
+                    outcomes.push(Err(super::fenced(session, stored_fence)));
+                    continue;
+                }
+                sessions
+                    .insert(session.id.as_str(), encode(session).as_slice())
                     .map_err(err)?;
+                for m in &save.messages {
+                    table
+                        .insert((m.session_id.as_str(), m.id.as_str()), encode(m).as_slice())
+                        .map_err(err)?;
+                }
+                outcomes.push(Ok(()));
             }
         }
+        txn.commit().map_err(err)
+    })();
+    match committed {
+        Ok(()) => outcomes,
+        Err(e) => group.iter().map(|_| Err(e.clone())).collect(),
     }
-    txn.commit().map_err(err)
 }
 
-fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+/// Classifies a redb failure: a corrupt file stays corrupt, an I/O failure
+/// may pass, anything else is a refused request.
+fn err(e: impl Into<redb::Error>) -> BackendError {
+    let e: redb::Error = e.into();
+    let kind = match &e {
+        redb::Error::Corrupted(_) | redb::Error::UpgradeRequired(_) => ErrorKind::Corrupt,
+        redb::Error::Io(_)
+        | redb::Error::PreviousIo
+        | redb::Error::Backend(_)
+        | redb::Error::DatabaseClosed
+        | redb::Error::DatabaseAlreadyOpen
+        | redb::Error::WouldBlock => ErrorKind::Unavailable,
+        _ => ErrorKind::Rejected,
+    };
+    BackendError::new(Backend::Store, kind, e)
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError(format!("corrupt record: {e}")))
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, BackendError> {
+    serde_json::from_slice(bytes).map_err(|e| BackendError::corrupt(Backend::Store, e))
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
@@ -117,9 +149,15 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 
 impl RedbSessionStore {
     /// Opens (or creates) the database file at `path` and its tables.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)
-            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+    pub fn open(path: &Path) -> Result<Self, BackendError> {
+        let db = Database::create(path).map_err(|e| {
+            let e = err(e);
+            BackendError::new(
+                e.backend,
+                e.kind,
+                format!("cannot open {}: {}", path.display(), e.message),
+            )
+        })?;
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(SESSIONS).map_err(err)?;
         txn.open_table(USER_SESSIONS).map_err(err)?;
@@ -131,7 +169,12 @@ impl RedbSessionStore {
         let thread = std::thread::Builder::new()
             .name("redb-writer".into())
             .spawn(move || run_writer(for_writer, queue))
-            .map_err(|e| StoreError(format!("cannot start the store writer: {e}")))?;
+            .map_err(|e| {
+                BackendError::unavailable(
+                    Backend::Store,
+                    format!("cannot start the store writer: {e}"),
+                )
+            })?;
         let writer = Arc::new(Writer {
             saves: Some(saves),
             thread: Some(thread),
@@ -142,13 +185,15 @@ impl RedbSessionStore {
     /// Runs `f` on the blocking pool with the database.
     fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
-    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        f: impl FnOnce(&Database) -> Result<T, BackendError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, BackendError>> {
         let db = self.db.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || f(&db))
                 .await
-                .map_err(|e| StoreError(format!("store task failed: {e}")))?
+                .map_err(|e| {
+                    BackendError::unavailable(Backend::Store, format!("store task failed: {e}"))
+                })?
         })
     }
 }
@@ -158,7 +203,10 @@ impl SessionStore for RedbSessionStore {
         "redb"
     }
 
-    fn create_session(&self, session: SessionRecord) -> BoxFuture<'static, Result<(), StoreError>> {
+    fn create_session(
+        &self,
+        session: SessionRecord,
+    ) -> BoxFuture<'static, Result<(), BackendError>> {
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
             {
@@ -175,10 +223,39 @@ impl SessionStore for RedbSessionStore {
         })
     }
 
+    fn claim_session(
+        &self,
+        id: &str,
+    ) -> BoxFuture<'static, Result<Option<SessionRecord>, BackendError>> {
+        let id = id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            let claimed = {
+                let mut sessions = txn.open_table(SESSIONS).map_err(err)?;
+                let record = match sessions.get(id.as_str()).map_err(err)? {
+                    Some(bytes) => Some(decode::<SessionRecord>(bytes.value())?),
+                    None => None,
+                };
+                match record {
+                    Some(mut record) => {
+                        record.fence += 1;
+                        sessions
+                            .insert(id.as_str(), encode(&record).as_slice())
+                            .map_err(err)?;
+                        Some(record)
+                    }
+                    None => None,
+                }
+            };
+            txn.commit().map_err(err)?;
+            Ok(claimed)
+        })
+    }
+
     fn get_session(
         &self,
         id: &str,
-    ) -> BoxFuture<'static, Result<Option<SessionRecord>, StoreError>> {
+    ) -> BoxFuture<'static, Result<Option<SessionRecord>, BackendError>> {
         let id = id.to_owned();
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
@@ -195,7 +272,7 @@ impl SessionStore for RedbSessionStore {
         user_id: &str,
         limit: usize,
         before: Option<&str>,
-    ) -> BoxFuture<'static, Result<Vec<SessionRecord>, StoreError>> {
+    ) -> BoxFuture<'static, Result<Vec<SessionRecord>, BackendError>> {
         let user_id = user_id.to_owned();
         let before = before.unwrap_or(ID_MAX).to_owned();
         self.blocking(move |db| {
@@ -217,7 +294,7 @@ impl SessionStore for RedbSessionStore {
         })
     }
 
-    fn delete_session(&self, id: &str) -> BoxFuture<'static, Result<bool, StoreError>> {
+    fn delete_session(&self, id: &str) -> BoxFuture<'static, Result<bool, BackendError>> {
         let id = id.to_owned();
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
@@ -249,7 +326,7 @@ impl SessionStore for RedbSessionStore {
     fn messages(
         &self,
         session_id: &str,
-    ) -> BoxFuture<'static, Result<Vec<MessageRecord>, StoreError>> {
+    ) -> BoxFuture<'static, Result<Vec<MessageRecord>, BackendError>> {
         let session_id = session_id.to_owned();
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
@@ -270,7 +347,7 @@ impl SessionStore for RedbSessionStore {
         &self,
         session: SessionRecord,
         messages: Vec<MessageRecord>,
-    ) -> BoxFuture<'static, Result<(), StoreError>> {
+    ) -> BoxFuture<'static, Result<(), BackendError>> {
         let (done, answer) = tokio::sync::oneshot::channel();
         let queued = self.writer.saves.as_ref().ok_or(()).and_then(|saves| {
             saves
@@ -281,15 +358,14 @@ impl SessionStore for RedbSessionStore {
                 })
                 .map_err(|_| ())
         });
+        let stopped = || BackendError::unavailable(Backend::Store, "the store writer stopped");
         Box::pin(async move {
-            queued.map_err(|_| StoreError("the store writer stopped".into()))?;
-            answer
-                .await
-                .map_err(|_| StoreError("the store writer stopped".into()))?
+            queued.map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())?
         })
     }
 
-    fn ping(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+    fn ping(&self) -> BoxFuture<'static, Result<(), BackendError>> {
         self.blocking(|db| {
             let txn = db.begin_read().map_err(err)?;
             txn.open_table(SESSIONS).map_err(err)?;

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use super::{Bus, BusError, BusMessage, BusReceiver};
+use super::{Bus, BusMessage, BusReceiver};
+use crate::BackendError;
 
 /// A handle on an in-process bus.
 #[derive(Clone, Default)]
@@ -86,7 +87,7 @@ impl Bus for MemoryBus {
         &self,
         channel: &str,
         payload: String,
-    ) -> BoxFuture<'static, Result<usize, BusError>> {
+    ) -> BoxFuture<'static, Result<usize, BackendError>> {
         let mut nodes = Vec::new();
         if let Some(subscribers) = self.hub.lock().channels.get(channel) {
             for s in subscribers {
@@ -100,7 +101,7 @@ impl Bus for MemoryBus {
         Box::pin(futures::future::ready(Ok(nodes.len())))
     }
 
-    fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<BusReceiver, BusError>> {
+    fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<BusReceiver, BackendError>> {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = {
             let mut state = self.hub.lock();

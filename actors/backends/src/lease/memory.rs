@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
-use super::{LeaseError, Leases};
+use super::Leases;
+use crate::BackendError;
 
 /// Leases in a map of session → (owner, expiry).
 #[derive(Default)]
@@ -30,7 +31,7 @@ impl MemoryLeases {
     }
 }
 
-fn ready<T: Send + 'static>(value: T) -> BoxFuture<'static, Result<T, LeaseError>> {
+fn ready<T: Send + 'static>(value: T) -> BoxFuture<'static, Result<T, BackendError>> {
     Box::pin(async move { Ok(value) })
 }
 
@@ -61,11 +62,15 @@ impl Leases for MemoryLeases {
         session_id: &str,
         owner: &str,
         ttl: Duration,
-    ) -> BoxFuture<'static, Result<bool, LeaseError>> {
+    ) -> BoxFuture<'static, Result<bool, BackendError>> {
         ready(self.with(|held| take(held, session_id, owner, ttl)))
     }
 
-    fn release(&self, session_id: &str, owner: &str) -> BoxFuture<'static, Result<(), LeaseError>> {
+    fn release(
+        &self,
+        session_id: &str,
+        owner: &str,
+    ) -> BoxFuture<'static, Result<(), BackendError>> {
         self.with(|held| {
             if held
                 .get(session_id)
@@ -77,7 +82,7 @@ impl Leases for MemoryLeases {
         ready(())
     }
 
-    fn owner(&self, session_id: &str) -> BoxFuture<'static, Result<Option<String>, LeaseError>> {
+    fn owner(&self, session_id: &str) -> BoxFuture<'static, Result<Option<String>, BackendError>> {
         ready(self.with(|held| held.get(session_id).map(|(owner, _)| owner.clone())))
     }
 }

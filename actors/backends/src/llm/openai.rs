@@ -19,7 +19,7 @@ use futures::future::BoxFuture;
 use reqwest_eventsource::{Event, EventSource, retry::Never};
 use sluice_protocol::openai::{ChatRequest, ChunkView};
 
-use super::{ChunkStream, LlmChunk, LlmError, LlmProvider};
+use super::{ChunkStream, LlmChunk, LlmError, LlmProvider, Refusal};
 use crate::secret::Secret;
 
 /// Settings of an [`OpenAiProvider`].
@@ -41,6 +41,9 @@ pub struct OpenAiConfig {
     pub retry_backoff: Duration,
 }
 
+/// Longest wait for the provider's model list when `/ready` checks it.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// An OpenAI-compatible provider. Cloning shares its HTTP clients.
 #[derive(Clone)]
 pub struct OpenAiProvider {
@@ -53,7 +56,10 @@ struct Inner {
     /// The client for threads that have none of their own (never used on
     /// the runtime threads in practice, since those build theirs).
     fallback: reqwest::Client,
+    /// `{base}/chat/completions`.
     url: String,
+    /// `{base}/models`, for checks.
+    models_url: String,
     config: OpenAiConfig,
 }
 
@@ -79,12 +85,15 @@ impl OpenAiProvider {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let fallback = build_client(&config)
             .map_err(|e| LlmError::Upstream(format!("cannot build the HTTP client: {e}")))?;
-        let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
+        let base = config.base_url.trim_end_matches('/');
+        let url = format!("{base}/chat/completions");
+        let models_url = format!("{base}/models");
         Ok(Self {
             inner: Arc::new(Inner {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 fallback,
                 url,
+                models_url,
                 config,
             }),
         })
@@ -107,11 +116,14 @@ impl Inner {
     }
 
     fn post(&self, body: &ChatRequest) -> reqwest::RequestBuilder {
-        let mut builder = self.client().post(&self.url).json(body);
-        if let Some(key) = &self.config.api_key {
-            builder = builder.bearer_auth(key.expose());
+        self.authorized(self.client().post(&self.url).json(body))
+    }
+
+    fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.config.api_key {
+            Some(key) => builder.bearer_auth(key.expose()),
+            None => builder,
         }
-        builder
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -125,20 +137,46 @@ struct Failure {
     retryable: bool,
 }
 
+/// A provider's answer with an error status. A 4xx is the request's fault
+/// and is passed on as a [`Refusal`] with the provider's error object, except
+/// 401 and 403, which refuse Sluice's own key (a server-side failure), and
+/// 408, a timeout. 429 and 5xx may pass, so they are retried first.
 async fn status_failure(status: reqwest::StatusCode, response: reqwest::Response) -> Failure {
-    let body = response.text().await.unwrap_or_default();
-    let detail = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| body.chars().take(300).collect());
-    let message = format!("provider answered {status}: {detail}");
     let code = status.as_u16();
+    let body = response.text().await.unwrap_or_default();
+    let object = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").cloned())
+        .filter(serde_json::Value::is_object);
+    let text = |field: &str| {
+        object
+            .as_ref()
+            .and_then(|o| o.get(field))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    let detail = text("message").unwrap_or_else(|| body.chars().take(300).collect());
+    let message = format!("provider answered {status}: {detail}");
+    let error = match code {
+        408 | 504 => LlmError::Timeout(message),
+        401 | 403 => LlmError::Upstream(format!(
+            "provider refused Sluice's credentials ({status}): {detail}; check SLUICE_LLM_API_KEY"
+        )),
+        400..=499 => LlmError::Refused(Refusal {
+            status: code,
+            message: detail,
+            kind: text("type"),
+            code: object
+                .as_ref()
+                .and_then(|o| o.get("code"))
+                .filter(|c| c.is_string() || c.is_number())
+                .cloned(),
+            param: text("param"),
+        }),
+        _ => LlmError::Upstream(message),
+    };
     Failure {
-        error: if code == 408 || code == 504 {
-            LlmError::Timeout(message)
-        } else {
-            LlmError::Upstream(message)
-        },
+        error,
         retryable: code == 429 || code >= 500,
     }
 }
@@ -340,6 +378,20 @@ impl LlmProvider for OpenAiProvider {
     fn models(&self) -> Vec<String> {
         vec![self.inner.config.default_model.clone()]
     }
+
+    fn check(&self) -> BoxFuture<'static, Result<(), LlmError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let request = inner
+                .authorized(inner.client().get(&inner.models_url))
+                .timeout(CHECK_TIMEOUT);
+            match request.send().await {
+                Ok(response) if response.status().is_success() => Ok(()),
+                Ok(response) => Err(status_failure(response.status(), response).await.error),
+                Err(e) => Err(transport_failure(&e).error),
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -437,6 +489,50 @@ mod tests {
         assert!(
             message.contains("error sending request") && message.contains("closed"),
             "{message}"
+        );
+    }
+
+    /// A provider's 4xx is the request's fault: it is not retried, and it
+    /// keeps the provider's status and error fields.
+    #[tokio::test]
+    async fn a_refusal_keeps_the_providers_status_and_error_fields() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let asked = Arc::new(AtomicU64::new(0));
+        let counter = asked.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                read_request(&mut socket).await;
+                counter.fetch_add(1, Ordering::SeqCst);
+                let body = r#"{"error":{"message":"The model `nope` does not exist","type":"invalid_request_error","param":"model","code":"model_not_found"}}"#;
+                let head = "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\nconnection: close\r\n";
+                let _ = socket
+                    .write_all(
+                        format!("{head}content-length: {}\r\n\r\n{body}", body.len()).as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        let provider = provider(addr);
+        let chunks: Vec<_> = provider.stream(request()).collect().await;
+        let Err(LlmError::Refused(refusal)) = &chunks[0] else {
+            panic!("expected a refusal, got {:?}", chunks[0]);
+        };
+        assert_eq!(refusal.status, 404);
+        assert_eq!(refusal.message, "The model `nope` does not exist");
+        assert_eq!(refusal.kind.as_deref(), Some("invalid_request_error"));
+        assert_eq!(refusal.code, Some(serde_json::json!("model_not_found")));
+        assert_eq!(refusal.param.as_deref(), Some("model"));
+        let whole = provider.complete(request()).await.unwrap_err();
+        assert!(matches!(
+            whole,
+            LlmError::Refused(Refusal { status: 404, .. })
+        ));
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            2,
+            "one request each, no retry"
         );
     }
 }

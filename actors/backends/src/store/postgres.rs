@@ -15,7 +15,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_postgres::{NoTls, Row};
 
-use super::{MessageRecord, SessionRecord, SessionStore, StoreError};
+use super::{MessageRecord, SessionRecord, SessionStore};
+use crate::{Backend, BackendError, ErrorKind};
 
 /// Held (as a transaction-scoped advisory lock) while migrating.
 const MIGRATION_LOCK: i64 = 0x5106_ce00_0000_0001;
@@ -24,9 +25,10 @@ const MIGRATION_LOCK: i64 = 0x5106_ce00_0000_0001;
 const POOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The schema, in order. Never edit an applied migration: add a new one.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE sessions (
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE sessions (
         id text PRIMARY KEY,
         user_id text NOT NULL,
         title text NOT NULL,
@@ -53,7 +55,13 @@ const MIGRATIONS: &[(i32, &str)] = &[(
     );
     CREATE UNIQUE INDEX messages_client_msg_id ON messages (session_id, client_msg_id)
         WHERE client_msg_id IS NOT NULL;",
-)];
+    ),
+    // The owner's claim (see the store's fencing rule).
+    (
+        2,
+        "ALTER TABLE sessions ADD COLUMN fence bigint NOT NULL DEFAULT 0;",
+    ),
+];
 
 /// The PostgreSQL store. Cloning shares the pool.
 #[derive(Clone)]
@@ -61,13 +69,39 @@ pub struct PostgresSessionStore {
     pool: Pool,
 }
 
-fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+/// Classifies a PostgreSQL failure by its SQLSTATE class: a lost
+/// connection (08), a transaction to run again (40), a server out of
+/// resources (53), shutting down (57) or failing (58) can pass; anything
+/// else the server refused is refused again. No SQLSTATE means the
+/// connection itself failed.
+fn err(e: tokio_postgres::Error) -> BackendError {
+    let retryable = match e.code() {
+        None => true,
+        Some(state) => matches!(&state.code()[..2], "08" | "40" | "53" | "57" | "58"),
+    };
+    let kind = if retryable {
+        ErrorKind::Unavailable
+    } else {
+        ErrorKind::Rejected
+    };
+    BackendError::new(Backend::Store, kind, e)
 }
 
-fn timestamp(text: &str) -> Result<OffsetDateTime, StoreError> {
+/// A pooled connection could not be had: the database is down or busy.
+fn pool_err(e: deadpool_postgres::PoolError) -> BackendError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => err(e),
+        other => BackendError::unavailable(Backend::Store, other),
+    }
+}
+
+fn corrupt(message: String) -> BackendError {
+    BackendError::corrupt(Backend::Store, message)
+}
+
+fn timestamp(text: &str) -> Result<OffsetDateTime, BackendError> {
     OffsetDateTime::parse(text, &Rfc3339)
-        .map_err(|e| StoreError(format!("bad timestamp {text:?}: {e}")))
+        .map_err(|e| BackendError::rejected(Backend::Store, format!("bad timestamp {text:?}: {e}")))
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -83,12 +117,12 @@ fn enum_text<T: serde::Serialize>(value: &T) -> String {
         .expect("unit enum serialises to a string")
 }
 
-fn enum_from<T: serde::de::DeserializeOwned>(text: String) -> Result<T, StoreError> {
+fn enum_from<T: serde::de::DeserializeOwned>(text: String) -> Result<T, BackendError> {
     serde_json::from_value(serde_json::Value::String(text.clone()))
-        .map_err(|_| StoreError(format!("unknown stored value {text:?}")))
+        .map_err(|_| corrupt(format!("unknown stored value {text:?}")))
 }
 
-fn session_from(row: &Row) -> Result<SessionRecord, StoreError> {
+fn session_from(row: &Row) -> Result<SessionRecord, BackendError> {
     Ok(SessionRecord {
         id: row.get("id"),
         user_id: row.get("user_id"),
@@ -98,10 +132,11 @@ fn session_from(row: &Row) -> Result<SessionRecord, StoreError> {
         created_at: rfc3339(row.get("created_at")),
         updated_at: rfc3339(row.get("updated_at")),
         last_seq: row.get::<_, i64>("last_seq") as u64,
+        fence: row.get::<_, i64>("fence") as u64,
     })
 }
 
-fn message_from(row: &Row) -> Result<MessageRecord, StoreError> {
+fn message_from(row: &Row) -> Result<MessageRecord, BackendError> {
     let prompt: Option<i64> = row.get("prompt_tokens");
     let completion: Option<i64> = row.get("completion_tokens");
     Ok(MessageRecord {
@@ -123,9 +158,10 @@ fn message_from(row: &Row) -> Result<MessageRecord, StoreError> {
 
 impl PostgresSessionStore {
     /// Builds the pool for `url` and applies the migrations.
-    pub async fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
-        let config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError(format!("bad Postgres URL: {e}")))?;
+    pub async fn connect(url: &str, max_connections: usize) -> Result<Self, BackendError> {
+        let config = tokio_postgres::Config::from_str(url).map_err(|e| {
+            BackendError::rejected(Backend::Store, format!("bad Postgres URL: {e}"))
+        })?;
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -142,7 +178,7 @@ impl PostgresSessionStore {
             .create_timeout(Some(POOL_TIMEOUT))
             .recycle_timeout(Some(POOL_TIMEOUT))
             .build()
-            .map_err(err)?;
+            .map_err(|e| BackendError::rejected(Backend::Store, e))?;
         let store = Self { pool };
         store.migrate().await?;
         Ok(store)
@@ -150,8 +186,8 @@ impl PostgresSessionStore {
 
     /// Applies the migrations not yet applied, once, whatever the number of
     /// replicas starting together.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        let mut client = self.pool.get().await.map_err(err)?;
+    pub async fn migrate(&self) -> Result<(), BackendError> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(err)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
@@ -175,9 +211,14 @@ impl PostgresSessionStore {
             if applied.contains(version) {
                 continue;
             }
-            tx.batch_execute(sql)
-                .await
-                .map_err(|e| StoreError(format!("migration {version}: {e}")))?;
+            tx.batch_execute(sql).await.map_err(|e| {
+                let e = err(e);
+                BackendError::new(
+                    e.backend,
+                    e.kind,
+                    format!("migration {version}: {}", e.message),
+                )
+            })?;
             tx.execute(
                 "INSERT INTO sluice_migrations (version) VALUES ($1)",
                 &[version],
@@ -195,14 +236,17 @@ impl SessionStore for PostgresSessionStore {
         "postgres"
     }
 
-    fn create_session(&self, session: SessionRecord) -> BoxFuture<'static, Result<(), StoreError>> {
+    fn create_session(
+        &self,
+        session: SessionRecord,
+    ) -> BoxFuture<'static, Result<(), BackendError>> {
         let pool = self.pool.clone();
         Box::pin(async move {
-            let client = pool.get().await.map_err(err)?;
+            let client = pool.get().await.map_err(pool_err)?;
             client
                 .execute(
-                    "INSERT INTO sessions (id, user_id, title, model, system_prompt, created_at, updated_at, last_seq)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    "INSERT INTO sessions (id, user_id, title, model, system_prompt, created_at, updated_at, last_seq, fence)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                     &[
                         &session.id,
                         &session.user_id,
@@ -212,6 +256,7 @@ impl SessionStore for PostgresSessionStore {
                         &timestamp(&session.created_at)?,
                         &timestamp(&session.updated_at)?,
                         &(session.last_seq as i64),
+                        &(session.fence as i64),
                     ],
                 )
                 .await
@@ -220,14 +265,33 @@ impl SessionStore for PostgresSessionStore {
         })
     }
 
-    fn get_session(
+    fn claim_session(
         &self,
         id: &str,
-    ) -> BoxFuture<'static, Result<Option<SessionRecord>, StoreError>> {
+    ) -> BoxFuture<'static, Result<Option<SessionRecord>, BackendError>> {
         let pool = self.pool.clone();
         let id = id.to_owned();
         Box::pin(async move {
-            let client = pool.get().await.map_err(err)?;
+            let client = pool.get().await.map_err(pool_err)?;
+            let row = client
+                .query_opt(
+                    "UPDATE sessions SET fence = fence + 1 WHERE id = $1 RETURNING *",
+                    &[&id],
+                )
+                .await
+                .map_err(err)?;
+            row.as_ref().map(session_from).transpose()
+        })
+    }
+
+    fn get_session(
+        &self,
+        id: &str,
+    ) -> BoxFuture<'static, Result<Option<SessionRecord>, BackendError>> {
+        let pool = self.pool.clone();
+        let id = id.to_owned();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(pool_err)?;
             let row = client
                 .query_opt("SELECT * FROM sessions WHERE id = $1", &[&id])
                 .await
@@ -241,12 +305,12 @@ impl SessionStore for PostgresSessionStore {
         user_id: &str,
         limit: usize,
         before: Option<&str>,
-    ) -> BoxFuture<'static, Result<Vec<SessionRecord>, StoreError>> {
+    ) -> BoxFuture<'static, Result<Vec<SessionRecord>, BackendError>> {
         let pool = self.pool.clone();
         let user_id = user_id.to_owned();
         let before = before.map(str::to_owned);
         Box::pin(async move {
-            let client = pool.get().await.map_err(err)?;
+            let client = pool.get().await.map_err(pool_err)?;
             let rows = client
                 .query(
                     "SELECT * FROM sessions WHERE user_id = $1 AND ($2::text IS NULL OR id < $2)
@@ -259,11 +323,11 @@ impl SessionStore for PostgresSessionStore {
         })
     }
 
-    fn delete_session(&self, id: &str) -> BoxFuture<'static, Result<bool, StoreError>> {
+    fn delete_session(&self, id: &str) -> BoxFuture<'static, Result<bool, BackendError>> {
         let pool = self.pool.clone();
         let id = id.to_owned();
         Box::pin(async move {
-            let client = pool.get().await.map_err(err)?;
+            let client = pool.get().await.map_err(pool_err)?;
             let deleted = client
                 .execute("DELETE FROM sessions WHERE id = $1", &[&id])
                 .await
@@ -275,11 +339,11 @@ impl SessionStore for PostgresSessionStore {
     fn messages(
         &self,
         session_id: &str,
-    ) -> BoxFuture<'static, Result<Vec<MessageRecord>, StoreError>> {
+    ) -> BoxFuture<'static, Result<Vec<MessageRecord>, BackendError>> {
         let pool = self.pool.clone();
         let session_id = session_id.to_owned();
         Box::pin(async move {
-            let client = pool.get().await.map_err(err)?;
+            let client = pool.get().await.map_err(pool_err)?;
             let rows = client
                 .query(
                     "SELECT * FROM messages WHERE session_id = $1 ORDER BY id",
@@ -295,15 +359,17 @@ impl SessionStore for PostgresSessionStore {
         &self,
         session: SessionRecord,
         messages: Vec<MessageRecord>,
-    ) -> BoxFuture<'static, Result<(), StoreError>> {
+    ) -> BoxFuture<'static, Result<(), BackendError>> {
         let pool = self.pool.clone();
         Box::pin(async move {
-            let mut client = pool.get().await.map_err(err)?;
+            let mut client = pool.get().await.map_err(pool_err)?;
             let tx = client.transaction().await.map_err(err)?;
+            // The row lock this takes orders the write against a claim: a
+            // claim that committed first makes `fence <= $7` false.
             let updated = tx
                 .execute(
                     "UPDATE sessions SET title = $2, model = $3, system_prompt = $4, updated_at = $5, last_seq = $6
-                     WHERE id = $1",
+                     WHERE id = $1 AND fence <= $7",
                     &[
                         &session.id,
                         &session.title,
@@ -311,13 +377,21 @@ impl SessionStore for PostgresSessionStore {
                         &session.system_prompt,
                         &timestamp(&session.updated_at)?,
                         &(session.last_seq as i64),
+                        &(session.fence as i64),
                     ],
                 )
                 .await
                 .map_err(err)?;
             if updated == 0 {
-                // Deleted meanwhile: a late checkpoint must not bring it back.
-                return Ok(());
+                let stored = tx
+                    .query_opt("SELECT fence FROM sessions WHERE id = $1", &[&session.id])
+                    .await
+                    .map_err(err)?;
+                return match stored {
+                    // Deleted meanwhile: a late checkpoint must not bring it back.
+                    None => Ok(()),
+                    Some(row) => Err(super::fenced(&session, row.get::<_, i64>(0) as u64)),
+                };
             }
             let upsert = tx
                 .prepare(
@@ -355,10 +429,10 @@ impl SessionStore for PostgresSessionStore {
         })
     }
 
-    fn ping(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+    fn ping(&self) -> BoxFuture<'static, Result<(), BackendError>> {
         let pool = self.pool.clone();
         Box::pin(async move {
-            let client = pool.get().await.map_err(err)?;
+            let client = pool.get().await.map_err(pool_err)?;
             client.simple_query("SELECT 1").await.map_err(err)?;
             Ok(())
         })

@@ -23,7 +23,9 @@ use fred::types::{Expiration, SetOptions};
 use futures::future::BoxFuture;
 use sluice_protocol::Event;
 
-use super::{EncodedEvent, EventLog, LogError};
+use super::{EncodedEvent, EventLog};
+use crate::redis::redis_error;
+use crate::{Backend, BackendError};
 
 /// Logs untouched for this long expire (stream and epoch together).
 pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -36,8 +38,8 @@ pub struct RedisEventLog {
     idle_ttl: Duration,
 }
 
-fn err(e: impl std::fmt::Display) -> LogError {
-    LogError(e.to_string())
+fn err(e: fred::error::Error) -> BackendError {
+    redis_error(Backend::EventLog, e)
 }
 
 fn log_key(session_id: &str) -> String {
@@ -65,7 +67,7 @@ impl EventLog for RedisEventLog {
         "redis"
     }
 
-    fn epoch(&self, session_id: &str) -> BoxFuture<'static, Result<String, LogError>> {
+    fn epoch(&self, session_id: &str) -> BoxFuture<'static, Result<String, BackendError>> {
         let client = self.client.clone();
         let key = epoch_key(session_id);
         let ttl = self.idle_ttl.as_secs() as i64;
@@ -90,7 +92,7 @@ impl EventLog for RedisEventLog {
         &self,
         session_id: &str,
         events: Vec<Arc<EncodedEvent>>,
-    ) -> BoxFuture<'static, Result<(), LogError>> {
+    ) -> BoxFuture<'static, Result<(), BackendError>> {
         let client = self.client.clone();
         let log = log_key(session_id);
         let epoch = epoch_key(session_id);
@@ -123,7 +125,7 @@ impl EventLog for RedisEventLog {
         session_id: &str,
         after: u64,
         up_to: u64,
-    ) -> BoxFuture<'static, Result<Vec<Arc<EncodedEvent>>, LogError>> {
+    ) -> BoxFuture<'static, Result<Vec<Arc<EncodedEvent>>, BackendError>> {
         let client = self.client.clone();
         let log = log_key(session_id);
         Box::pin(async move {
@@ -140,9 +142,15 @@ impl EventLog for RedisEventLog {
                     let json = fields
                         .into_iter()
                         .find_map(|(name, value)| (name == "e").then_some(value))
-                        .ok_or_else(|| LogError(format!("log entry {id} has no event")))?;
-                    let event: Event = serde_json::from_str(&json)
-                        .map_err(|e| LogError(format!("log entry {id} is corrupt: {e}")))?;
+                        .ok_or_else(|| {
+                            BackendError::corrupt(
+                                Backend::EventLog,
+                                format!("log entry {id} has no event"),
+                            )
+                        })?;
+                    let event: Event = serde_json::from_str(&json).map_err(|e| {
+                        BackendError::corrupt(Backend::EventLog, format!("log entry {id}: {e}"))
+                    })?;
                     Ok(Arc::new(EncodedEvent {
                         event,
                         json: json.into(),
@@ -152,7 +160,7 @@ impl EventLog for RedisEventLog {
         })
     }
 
-    fn last_seq(&self, session_id: &str) -> BoxFuture<'static, Result<u64, LogError>> {
+    fn last_seq(&self, session_id: &str) -> BoxFuture<'static, Result<u64, BackendError>> {
         let client = self.client.clone();
         let log = log_key(session_id);
         Box::pin(async move {
@@ -166,15 +174,28 @@ impl EventLog for RedisEventLog {
             id.split('-')
                 .next()
                 .and_then(|seq| seq.parse().ok())
-                .ok_or_else(|| LogError(format!("log entry id {id} is not a seq")))
+                .ok_or_else(|| {
+                    BackendError::corrupt(
+                        Backend::EventLog,
+                        format!("log entry id {id} is not a seq"),
+                    )
+                })
         })
     }
 
-    fn remove(&self, session_id: &str) -> BoxFuture<'static, Result<(), LogError>> {
+    fn remove(&self, session_id: &str) -> BoxFuture<'static, Result<(), BackendError>> {
         let client = self.client.clone();
         let keys = vec![log_key(session_id), epoch_key(session_id)];
         Box::pin(async move {
             let _: i64 = client.del(keys).await.map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'static, Result<(), BackendError>> {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let _: String = client.ping(None).await.map_err(err)?;
             Ok(())
         })
     }

@@ -131,6 +131,11 @@ impl LlmProvider for DemoProvider {
     fn models(&self) -> Vec<String> {
         vec![DEMO_MODEL.into()]
     }
+
+    fn check(&self) -> BoxFuture<'static, Result<(), LlmError>> {
+        // In this process: it answers whenever the process does.
+        Box::pin(async { Ok(()) })
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,14 @@
 //! - `save` writes the session record and upserts the messages atomically,
 //!   and is a no-op for a session that no longer exists (a late checkpoint
 //!   never resurrects a deleted session).
+//! - **Fencing.** `claim_session` raises the session's `fence` by one and
+//!   returns the record with it; the fence never goes down. A `save` whose
+//!   record carries a lower fence than the stored one is refused with
+//!   [`ErrorKind::Fenced`](crate::ErrorKind::Fenced), in the same
+//!   transaction that would have written it. A replica claims a session
+//!   when it takes its lease, before reading it; a replica that lost the
+//!   lease without noticing (cut off from Redis) writes with the old fence,
+//!   so nothing it writes after the next owner's claim can land.
 //! - `list_sessions` is newest first (ids are UUIDv7, so by id), paged by
 //!   `before` (an id).
 //! - `messages` is oldest first.
@@ -15,6 +23,8 @@ pub mod redb;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sluice_protocol::{Message, MessageStatus, Role, Session, Usage};
+
+use crate::BackendError;
 
 /// A stored session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +45,10 @@ pub struct SessionRecord {
     pub updated_at: String,
     /// Highest `seq` persisted so far.
     pub last_seq: u64,
+    /// The claim of the replica that owns the session (see the module's
+    /// fencing rule). Records written before fencing existed read as 0.
+    #[serde(default)]
+    pub fence: u64,
 }
 
 impl SessionRecord {
@@ -90,24 +104,29 @@ impl MessageRecord {
     }
 }
 
-/// Why the store failed. Retrying later may help.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
-
 /// Durable storage of sessions and their messages.
 pub trait SessionStore: Send + Sync + 'static {
     /// A short name for `/ready` (`redb`, `postgres`).
     fn name(&self) -> &'static str;
 
     /// Inserts a new session.
-    fn create_session(&self, session: SessionRecord) -> BoxFuture<'static, Result<(), StoreError>>;
+    fn create_session(
+        &self,
+        session: SessionRecord,
+    ) -> BoxFuture<'static, Result<(), BackendError>>;
+
+    /// Claims the session for a new owner: raises its fence by one and
+    /// returns the record with the new fence; `None` if it does not exist.
+    fn claim_session(
+        &self,
+        id: &str,
+    ) -> BoxFuture<'static, Result<Option<SessionRecord>, BackendError>>;
 
     /// The session with this id, whoever owns it.
     fn get_session(
         &self,
         id: &str,
-    ) -> BoxFuture<'static, Result<Option<SessionRecord>, StoreError>>;
+    ) -> BoxFuture<'static, Result<Option<SessionRecord>, BackendError>>;
 
     /// Up to `limit` of the user's sessions older than `before`, newest first.
     fn list_sessions(
@@ -115,32 +134,45 @@ pub trait SessionStore: Send + Sync + 'static {
         user_id: &str,
         limit: usize,
         before: Option<&str>,
-    ) -> BoxFuture<'static, Result<Vec<SessionRecord>, StoreError>>;
+    ) -> BoxFuture<'static, Result<Vec<SessionRecord>, BackendError>>;
 
     /// Deletes the session and its messages; false if it did not exist.
-    fn delete_session(&self, id: &str) -> BoxFuture<'static, Result<bool, StoreError>>;
+    fn delete_session(&self, id: &str) -> BoxFuture<'static, Result<bool, BackendError>>;
 
     /// The session's messages, oldest first.
     fn messages(
         &self,
         session_id: &str,
-    ) -> BoxFuture<'static, Result<Vec<MessageRecord>, StoreError>>;
+    ) -> BoxFuture<'static, Result<Vec<MessageRecord>, BackendError>>;
 
     /// Writes `session` and upserts `messages` in one transaction; nothing if
-    /// the session was deleted.
+    /// the session was deleted; [`ErrorKind::Fenced`](crate::ErrorKind::Fenced)
+    /// if `session.fence` is below the stored fence.
     fn save(
         &self,
         session: SessionRecord,
         messages: Vec<MessageRecord>,
-    ) -> BoxFuture<'static, Result<(), StoreError>>;
+    ) -> BoxFuture<'static, Result<(), BackendError>>;
 
     /// Checks that the store answers.
-    fn ping(&self) -> BoxFuture<'static, Result<(), StoreError>>;
+    fn ping(&self) -> BoxFuture<'static, Result<(), BackendError>>;
 
     /// Connections open and in use, for a pooled store.
     fn pool_status(&self) -> Option<PoolStatus> {
         None
     }
+}
+
+/// A save from an owner whose claim is older than the stored one.
+pub(crate) fn fenced(session: &SessionRecord, stored_fence: u64) -> BackendError {
+    BackendError::new(
+        crate::Backend::Store,
+        crate::ErrorKind::Fenced,
+        format!(
+            "session {} was claimed by another owner (fence {stored_fence}; this write has {})",
+            session.id, session.fence
+        ),
+    )
 }
 
 /// A connection pool's occupancy.
@@ -167,6 +199,7 @@ pub(crate) mod conformance {
             created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),
             last_seq: 0,
+            fence: 0,
         }
     }
 
@@ -242,6 +275,33 @@ pub(crate) mod conformance {
         assert_eq!(messages[1].id, "m2");
         assert_eq!(store.get_session("01").await.unwrap().unwrap().last_seq, 9);
         assert!(store.messages("02").await.unwrap().is_empty());
+
+        // Fencing: a claim raises the fence; a save with an older fence is
+        // refused whole (neither the record nor a message lands), a save with
+        // the current one goes through.
+        let first = store.claim_session("02").await.unwrap().unwrap();
+        let second = store.claim_session("02").await.unwrap().unwrap();
+        assert_eq!(second.fence, first.fence + 1);
+        assert_eq!(second.user_id, "alice");
+        assert!(store.claim_session("99").await.unwrap().is_none());
+        let mut stale = first.clone();
+        stale.last_seq = 50;
+        let refused = store
+            .save(stale, vec![message("02", "m9", MessageStatus::Complete)])
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind, crate::ErrorKind::Fenced);
+        assert!(store.messages("02").await.unwrap().is_empty());
+        assert_eq!(store.get_session("02").await.unwrap().unwrap().last_seq, 0);
+        let mut current = second.clone();
+        current.last_seq = 51;
+        store
+            .save(current, vec![message("02", "m9", MessageStatus::Complete)])
+            .await
+            .unwrap();
+        let stored = store.get_session("02").await.unwrap().unwrap();
+        assert_eq!((stored.last_seq, stored.fence), (51, second.fence));
+        assert_eq!(store.messages("02").await.unwrap().len(), 1);
 
         // Delete removes the session and its messages; a late save does not
         // bring it back.

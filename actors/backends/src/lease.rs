@@ -19,10 +19,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-/// Why the lease store could not answer. Retrying later may help.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("lease store unavailable: {0}")]
-pub struct LeaseError(pub String);
+use crate::BackendError;
 
 /// Per-session ownership leases.
 pub trait Leases: Send + Sync + 'static {
@@ -33,7 +30,7 @@ pub trait Leases: Send + Sync + 'static {
         session_id: &str,
         owner: &str,
         ttl: Duration,
-    ) -> BoxFuture<'static, Result<bool, LeaseError>> {
+    ) -> BoxFuture<'static, Result<bool, BackendError>> {
         self.renew(session_id, owner, ttl)
     }
 
@@ -44,13 +41,17 @@ pub trait Leases: Send + Sync + 'static {
         session_id: &str,
         owner: &str,
         ttl: Duration,
-    ) -> BoxFuture<'static, Result<bool, LeaseError>>;
+    ) -> BoxFuture<'static, Result<bool, BackendError>>;
 
     /// Gives the lease up if `owner` holds it.
-    fn release(&self, session_id: &str, owner: &str) -> BoxFuture<'static, Result<(), LeaseError>>;
+    fn release(
+        &self,
+        session_id: &str,
+        owner: &str,
+    ) -> BoxFuture<'static, Result<(), BackendError>>;
 
     /// The current owner, if any.
-    fn owner(&self, session_id: &str) -> BoxFuture<'static, Result<Option<String>, LeaseError>>;
+    fn owner(&self, session_id: &str) -> BoxFuture<'static, Result<Option<String>, BackendError>>;
 }
 
 /// The conformance suite every [`Leases`] must pass; `make` gives a fresh store.

@@ -1,0 +1,33 @@
+//! Sluice's backends: each role a trait whose doc states its contract, with
+//! an embedded implementation (what `cargo run` uses with no configuration)
+//! and the production one beside it, and one conformance suite that holds
+//! both to the contract.
+//!
+//! | role | trait | embedded | production |
+//! | --- | --- | --- | --- |
+//! | sessions and messages | [`store::SessionStore`] | [`store::redb`] | [`store::postgres`] |
+//! | resumable event log | [`log::EventLog`] | [`log::memory`] | [`log::redis`] |
+//! | messages between replicas | [`bus::Bus`] | [`bus::memory`] | [`bus::redis`] |
+//! | session ownership | [`lease::Leases`] | [`lease::memory`] | [`lease::redis`] |
+//! | the LLM provider | [`llm::LlmProvider`] | [`llm::demo`] | [`llm::openai`] |
+//!
+//! - [`redis`]: a replica's Redis connections, shared by the log, the bus
+//!   and the leases.
+//! - [`probe`]: how each backend is checked for `/ready` and the metrics.
+//! - [`error`]: [`BackendError`], with a kind that says whether retrying helps.
+//! - [`ids`] and [`secret`]: ids and timestamps; secrets kept out of logs.
+//!
+//! This crate knows nothing of actors or HTTP.
+
+pub mod bus;
+pub mod error;
+pub mod ids;
+pub mod lease;
+pub mod llm;
+pub mod log;
+pub mod probe;
+pub mod redis;
+pub mod secret;
+pub mod store;
+
+pub use error::{Backend, BackendError, ErrorKind};

@@ -1,0 +1,145 @@
+//! [`Relay`]: the OpenAI-compatible API's way to the provider, beside
+//! [`Sessions`](crate::Sessions) on the session layer's side, so that what
+//! wraps a provider call (defaults, metrics, and the cache and limits to
+//! come) is written once, here, not in the web layer.
+//!
+//! A request is relayed unchanged but for a missing model; chunks come back
+//! as the provider's JSON text, for the web layer to frame byte for byte.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use prometheus::IntCounter;
+use sluice_backends::llm::{CHUNK_BATCHING, LlmChunk, LlmError, LlmProvider, ready_batches};
+use sluice_protocol::openai::ChatRequest;
+
+use crate::error::SessionError;
+use crate::metrics::{GaugeGuard, Metrics};
+
+/// The relay. Cloning is cheap.
+#[derive(Clone)]
+pub struct Relay {
+    llm: Arc<dyn LlmProvider>,
+    default_model: String,
+    metrics: Metrics,
+}
+
+/// A relayed chat completion.
+pub enum Completion {
+    /// `stream: false`: the provider's `chat.completion` object.
+    Whole(serde_json::Value),
+    /// `stream: true`: the chunks, from the first.
+    Stream(ChunkStream),
+}
+
+/// The chunks of a streamed completion, in batches of what arrived
+/// together. Holding it counts as an open `openai` connection.
+pub struct ChunkStream {
+    first: Option<Vec<Result<String, SessionError>>>,
+    rest: BoxStream<'static, Vec<Result<LlmChunk, LlmError>>>,
+    tokens: IntCounter,
+    metrics: Metrics,
+    _live: GaugeGuard,
+}
+
+impl ChunkStream {
+    /// The next batch: chunk JSON, or an error that ends the stream (it is
+    /// the batch's last item). `None` once the provider has finished.
+    pub async fn next_batch(&mut self) -> Option<Vec<Result<String, SessionError>>> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        let batch = self.rest.next().await?;
+        Some(
+            batch
+                .into_iter()
+                .map(|item| match item {
+                    Ok(chunk) => {
+                        if chunk.view.content().is_some_and(|c| !c.is_empty()) {
+                            self.tokens.inc();
+                        }
+                        Ok(chunk.raw)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "provider failed mid-stream (OpenAI route)");
+                        count_error(&self.metrics, &e);
+                        Err(e.into())
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
+fn count_error(metrics: &Metrics, e: &LlmError) {
+    metrics
+        .upstream_errors_total
+        .with_label_values(&[e.code().as_str()])
+        .inc();
+}
+
+impl Relay {
+    /// A relay to `llm`, with `default_model` for requests that name none.
+    pub fn new(llm: Arc<dyn LlmProvider>, default_model: String, metrics: Metrics) -> Self {
+        Self {
+            llm,
+            default_model,
+            metrics,
+        }
+    }
+
+    /// Relays a chat completion. A streamed one waits for the provider's
+    /// first chunk, so a provider that fails before it is an error here,
+    /// which the web layer answers with a real HTTP status that SDKs raise.
+    pub async fn chat(&self, mut request: ChatRequest) -> Result<Completion, SessionError> {
+        if request.model.as_deref().is_none_or(str::is_empty) {
+            request.model = Some(self.default_model.clone());
+        }
+        if !request.stream {
+            let completion = self.llm.complete(request).await.inspect_err(|e| {
+                tracing::warn!(error = %e, "provider failed (OpenAI route)");
+                count_error(&self.metrics, e);
+            })?;
+            return Ok(Completion::Whole(completion));
+        }
+        let started = Instant::now();
+        let mut upstream = self.llm.stream(request);
+        let first = match upstream.next().await {
+            Some(Ok(chunk)) => chunk,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "provider failed before the first chunk (OpenAI route)");
+                count_error(&self.metrics, &e);
+                return Err(e.into());
+            }
+            None => {
+                return Err(
+                    LlmError::Upstream("provider ended the stream without a chunk".into()).into(),
+                );
+            }
+        };
+        let metrics = &self.metrics;
+        metrics
+            .time_to_first_token_seconds
+            .with_label_values(&["openai"])
+            .observe(started.elapsed().as_secs_f64());
+        let tokens = metrics.tokens_streamed_total.with_label_values(&["openai"]);
+        if first.view.content().is_some_and(|c| !c.is_empty()) {
+            tokens.inc();
+        }
+        Ok(Completion::Stream(ChunkStream {
+            first: Some(vec![Ok(first.raw)]),
+            // Chunks that arrive together leave in one write.
+            rest: ready_batches(upstream, CHUNK_BATCHING),
+            tokens,
+            metrics: metrics.clone(),
+            _live: GaugeGuard::new(metrics.live_connections.with_label_values(&["openai"])),
+        }))
+    }
+
+    /// The models `GET /v1/models` lists.
+    pub fn models(&self) -> Vec<String> {
+        self.llm.models()
+    }
+}

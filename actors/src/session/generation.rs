@@ -1,0 +1,607 @@
+//! A generation, from the send that starts it to the `generation_end` that
+//! says its answer is durable.
+//!
+//! Phases: a send saves its messages ([`Saving`]), then the provider's
+//! stream runs in a task that feeds chunks back ([`Generation`]), then the
+//! final write lands before `generation_end` goes out ([`Finishing`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures::StreamExt;
+use sluice_backends::ErrorKind;
+use sluice_backends::ids::{new_id, now_rfc3339};
+use sluice_backends::llm::{CHUNK_BATCHING, LlmChunk, LlmError, ready_batches};
+use sluice_backends::log::EncodedEvent;
+use sluice_backends::store::MessageRecord;
+use sluice_protocol::event::EventError;
+use sluice_protocol::openai::ChatRequest;
+use sluice_protocol::rest::{SendAccepted, SendMessage};
+use sluice_protocol::{Event, EventBody, FinishReason, MessageStatus, Partial, Role, Usage};
+use tokio::sync::oneshot;
+
+use super::recovery::Retirement;
+use super::{GenerationStep, Phase, SessionActor, prompt};
+use crate::error::SessionError;
+use crate::outbox::OutboxCmd;
+
+/// How often a streaming assistant message is checkpointed to the store.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest automatic title, in characters.
+const AUTO_TITLE_CHARS: usize = 60;
+
+/// A send whose messages are being saved.
+pub(super) struct Saving {
+    /// The sender's idempotency key: a retry with it gets `accepted` again.
+    client_msg_id: Option<String>,
+    /// The answer the send gets once saved.
+    accepted: SendAccepted,
+    /// A cancel arrived meanwhile: the generation ends as soon as it starts.
+    cancelled: bool,
+}
+
+/// A generation in progress.
+pub(super) struct Generation {
+    pub(super) id: Arc<str>,
+    /// Index of its assistant message in `messages`.
+    message_index: usize,
+    /// When the provider was asked, for the time to first token.
+    started: Instant,
+    first_token: bool,
+    usage: Option<Usage>,
+    /// Set when the provider reported why it stopped.
+    finish: Option<FinishReason>,
+    /// The task reading the provider's stream; aborted when the generation
+    /// ends early.
+    pub(super) task: tokio::task::JoinHandle<()>,
+    last_checkpoint: Instant,
+    /// A continuation after a takeover: a failure before its first token
+    /// ends it as `interrupted`, keeping the text so far.
+    continued: bool,
+}
+
+/// A generation that ended, waiting for its final write.
+pub(super) struct Finishing {
+    /// Its text, for the snapshots of subscribers joining meanwhile.
+    partial: Partial,
+    /// The `seq` of its `generation_end`, already allocated.
+    pub(super) end_seq: u64,
+}
+
+/// How a generation ended, for [`SessionActor::settle`].
+pub(super) struct Ending {
+    pub(super) generation_id: Arc<str>,
+    pub(super) message_index: usize,
+    pub(super) usage: Option<Usage>,
+    pub(super) reason: FinishReason,
+    pub(super) error: Option<EventError>,
+}
+
+/// What a generation's stream produced.
+pub enum Step {
+    /// Chunks that arrived together; an error is last and ends the stream.
+    Chunks(Vec<Result<LlmChunk, LlmError>>),
+    /// The stream ended normally.
+    Done,
+}
+
+/// A send prepared while its messages are saved.
+struct Prepared {
+    user: MessageRecord,
+    assistant: MessageRecord,
+    generation_id: String,
+    new_title: Option<String>,
+    /// The provider's stream, asked for while the save runs, and the gate
+    /// that lets its chunks through once the save has landed.
+    early: Option<(tokio::task::JoinHandle<()>, oneshot::Sender<()>)>,
+    started: Instant,
+}
+
+impl SessionActor {
+    /// A send: refused unless [`Phase::Idle`] (or answered again for a
+    /// known `client_msg_id`); otherwise the user message is saved with a
+    /// `streaming` assistant message, and the generation starts once the
+    /// save lands.
+    pub(super) fn send(
+        &mut self,
+        message: SendMessage,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<SendAccepted, SessionError>> {
+        let answer = |result| Box::pin(fut::ready(result)) as ResponseActFuture<Self, _>;
+        if matches!(self.phase, Phase::Stopping) {
+            return answer(Err(SessionError::Retired));
+        }
+        if let Some(id) = &message.client_msg_id {
+            if let Some(accepted) = self.sent.get(id) {
+                return answer(Ok(accepted.clone()));
+            }
+            if let Phase::Saving(saving) = &self.phase
+                && saving.client_msg_id.as_deref() == Some(id.as_str())
+            {
+                return answer(Ok(saving.accepted.clone()));
+            }
+        }
+        if self.draining {
+            return answer(Err(SessionError::Overloaded(
+                "the server is shutting down".into(),
+            )));
+        }
+        if !matches!(self.phase, Phase::Idle) {
+            return answer(Err(SessionError::Conflict));
+        }
+        self.touch();
+        let now = now_rfc3339();
+        let generation_id = new_id();
+        let user = MessageRecord {
+            id: new_id(),
+            session_id: self.record.id.clone(),
+            role: Role::User,
+            content: message.content,
+            attachments: message.attachments,
+            status: MessageStatus::Complete,
+            created_at: now.clone(),
+            client_msg_id: message.client_msg_id.clone(),
+            generation_id: Some(generation_id.clone()),
+            usage: None,
+        };
+        let assistant = MessageRecord {
+            id: new_id(),
+            session_id: self.record.id.clone(),
+            role: Role::Assistant,
+            content: String::new(),
+            attachments: Vec::new(),
+            status: MessageStatus::Streaming,
+            created_at: now.clone(),
+            client_msg_id: None,
+            generation_id: Some(generation_id.clone()),
+            usage: None,
+        };
+        let accepted = SendAccepted {
+            message_id: user.id.clone(),
+            generation_id: generation_id.clone(),
+        };
+        self.phase = Phase::Saving(Saving {
+            client_msg_id: message.client_msg_id,
+            accepted: accepted.clone(),
+            cancelled: false,
+        });
+        let new_title = self.record.title.is_empty().then(|| {
+            let title: String = user.content.trim().chars().take(AUTO_TITLE_CHARS).collect();
+            title.split_whitespace().collect::<Vec<_>>().join(" ")
+        });
+        if let Some(title) = &new_title {
+            self.record.title = title.clone();
+        }
+        self.record.updated_at = now;
+        // The user message is durable before its generation starts; the
+        // assistant message is stored as `streaming` in the same transaction.
+        // The provider is asked meanwhile, so its time to first token hides
+        // the save, but none of its chunks is handled before the save lands.
+        // After a failed save the store is likely still down: the provider
+        // is asked only once a save lands, so an outage costs no requests.
+        let record = self.record_now();
+        let saved = self
+            .writer
+            .save_acked(record, vec![user.clone(), assistant.clone()]);
+        let started = Instant::now();
+        let early = (!self.last_save_failed).then(|| {
+            let history = self.messages.iter().chain([&user]);
+            let request = prompt::chat_request(&self.record, history, &self.deps.config, None);
+            let (open, gate) = oneshot::channel();
+            let task = self.spawn_stream(ctx, &generation_id, request, Some(gate));
+            (task, open)
+        });
+        let prepared = Prepared {
+            user,
+            assistant,
+            generation_id,
+            new_title,
+            early,
+            started,
+        };
+        Box::pin(
+            saved
+                .into_actor(self)
+                .map(move |saved, act, ctx| act.on_send_saved(ctx, saved, prepared, accepted)),
+        )
+    }
+
+    /// The send's save has landed (or failed): start its generation.
+    fn on_send_saved(
+        &mut self,
+        ctx: &mut Context<Self>,
+        saved: Result<(), sluice_backends::BackendError>,
+        prepared: Prepared,
+        accepted: SendAccepted,
+    ) -> Result<SendAccepted, SessionError> {
+        let Phase::Saving(saving) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            // The actor began stopping meanwhile (drained past its grace,
+            // deleted, or lost to another replica): nothing starts here. A
+            // save that landed left a `streaming` answer that the session's
+            // next owner takes over.
+            self.phase = Phase::Stopping;
+            if let Some((task, _)) = prepared.early {
+                task.abort();
+            }
+            return saved.map(|()| accepted).map_err(SessionError::from);
+        };
+        self.last_save_failed = saved.is_err();
+        if let Err(e) = saved {
+            if let Some((task, _)) = prepared.early {
+                task.abort();
+            }
+            self.become_idle();
+            if e.kind == ErrorKind::Fenced {
+                self.retire(ctx, Retirement::Lost);
+            }
+            return Err(e.into());
+        }
+        let Prepared {
+            user,
+            assistant,
+            generation_id,
+            new_title,
+            early,
+            started,
+        } = prepared;
+        self.emit(EventBody::UserMessage {
+            message: user.to_message(),
+        });
+        if let Some(title) = new_title.filter(|t| !t.is_empty()) {
+            self.emit(EventBody::Title { title });
+        }
+        self.messages.push(user);
+        self.messages.push(assistant);
+        if let Some(id) = saving.client_msg_id {
+            self.sent.insert(id, accepted.clone());
+        }
+        let index = self.messages.len() - 1;
+        let task = match early {
+            Some((task, open)) => {
+                // The task is gone already only if it was aborted.
+                let _ = open.send(());
+                task
+            }
+            None => {
+                let request = self.request_for(index, false);
+                self.spawn_stream(ctx, &generation_id, request, None)
+            }
+        };
+        self.start_generation(generation_id.into(), index, false, task, started);
+        if saving.cancelled {
+            self.finish(ctx, FinishReason::Cancelled, None);
+        }
+        Ok(accepted)
+    }
+
+    /// Stops the running generation; a send still saving is cancelled as
+    /// soon as its generation starts.
+    pub(super) fn cancel(&mut self, ctx: &mut Context<Self>) -> Result<(), SessionError> {
+        self.touch();
+        match &mut self.phase {
+            Phase::Stopping => return Err(SessionError::Retired),
+            Phase::Saving(saving) => saving.cancelled = true,
+            Phase::Generating(_) => self.finish(ctx, FinishReason::Cancelled, None),
+            Phase::Idle | Phase::Finishing(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The prompt for the assistant message at `message_index`: the
+    /// conversation before it, and for a continuation its text so far.
+    pub(super) fn request_for(&self, message_index: usize, continuation: bool) -> ChatRequest {
+        let history = self
+            .messages
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != message_index)
+            .map(|(_, m)| m);
+        let so_far = continuation.then(|| self.messages[message_index].content.as_str());
+        prompt::chat_request(&self.record, history, &self.deps.config, so_far)
+    }
+
+    /// Starts reading the provider's stream for `request` in a task that
+    /// hands chunks to this actor as [`GenerationStep`]s. With a `gate`, the
+    /// provider is asked at once but nothing reaches the actor until the gate
+    /// opens; a gate dropped unopened ends the task.
+    pub(super) fn spawn_stream(
+        &self,
+        ctx: &Context<Self>,
+        generation_id: &str,
+        request: ChatRequest,
+        gate: Option<oneshot::Receiver<()>>,
+    ) -> tokio::task::JoinHandle<()> {
+        // Chunks that arrive together make one actor message.
+        let mut stream = ready_batches(self.deps.llm.stream(request), CHUNK_BATCHING);
+        let addr = ctx.address();
+        let id: Arc<str> = generation_id.into();
+        actix_rt::spawn(async move {
+            let mut held = None;
+            if let Some(mut gate) = gate {
+                tokio::select! {
+                    biased;
+                    open = &mut gate => if open.is_err() { return },
+                    first = stream.next() => {
+                        held = Some(first);
+                        if gate.await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let mut next = match held {
+                Some(first) => first,
+                None => stream.next().await,
+            };
+            while let Some(chunks) = next {
+                let failed = chunks.iter().any(Result::is_err);
+                addr.do_send(GenerationStep {
+                    generation_id: id.clone(),
+                    step: Step::Chunks(chunks),
+                });
+                if failed {
+                    return;
+                }
+                next = stream.next().await;
+            }
+            addr.do_send(GenerationStep {
+                generation_id: id,
+                step: Step::Done,
+            });
+        })
+    }
+
+    /// Makes `task` (from [`Self::spawn_stream`]) the running generation of
+    /// the assistant message at `message_index`, asked of the provider at
+    /// `started`. A continuation (after a takeover) emits no new
+    /// `generation_start`: clients see one generation go on.
+    pub(super) fn start_generation(
+        &mut self,
+        id: Arc<str>,
+        message_index: usize,
+        continuation: bool,
+        task: tokio::task::JoinHandle<()>,
+        started: Instant,
+    ) {
+        if !continuation {
+            let message_id = self.messages[message_index].id.clone();
+            self.emit(EventBody::GenerationStart {
+                generation_id: id.to_string(),
+                message_id,
+                model: self.record.model.clone(),
+            });
+        }
+        self.phase = Phase::Generating(Generation {
+            id,
+            message_index,
+            started,
+            first_token: false,
+            usage: None,
+            finish: None,
+            task,
+            last_checkpoint: Instant::now(),
+            continued: continuation,
+        });
+    }
+
+    /// A step of the running generation's stream.
+    pub(super) fn on_step(&mut self, ctx: &mut Context<Self>, msg: GenerationStep) {
+        let reported = match &self.phase {
+            Phase::Generating(generation) if generation.id == msg.generation_id => {
+                generation.finish
+            }
+            // A late step of a generation that already ended.
+            _ => return,
+        };
+        self.touch();
+        match msg.step {
+            Step::Chunks(chunks) => {
+                for chunk in chunks {
+                    match chunk {
+                        Ok(chunk) => self.on_chunk(chunk),
+                        Err(error) => return self.on_stream_error(ctx, error),
+                    }
+                }
+            }
+            Step::Done => self.finish(ctx, reported.unwrap_or(FinishReason::Stop), None),
+        }
+    }
+
+    fn on_chunk(&mut self, chunk: LlmChunk) {
+        let Phase::Generating(generation) = &mut self.phase else {
+            return;
+        };
+        if let Some(usage) = chunk.view.usage {
+            generation.usage = Some(usage.into());
+        }
+        if let Some(reason) = chunk.view.finish_reason() {
+            generation.finish = Some(reason);
+        }
+        let Some(text) = chunk.view.content().filter(|t| !t.is_empty()) else {
+            return;
+        };
+        let metrics = &self.deps.metrics;
+        if !generation.first_token {
+            generation.first_token = true;
+            metrics
+                .time_to_first_token_seconds
+                .with_label_values(&["session"])
+                .observe(generation.started.elapsed().as_secs_f64());
+        }
+        metrics
+            .tokens_streamed_total
+            .with_label_values(&["session"])
+            .inc();
+        let generation_id = generation.id.clone();
+        let index = generation.message_index;
+        let checkpoint = generation.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
+        if checkpoint {
+            generation.last_checkpoint = Instant::now();
+        }
+        self.messages[index].content.push_str(text);
+        self.emit(EventBody::Token {
+            generation_id,
+            delta: text.to_owned(),
+        });
+        if checkpoint {
+            let record = self.record_now();
+            self.writer.save(record, vec![self.messages[index].clone()]);
+        }
+    }
+
+    /// The provider's stream failed: the generation ends with the error.
+    fn on_stream_error(&mut self, ctx: &mut Context<Self>, error: LlmError) {
+        let code = error.code();
+        self.deps
+            .metrics
+            .upstream_errors_total
+            .with_label_values(&[code.as_str()])
+            .inc();
+        tracing::warn!(session_id = %self.record.id, %error, "generation failed");
+        // A continuation that cannot start keeps the answer so far.
+        let reason = match &self.phase {
+            Phase::Generating(g) if g.continued && !g.first_token => FinishReason::Interrupted,
+            _ => FinishReason::Error,
+        };
+        self.finish(
+            ctx,
+            reason,
+            Some(EventError {
+                code,
+                message: error.to_string(),
+            }),
+        );
+    }
+
+    /// Ends the running generation for `reason`.
+    pub(super) fn finish(
+        &mut self,
+        ctx: &mut Context<Self>,
+        reason: FinishReason,
+        error: Option<EventError>,
+    ) {
+        if !matches!(self.phase, Phase::Generating(_)) {
+            return;
+        }
+        let Phase::Generating(generation) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            unreachable!("checked above");
+        };
+        generation.task.abort();
+        self.settle(
+            ctx,
+            Ending {
+                generation_id: generation.id,
+                message_index: generation.message_index,
+                usage: generation.usage,
+                reason,
+                error,
+            },
+        );
+    }
+
+    /// Settles an ended generation's assistant message and emits
+    /// `generation_end` once the final message is durable, so a client that
+    /// sees the end can rely on the stored answer. The event's `seq` is
+    /// allocated now, so the persisted `last_seq` includes it; until the
+    /// write lands the actor is [`Phase::Finishing`], where sends conflict,
+    /// so no other event can take a `seq` in between.
+    pub(super) fn settle(&mut self, ctx: &mut Context<Self>, ending: Ending) {
+        let message = &mut self.messages[ending.message_index];
+        message.status = status_for(ending.reason);
+        message.usage = ending.usage;
+        let message = message.clone();
+        self.last_seq += 1;
+        let end = Arc::new(EncodedEvent::new(Event {
+            seq: self.last_seq,
+            body: EventBody::GenerationEnd {
+                generation_id: ending.generation_id.to_string(),
+                message_id: message.id.clone(),
+                finish_reason: ending.reason,
+                usage: ending.usage,
+                error: ending.error,
+            },
+        }));
+        self.deps
+            .metrics
+            .generations_total
+            .with_label_values(&[finish_reason_label(ending.reason)])
+            .inc();
+        self.record.updated_at = now_rfc3339();
+        self.phase = Phase::Finishing(Finishing {
+            partial: Partial {
+                generation_id: ending.generation_id.to_string(),
+                message_id: message.id.clone(),
+                content: message.content.clone(),
+            },
+            end_seq: self.last_seq,
+        });
+        let record = self.record_now();
+        let saved = self.writer.save_acked(record, vec![message]);
+        ctx.spawn(saved.into_actor(self).map(move |saved, act, ctx| {
+            if !matches!(act.phase, Phase::Finishing(_)) {
+                // Stopping meanwhile: the session was deleted or lost.
+                return;
+            }
+            match saved {
+                Ok(()) => {}
+                Err(e) if e.kind == ErrorKind::Fenced => {
+                    // Another replica owns the answer now; it says how it ends.
+                    act.retire(ctx, Retirement::Lost);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(session_id = %act.record.id, error = %e, "the final answer was not saved");
+                }
+            }
+            let _ = act.outbox.send(OutboxCmd::Event(end));
+            act.become_idle();
+            act.touch();
+        }));
+    }
+
+    /// The running (or finishing) generation's text so far.
+    pub(super) fn partial(&self) -> Option<Partial> {
+        match &self.phase {
+            Phase::Finishing(finishing) => Some(finishing.partial.clone()),
+            Phase::Generating(generation) => {
+                let message = &self.messages[generation.message_index];
+                Some(Partial {
+                    generation_id: generation.id.to_string(),
+                    message_id: message.id.clone(),
+                    content: message.content.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The running generation's assistant message, to save as a checkpoint.
+    pub(super) fn generating_message(&self) -> Option<MessageRecord> {
+        match &self.phase {
+            Phase::Generating(generation) => Some(self.messages[generation.message_index].clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The stored status of an answer that ended for `reason`.
+pub(super) fn status_for(reason: FinishReason) -> MessageStatus {
+    match reason {
+        FinishReason::Stop | FinishReason::Length => MessageStatus::Complete,
+        FinishReason::Cancelled => MessageStatus::Cancelled,
+        FinishReason::Error => MessageStatus::Error,
+        FinishReason::Interrupted => MessageStatus::Interrupted,
+    }
+}
+
+fn finish_reason_label(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Cancelled => "cancelled",
+        FinishReason::Error => "error",
+        FinishReason::Interrupted => "interrupted",
+    }
+}

@@ -1,0 +1,324 @@
+//! How a session outlives a replica, and how its actor stops.
+//!
+//! - **Repair and takeover** (at start): a replica that died left messages
+//!   `streaming`. The last one is rebuilt from its checkpoint plus the
+//!   logged tokens after it and continued, in the provider's way
+//!   ([`Continuation`]), or ended `interrupted` with its text kept; older
+//!   ones are settled as `interrupted`.
+//! - **Drain and handover** (at shutdown): a send being saved and a running
+//!   generation get the grace period; a generation still running after it
+//!   is saved as a checkpoint holding every token and left to the next
+//!   owner (with other replicas), or ended `interrupted` (alone).
+//! - **Retirement**: every way to stop, in one place, so the lease is given
+//!   back before the registry hears the actor is gone.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use sluice_backends::log::EncodedEvent;
+use sluice_backends::store::{MessageRecord, SessionRecord};
+use sluice_protocol::{EventBody, FinishReason, MessageStatus};
+use tokio::sync::oneshot;
+
+use super::generation::{Ending, status_for};
+use super::{Phase, Retired, SessionActor};
+use crate::Continuation;
+use crate::outbox::OutboxCmd;
+use crate::subscriber::CloseReason;
+
+/// What start-up does about a replica that died.
+pub(super) struct Recovery {
+    /// Older messages found `streaming`, or whose end is in the log, to
+    /// save settled.
+    repaired: Vec<MessageRecord>,
+    /// The generation left running, to continue or end.
+    takeover: Option<Takeover>,
+}
+
+/// A generation to pick up after a takeover.
+struct Takeover {
+    generation_id: Arc<str>,
+    message_index: usize,
+    /// Whether the answer so far is known exactly, so asking the provider to
+    /// continue it gives one whole answer.
+    continuable: bool,
+}
+
+/// Why an actor stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Retirement {
+    /// Nobody watched it and nothing ran for the idle timeout.
+    Idle,
+    /// Graceful shutdown drained it.
+    Drained,
+    /// The session was deleted: subscribers are told, nothing is flushed.
+    Deleted,
+    /// Another replica owns the session now (its lease moved, or a write
+    /// was fenced off): nothing more is written.
+    Lost,
+}
+
+/// Rebuilds, in `messages`, what a replica that died left unfinished: the
+/// last `streaming` message gets the logged tokens after its checkpoint;
+/// one whose end is in the log is settled; older ones are interrupted.
+pub(super) fn plan(
+    record: &SessionRecord,
+    messages: &mut [MessageRecord],
+    log_last_seq: u64,
+    tail: Option<&[Arc<EncodedEvent>]>,
+) -> Recovery {
+    let mut repaired = Vec::new();
+    let mut takeover = None;
+    let last_streaming = messages
+        .iter()
+        .rposition(|m| m.status == MessageStatus::Streaming);
+    for (i, m) in messages.iter_mut().enumerate() {
+        if m.status != MessageStatus::Streaming {
+            continue;
+        }
+        let generation_id = m.generation_id.clone().unwrap_or_default();
+        if Some(i) != last_streaming || generation_id.is_empty() {
+            m.status = MessageStatus::Interrupted;
+            repaired.push(m.clone());
+            continue;
+        }
+        // The checkpoint holds every token up to `record.last_seq`; the
+        // log holds the ones after it, if it kept them all.
+        let from = record.last_seq;
+        let events = tail.unwrap_or_default();
+        let complete = log_last_seq <= from
+            || (tail.is_some()
+                && events.len() as u64 == log_last_seq - from
+                && events.first().is_some_and(|e| e.seq() == from + 1));
+        let mut ended = None;
+        if complete {
+            for e in events {
+                match &e.event.body {
+                    EventBody::Token {
+                        generation_id: g,
+                        delta,
+                    } if **g == *generation_id => m.content.push_str(delta),
+                    EventBody::GenerationEnd {
+                        generation_id: g,
+                        finish_reason,
+                        usage,
+                        ..
+                    } if *g == generation_id => ended = Some((*finish_reason, *usage)),
+                    _ => {}
+                }
+            }
+        }
+        if let Some((reason, usage)) = ended {
+            // It ended and said so; only the final write was lost.
+            m.status = status_for(reason);
+            m.usage = usage;
+            repaired.push(m.clone());
+            continue;
+        }
+        takeover = Some(Takeover {
+            generation_id: generation_id.into(),
+            message_index: i,
+            continuable: complete,
+        });
+    }
+    Recovery { repaired, takeover }
+}
+
+impl SessionActor {
+    /// Does what [`plan`] found at start.
+    pub(super) fn recover(&mut self, ctx: &mut Context<Self>, recovery: Recovery) {
+        if !recovery.repaired.is_empty() {
+            tracing::info!(session_id = %self.record.id, count = recovery.repaired.len(), "settled messages left unfinished");
+            let record = self.record_now();
+            self.writer.save(record, recovery.repaired);
+        }
+        if let Some(takeover) = recovery.takeover {
+            self.take_over(ctx, takeover);
+        }
+    }
+
+    /// Picks up a generation a replica that died left running: continues it
+    /// from the answer so far, or ends it as `interrupted` where the answer
+    /// so far is not known exactly or the provider's way to continue is not
+    /// configured.
+    fn take_over(&mut self, ctx: &mut Context<Self>, takeover: Takeover) {
+        let continues = takeover.continuable && self.deps.config.continuation != Continuation::Off;
+        let outcome = if continues {
+            "continued"
+        } else {
+            "interrupted"
+        };
+        self.deps
+            .metrics
+            .takeovers_total
+            .with_label_values(&[outcome])
+            .inc();
+        tracing::info!(
+            session_id = %self.record.id,
+            generation_id = %takeover.generation_id,
+            outcome,
+            "took over a running generation"
+        );
+        if continues {
+            let request = self.request_for(takeover.message_index, true);
+            let task = self.spawn_stream(ctx, &takeover.generation_id, request, None);
+            self.start_generation(
+                takeover.generation_id,
+                takeover.message_index,
+                true,
+                task,
+                Instant::now(),
+            );
+        } else {
+            self.settle(
+                ctx,
+                Ending {
+                    generation_id: takeover.generation_id,
+                    message_index: takeover.message_index,
+                    usage: None,
+                    reason: FinishReason::Interrupted,
+                    error: None,
+                },
+            );
+        }
+    }
+
+    /// Graceful shutdown (see [`super::Drain`]).
+    pub(super) fn drain(&mut self, grace: Duration) -> ResponseActFuture<Self, ()> {
+        self.draining = true;
+        let idle = self.when_idle();
+        Box::pin(
+            async move {
+                if let Some(idle) = idle {
+                    let _ = tokio::time::timeout(grace, idle).await;
+                }
+            }
+            .into_actor(self)
+            .then(|_, act, ctx| {
+                match act.phase {
+                    Phase::Generating(_) if act.deps.cluster.is_shared() => act.hand_over(),
+                    Phase::Generating(_) => act.finish(ctx, FinishReason::Interrupted, None),
+                    _ => {}
+                }
+                // A `generation_end` waiting for its write reaches the outbox
+                // before the actor retires, so it is logged before the lease
+                // is given back. A send still saving after the grace is not
+                // waited for: retiring flushes it, and its answer is left
+                // `streaming` for the next owner.
+                let finishing = match act.phase {
+                    Phase::Finishing(_) => act.when_idle(),
+                    _ => None,
+                };
+                async move {
+                    if let Some(finishing) = finishing {
+                        let _ = finishing.await;
+                    }
+                }
+                .into_actor(act)
+            })
+            .then(|_, act, ctx| {
+                let retired = act.retire(ctx, Retirement::Drained);
+                async move {
+                    let _ = retired.await;
+                }
+                .into_actor(act)
+            }),
+        )
+    }
+
+    /// Shutdown outlasted the grace period with a generation running and
+    /// other replicas to take it: stop the provider's stream and save the
+    /// answer so far as a checkpoint holding every token (still
+    /// `streaming`), so that the next owner continues it exactly where it
+    /// stopped.
+    fn hand_over(&mut self) {
+        let Some(message) = self.generating_message() else {
+            return;
+        };
+        if let Phase::Generating(generation) = &self.phase {
+            generation.task.abort();
+            tracing::info!(session_id = %self.record.id, generation_id = %generation.id, "handing a running generation over");
+        }
+        self.deps.metrics.handovers_total.inc();
+        let record = self.record_now();
+        self.writer.save(record, vec![message]);
+        self.become_idle();
+    }
+
+    /// Stops the actor for `why`: ends what runs; unless the session is
+    /// lost or deleted, waits until every write has landed and every event
+    /// is logged; gives the lease back, tells the registry, and stops. The returned receiver fires once it is done (at once if the
+    /// actor was already stopping).
+    pub(super) fn retire(
+        &mut self,
+        ctx: &mut Context<Self>,
+        why: Retirement,
+    ) -> oneshot::Receiver<()> {
+        let (done, retired) = oneshot::channel();
+        if matches!(self.phase, Phase::Stopping) {
+            return retired;
+        }
+        if let Phase::Generating(generation) = &self.phase {
+            generation.task.abort();
+        }
+        if why == Retirement::Lost {
+            tracing::error!(session_id = %self.record.id, "another replica owns this session now; stopping without writing");
+            self.deps.metrics.lease_losses_total.inc();
+        }
+        self.phase = Phase::Stopping;
+        // A drain waiting for the phase to settle goes on.
+        for waiter in self.idle_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+        // Subscribers of a deleted session are told so; those of a lost one
+        // resume from their cursor wherever the session lives now. Either
+        // way the events not yet logged are dropped: a lost session's next
+        // owner allocates those seqs itself.
+        match why {
+            Retirement::Deleted => {
+                let _ = self.outbox.send(OutboxCmd::Close(CloseReason::Deleted));
+            }
+            Retirement::Lost => {
+                let _ = self.outbox.send(OutboxCmd::Close(CloseReason::Resume));
+            }
+            Retirement::Idle | Retirement::Drained => {}
+        }
+        let settled = matches!(why, Retirement::Idle | Retirement::Drained).then(|| {
+            let record = self.record_now();
+            let flushed = self.writer.flush(record);
+            let (reached, logged) = oneshot::channel();
+            let _ = self.outbox.send(OutboxCmd::Barrier { reached });
+            async move {
+                flushed.await;
+                let _ = logged.await;
+            }
+        });
+        let cluster = self.deps.cluster.clone();
+        let on_retired = self.on_retired.clone();
+        let session_id = self.record.id.clone();
+        let addr = ctx.address();
+        ctx.spawn(
+            async move {
+                if let Some(settled) = settled {
+                    settled.await;
+                }
+                // Before the registry hears of it: a new actor for this
+                // session may start as soon as it does, and must find the
+                // lease free, not released under it.
+                if let Err(e) = cluster
+                    .leases()
+                    .release(&session_id, cluster.replica_id())
+                    .await
+                {
+                    tracing::warn!(session_id, error = %e, "lease not released; it expires by itself");
+                }
+                on_retired.do_send(Retired { session_id, addr });
+                let _ = done.send(());
+            }
+            .into_actor(self)
+            .map(|_, _, ctx| ctx.stop()),
+        );
+        retired
+    }
+}

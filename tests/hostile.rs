@@ -1,0 +1,277 @@
+//! What a hostile client cannot do: grow the server's memory through its
+//! metrics, drive local mode from another web site, hold connections with
+//! bodies that never arrive, or crash the server with its configuration.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::SinkExt;
+use serde_json::{Value, json};
+use sluice_test_support::client::WsClient;
+use sluice_test_support::harness::Harness;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// Longest wait for the server to answer or close (a hang guard).
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+/// Sends `request` as it is on a new connection; what the server wrote
+/// before it closed the connection (or stopped writing for the hang guard).
+async fn raw(h: &Harness, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(h.sluice.addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    read_until_closed(&mut stream).await
+}
+
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(ANSWER_WITHIN, stream.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the connection was still open after {ANSWER_WITHIN:?}: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn status_of(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"))
+}
+
+fn envelope_of(answer: &str) -> Value {
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+}
+
+/// Methods are a metric label; a client may send any token as one. Each
+/// random method would have been a new series for good (2,000 of 60 KB
+/// grew `/metrics` to 120 MB); they fold into `other`.
+#[tokio::test]
+async fn random_methods_do_not_grow_the_metrics() {
+    let h = Harness::start(BIN);
+    let before = h.metrics().await.len();
+    for i in 0..50 {
+        let method = format!("M{i}{}", "X".repeat(4000));
+        let answer = raw(
+            &h,
+            format!(
+                "{method} /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(status_of(&answer), 405, "{answer}");
+    }
+    let metrics = h.metrics().await;
+    assert!(!metrics.contains("XXXX"), "a method became a label");
+    assert!(
+        metrics.contains(
+            r#"sluice_http_requests_total{method="other",route="/v1/sessions",status="405"} 50"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.len() < before + 4096,
+        "{} -> {} bytes",
+        before,
+        metrics.len()
+    );
+}
+
+/// Local mode (no token) serves its own machine's browser, not the web
+/// pages in it: a foreign `Host` (DNS rebinding) or `Origin` is refused,
+/// and so is a JSON route's body a cross-site form can send.
+#[tokio::test]
+async fn local_mode_refuses_other_sites() {
+    let h = Harness::start(BIN);
+    let id = h.create_session("fake:tokens=3").await;
+    let forbidden = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), 403);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    };
+    // DNS rebinding: the page's own host name, now pointing here.
+    let listed = h
+        .http
+        .get(h.url("/v1/sessions"))
+        .header("Host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    forbidden(listed).await;
+    for origin in ["https://evil.example", "null"] {
+        let response = h
+            .http
+            .post(h.url("/v1/sessions"))
+            .header("Origin", origin)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        forbidden(response).await;
+        let mut request = h.ws_url(&id, "").into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().unwrap());
+        let refused = tokio_tungstenite::connect_async(request).await;
+        let Err(tokio_tungstenite::tungstenite::Error::Http(response)) = refused else {
+            panic!("a WebSocket from {origin} was accepted");
+        };
+        assert_eq!(response.status(), 403);
+    }
+    // The page's own origin is welcome.
+    let own = format!("http://{}", h.sluice.addr);
+    let response = h
+        .http
+        .post(h.url("/v1/sessions"))
+        .header("Origin", &own)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    // Bodies a cross-site form can send without CORS are not JSON here.
+    let asked = h.upstream.requests().len();
+    for (path, body) in [
+        ("/v1/sessions".to_owned(), r#"{"title":"x"}"#),
+        (
+            format!("/v1/sessions/{id}/messages"),
+            r#"{"content":"spend"}"#,
+        ),
+        (
+            "/v1/chat/completions".to_owned(),
+            r#"{"messages":[{"role":"user","content":"spend"}]}"#,
+        ),
+    ] {
+        for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+            let response = h
+                .http
+                .post(h.url(&path))
+                .header("Content-Type", content_type)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 415, "{path} as {content_type}");
+            let error: Value = response.json().await.unwrap();
+            assert_eq!(error["error"]["code"], "unsupported_media_type");
+        }
+    }
+    assert_eq!(h.upstream.requests().len(), asked, "no tokens were spent");
+}
+
+/// A request body that stops arriving is answered `408` in the envelope and
+/// its connection closed, as a request head that stops arriving is: many of
+/// them cannot hold the server's connections.
+#[tokio::test]
+async fn a_stalled_body_is_answered_and_its_connection_closed() {
+    let h = Harness::start(BIN);
+    // The head, then the start of a body that never ends.
+    let head = |path: &str, framing: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{framing}\r\n\r\n{body}"
+        )
+    };
+    let started = Instant::now();
+    let stalled: Vec<_> = [
+        head("/v1/sessions", "Content-Length: 1000", "{"),
+        head("/v1/sessions", "Content-Length: 1000", ""),
+        head(
+            "/v1/chat/completions",
+            "Transfer-Encoding: chunked",
+            "10\r\n{\"messages\"",
+        ),
+    ]
+    .into_iter()
+    .map(|request| {
+        let addr = h.sluice.addr;
+        tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            read_until_closed(&mut stream).await
+        })
+    })
+    .collect();
+    for answer in stalled {
+        let answer = answer.await.unwrap();
+        assert_eq!(status_of(&answer), 408, "{answer}");
+        assert_eq!(envelope_of(&answer)["error"]["code"], "request_timeout");
+    }
+    eprintln!("stalled bodies answered after {:?}", started.elapsed());
+    // A route that reads no body answers at once, and does not keep the
+    // connection waiting for the rest.
+    for framing in [
+        "Content-Length: 1000",
+        "Transfer-Encoding: chunked\r\n\r\n10",
+    ] {
+        let request = format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n{framing}\r\n\r\n{{");
+        let answer = raw(&h, request.as_bytes()).await;
+        assert_eq!(status_of(&answer), 200, "{answer}");
+    }
+}
+
+/// A text message may arrive in fragments, and a character may be split
+/// between two of them: the message is checked as UTF-8 once it is whole.
+#[tokio::test]
+async fn a_fragmented_message_may_split_a_character() {
+    let h = Harness::start(BIN);
+    let id = h.create_session("fake:tokens=2").await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(h.ws_url(&id, ""))
+        .await
+        .unwrap();
+    let text = r#"{"type":"send","content":"h€llo"}"#.as_bytes();
+    let split = text.iter().position(|b| *b == 0xE2).unwrap() + 1;
+    let fragment = |payload: &[u8], opcode, last| {
+        Message::Frame(Frame::message(payload.to_vec(), opcode, last))
+    };
+    ws.send(fragment(&text[..split], OpCode::Data(Data::Text), false))
+        .await
+        .unwrap();
+    ws.send(fragment(&text[split..], OpCode::Data(Data::Continue), true))
+        .await
+        .unwrap();
+    let mut client = WsClient::from_stream(ws);
+    let frames = client.until("user_message").await;
+    assert!(frames.iter().all(|f| f["type"] != "error"), "{frames:?}");
+    assert_eq!(frames.last().unwrap()["message"]["content"], "h€llo");
+}
+
+/// A bad configuration value is one line naming the variable and what it
+/// accepts, exit status 2, and never a panic or a backtrace.
+#[test]
+fn bad_configuration_values_are_one_line_errors() {
+    for (name, value) in [
+        ("SLUICE_LEASE_SECONDS", "-1"),
+        ("SLUICE_LEASE_SECONDS", "nan"),
+        ("SLUICE_LEASE_SECONDS", "1e30"),
+        ("SLUICE_REQUEST_TIMEOUT_SECONDS", "inf"),
+        ("SLUICE_WORKERS", "100000000"),
+        ("SLUICE_CONTINUATION", "sometimes"),
+    ] {
+        let output = Command::new(BIN)
+            .env_clear()
+            .env("RUST_BACKTRACE", "1")
+            .env("SLUICE_DATA_DIR", tempfile::tempdir().unwrap().path())
+            .env(name, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}={value}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{name}={value}: {stderr}");
+        assert!(stderr.starts_with(&format!("sluice: {name}=")), "{stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{stderr}"
+        );
+    }
+}
