@@ -123,8 +123,21 @@ def test_upstream_error_is_raised(client):
         raise AssertionError("no error raised")
 
 
+def test_provider_refusal_is_raised_as_such(client):
+    # The provider's 404 reaches the SDK as its own error, which SDKs do not
+    # retry (a 502 they would, three times).
+    try:
+        client.chat.completions.create(model="fake:status=404", messages=[{"role": "user", "content": "hi"}])
+    except openai.NotFoundError as e:
+        assert e.code == "fake_refusal", e.body
+        assert e.param == "model", e.body
+    else:
+        raise AssertionError("no error raised")
+
+
 def test_models(client):
     assert [m.id for m in client.models.list().data] == ["fake:tokens=25"]
+    assert client.models.retrieve("fake:tokens=25").id == "fake:tokens=25"
 
 
 class Cluster:
@@ -147,7 +160,7 @@ def main():
             token = mint("sdk-user") if jwt else "local"
             client = OpenAI(base_url=procs.base_url, api_key=token, max_retries=0)
             tests = [test_streaming, test_streaming_usage, test_non_streaming_and_default_model,
-                     test_upstream_error_is_raised, test_models]
+                     test_upstream_error_is_raised, test_provider_refusal_is_raised_as_such, test_models]
             for test in tests:
                 name = f"{test.__name__}[{mode}]"
                 try:

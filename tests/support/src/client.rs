@@ -81,10 +81,12 @@ impl WsClient {
         self.stream.send(message).await
     }
 
-    /// The next text frame as JSON, or the close; pings are skipped.
+    /// The next text frame as JSON, or the close; pings are skipped (the
+    /// hang guard counts from the call, so pings cannot keep it waiting).
     pub async fn next(&mut self) -> WsFrame {
+        let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
         loop {
-            let message = tokio::time::timeout(FRAME_TIMEOUT, self.stream.next())
+            let message = tokio::time::timeout_at(deadline, self.stream.next())
                 .await
                 .expect("a frame within the timeout");
             match message {
