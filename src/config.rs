@@ -472,7 +472,8 @@ impl Config {
     }
 
     /// Reads variables through `lookup` (tests pass a map). A variable set
-    /// to only spaces counts as unset.
+    /// to only spaces counts as unset; values are read without their
+    /// surrounding spaces, except secrets, which are taken as they are.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut config = Self::before_defaults();
         for var in VARS {
@@ -480,8 +481,15 @@ impl Config {
                 .chain(var.aliases.iter().copied())
                 .find_map(|name| {
                     let value = lookup(name)?;
-                    let value = value.trim();
-                    (!value.is_empty()).then(|| (name, value.to_owned()))
+                    if value.trim().is_empty() {
+                        return None;
+                    }
+                    let value = if is_secret(var.name) {
+                        value
+                    } else {
+                        value.trim().to_owned()
+                    };
+                    Some((name, value))
                 });
             let (name, value) = match (set, &var.default) {
                 (Some(set), _) => set,
@@ -490,7 +498,7 @@ impl Config {
             };
             (var.parse)(&mut config, &value).map_err(|reason| ConfigError {
                 name,
-                value: if is_secret(var.name) {
+                value: if may_hold_secret(var.name) {
                     "[redacted]".into()
                 } else {
                     value.chars().take(100).collect()
@@ -499,9 +507,16 @@ impl Config {
             })?;
         }
         if config.metrics_addr.is_none() {
+            // All interfaces, as the seed deployment means; loopback in
+            // local mode, which serves no other machine.
+            let host = if config.jwt_secret.is_some() {
+                [0, 0, 0, 0]
+            } else {
+                [127, 0, 0, 1]
+            };
             config.metrics_addr = config
                 .metrics_port
-                .map(|port| SocketAddr::from(([0, 0, 0, 0], port)));
+                .map(|port| SocketAddr::from((host, port)));
         }
         config.validate()?;
         Ok(config)
@@ -516,6 +531,16 @@ impl Config {
                 reason: "local mode (no SLUICE_JWT_SECRET) listens on loopback only, since every \
                          request is user `local`; set SLUICE_JWT_SECRET or SLUICE_ADDR=127.0.0.1:PORT"
                     .into(),
+            });
+        }
+        if let Some(addr) = self.metrics_addr
+            && self.jwt_secret.is_none()
+            && !addr.ip().is_loopback()
+        {
+            return Err(ConfigError {
+                name: "SLUICE_METRICS_ADDR",
+                value: addr.to_string(),
+                reason: "local mode (no SLUICE_JWT_SECRET) listens on loopback only".into(),
             });
         }
         Ok(())
@@ -552,9 +577,28 @@ impl Config {
     }
 }
 
-/// Whether a variable's value must not be repeated in an error.
+/// Whether a variable's value is a secret: never repeated in an error, and
+/// taken as it is (spaces may be part of it).
 fn is_secret(name: &str) -> bool {
-    name.contains("SECRET") || name.contains("KEY") || name.contains("_URL")
+    name.contains("SECRET") || name.contains("KEY")
+}
+
+/// Whether a variable's value may hold a secret (a URL's password): never
+/// repeated in an error.
+fn may_hold_secret(name: &str) -> bool {
+    is_secret(name) || name.ends_with("_URL")
+}
+
+/// `url` with any `user:password@` replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://[redacted]@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 fn address(text: &str) -> Result<SocketAddr, String> {
@@ -682,7 +726,15 @@ mod tests {
         let c = config(&[("OPENAI_MODEL", "m1"), ("SLUICE_LLM_MODEL", "m2")]).unwrap();
         assert_eq!(c.llm_model(), "m2");
         let c = config(&[("METRICS_PORT", "9100")]).unwrap();
+        assert_eq!(c.metrics_addr.unwrap().to_string(), "127.0.0.1:9100");
+        let c = config(&[
+            ("METRICS_PORT", "9100"),
+            ("JWT_SECRET", " a secret, spaces and all "),
+            ("SLUICE_ADDR", "0.0.0.0:8080"),
+        ])
+        .unwrap();
         assert_eq!(c.metrics_addr.unwrap().to_string(), "0.0.0.0:9100");
+        assert_eq!(c.jwt_secret.unwrap().expose(), " a secret, spaces and all ");
         let c = config(&[
             ("METRICS_PORT", "9100"),
             ("SLUICE_METRICS_ADDR", "127.0.0.1:9200"),
@@ -744,6 +796,7 @@ mod tests {
             ("REDIS_URL", "http://127.0.0.1"),
             ("METRICS_PORT", "99999"),
             ("SLUICE_JWT_SECRET", "short"),
+            ("SLUICE_METRICS_ADDR", "0.0.0.0:9100"),
         ] {
             let err = config(&[(name, value)]).expect_err(&format!("{name}={value}"));
             let text = err.to_string();
@@ -753,6 +806,16 @@ mod tests {
         // A secret is never repeated back.
         let err = config(&[("JWT_SECRET", "hunter2")]).unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn urls_are_logged_without_their_password() {
+        assert_eq!(
+            redact_url("https://user:pw@llm.example/v1"),
+            "https://[redacted]@llm.example/v1"
+        );
+        assert_eq!(redact_url("http://llm.example/v1"), "http://llm.example/v1");
+        assert_eq!(redact_url("http://h/v1?a=b@c"), "http://h/v1?a=b@c");
     }
 
     #[test]

@@ -46,7 +46,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 fn llm_provider(config: &Config) -> anyhow::Result<Arc<dyn LlmProvider>> {
     Ok(match &config.llm_base_url {
         Some(base_url) => {
-            tracing::info!(%base_url, model = %config.llm_model(), continuation = ?config.continuation, "LLM provider: OpenAI-compatible");
+            tracing::info!(
+                base_url = %crate::config::redact_url(base_url),
+                model = %config.llm_model(),
+                continuation = ?config.continuation,
+                "LLM provider: OpenAI-compatible"
+            );
             Arc::new(OpenAiProvider::new(OpenAiConfig {
                 base_url: base_url.clone(),
                 api_key: config.llm_api_key.clone(),

@@ -11,7 +11,7 @@ use sluice_test_support::client::{SseClient, WsClient, WsFrame, token_text};
 use sluice_test_support::cluster::{ClusterOptions, LEASE_SECONDS, TestCluster};
 use sluice_test_support::expected_text;
 use sluice_test_support::fake_upstream::FakeOptions;
-use sluice_test_support::rest::{assert_store_unavailable, settled_answer};
+use sluice_test_support::rest::{assert_store_unavailable, ready_when, settled_answer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -515,9 +515,7 @@ async fn with_postgres_down_sends_are_overloaded_and_service_returns() {
     let asked = c.upstream.requests().len();
     assert!(asked <= 1, "the provider was asked {asked} times");
     for i in 0..3 {
-        let ready = c.http.get(c.url(i, "/ready")).send().await.unwrap();
-        assert_eq!(ready.status(), 503);
-        let ready: Value = ready.json().await.unwrap();
+        let ready = ready_when(&c.http, &c.url(i, ""), 503).await;
         assert_eq!(ready["backends"]["store"]["state"], "down");
         assert_eq!(ready["backends"]["redis"]["state"], "up");
     }
@@ -528,8 +526,7 @@ async fn with_postgres_down_sends_are_overloaded_and_service_returns() {
     );
     c.postgres.resume();
     for i in 0..3 {
-        let ready = c.http.get(c.url(i, "/ready")).send().await.unwrap();
-        assert_eq!(ready.status(), 200);
+        ready_when(&c.http, &c.url(i, ""), 200).await;
     }
     let metrics = c.metrics(0).await;
     for line in [
@@ -715,23 +712,13 @@ async fn deleting_a_session_tells_its_subscribers_on_every_replica() {
 #[tokio::test]
 async fn ready_reports_each_backend_from_its_own_check() {
     let mut c = TestCluster::start(BIN, 1, &[]);
-    let ready: Value = c
-        .http
-        .get(c.url(0, "/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = ready_when(&c.http, &c.url(0, ""), 200).await;
     assert_eq!(
         ready["backends"]["event_log"],
         json!({"kind": "redis", "state": "up"})
     );
     c.redis.stop();
-    let response = c.http.get(c.url(0, "/ready")).send().await.unwrap();
-    assert_eq!(response.status(), 503);
-    let ready: Value = response.json().await.unwrap();
+    let ready = ready_when(&c.http, &c.url(0, ""), 503).await;
     for backend in ["redis", "event_log"] {
         assert_eq!(
             ready["backends"][backend]["state"], "down",
@@ -740,17 +727,5 @@ async fn ready_reports_each_backend_from_its_own_check() {
     }
     assert_eq!(ready["backends"]["store"]["state"], "up");
     c.redis.resume();
-    let deadline = Instant::now() + RECONNECT_FOR;
-    while c
-        .http
-        .get(c.url(0, "/ready"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        != 200
-    {
-        assert!(Instant::now() < deadline, "never ready again");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ready_when(&c.http, &c.url(0, ""), 200).await;
 }

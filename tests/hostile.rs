@@ -280,3 +280,37 @@ fn bad_configuration_values_are_one_line_errors() {
         );
     }
 }
+
+/// A cursor is a seq, at most 2^63 - 1: a larger one is refused (it used to
+/// wrap around to `gap from_seq 0`, or panic in a debug build), and a
+/// `resume` frame with one ends its connection, which has no stream left.
+#[tokio::test]
+async fn cursors_beyond_the_largest_seq_are_refused() {
+    let h = Harness::start(BIN);
+    let id = h.create_session("fake:tokens=2").await;
+    let huge = u64::MAX;
+    let response = h
+        .http
+        .get(h.events_url(&id, &format!("?after={huge}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(
+        WsClient::connect(&h.ws_url(&id, &format!("?after={huge}")))
+            .await
+            .is_err()
+    );
+    let mut ws = WsClient::connect(&h.ws_url(&id, "")).await.unwrap();
+    ws.until("snapshot").await;
+    ws.send_json(json!({"type": "resume", "after": huge})).await;
+    let frame = ws.next_json().await;
+    assert_eq!(
+        (frame["type"].as_str(), frame["code"].as_str()),
+        (Some("error"), Some("bad_request")),
+        "{frame}"
+    );
+    assert!(
+        matches!(ws.next().await, sluice_test_support::client::WsFrame::Closed(Some(close)) if u16::from(close.code) == 1013)
+    );
+}

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use sluice_test_support::client::{SseClient, WsClient, WsFrame, token_text};
 use sluice_test_support::expected_text;
 use sluice_test_support::harness::Harness;
-use sluice_test_support::rest::{assert_store_unavailable, settled_answer};
+use sluice_test_support::rest::{assert_store_unavailable, ready_when, settled_answer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const SECRET: &str = "test-secret-0123456789";
@@ -550,9 +550,7 @@ async fn with_postgres_down_sends_are_overloaded_and_service_returns_by_itself()
     db.stop();
     let response = h.send(&id, "while down", None).await;
     assert_store_unavailable(response).await;
-    let ready = h.http.get(h.url("/ready")).send().await.unwrap();
-    assert_eq!(ready.status(), 503);
-    let ready: Value = ready.json().await.unwrap();
+    let ready = ready_when(&h.http, &h.url(""), 503).await;
     assert_eq!(ready["backends"]["store"]["state"], "down");
     assert!(
         ready["backends"]["store"]["error"]
@@ -564,10 +562,7 @@ async fn with_postgres_down_sends_are_overloaded_and_service_returns_by_itself()
     assert_eq!(ws.next_json().await, json!({"type": "pong"}));
 
     db.resume();
-    assert_eq!(
-        h.http.get(h.url("/ready")).send().await.unwrap().status(),
-        200
-    );
+    ready_when(&h.http, &h.url(""), 200).await;
     assert_eq!(h.send(&id, "after", None).await.status(), 202);
     let frames = ws.until("generation_end").await;
     assert_eq!(token_text(&frames), expected_text(3));
@@ -647,4 +642,42 @@ async fn deleting_a_session_tells_its_subscribers() {
     assert_eq!(event.event, "error");
     assert_eq!(event.data["code"], "not_found");
     assert!(sse.next().await.is_none(), "then the stream ends");
+}
+
+/// An answer whose final write failed (PostgreSQL was down as it ended) is
+/// written once the store is back: the next write of the session carries
+/// it (here, the flush as the idle session retires).
+#[tokio::test]
+async fn a_final_answer_whose_write_failed_is_written_when_the_store_returns() {
+    let mut db = sluice_test_support::postgres::TestPostgres::start();
+    let h = Harness::start_with(
+        BIN,
+        &[
+            ("SLUICE_POSTGRES_URL", &db.url()),
+            ("SLUICE_SESSION_IDLE_SECONDS", "1"),
+        ],
+    );
+    let (id, mut ws) = h.session_with_ws("fake:tokens=30,delay_ms=50", "go").await;
+    ws.until("token").await;
+    db.stop();
+    let frames = ws.until("generation_end").await;
+    assert_eq!(frames.last().unwrap()["finish_reason"], "stop");
+    ws.close().await;
+    db.resume();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let query = format!(
+        "SELECT status || ' ' || content FROM messages WHERE session_id = '{id}' AND role = 'assistant'"
+    );
+    loop {
+        let stored = db.psql(&query);
+        if stored.starts_with("complete") {
+            assert_eq!(stored, format!("complete {}", expected_text(30)));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the answer was never written: {stored:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use sluice_backends::BackendError;
 use sluice_backends::bus::Bus;
 use sluice_backends::log::{EncodedEvent, EventLog};
+use sluice_backends::{BackendError, ErrorKind};
 
 use crate::cluster::events_channel;
 use crate::subscriber::{CloseReason, SubscriberQueue};
@@ -60,13 +60,26 @@ pub struct Sinks {
     pub log: Arc<dyn EventLog>,
     /// The bus.
     pub bus: Arc<dyn Bus>,
+    /// The session actor's claim, carried on every append.
+    pub fence: u64,
+}
+
+/// A running outbox: where commands go, and what fires if the log refuses
+/// an append as fenced (another replica claimed the session; the events
+/// that were refused reach nobody).
+pub struct Spawned {
+    /// Commands, in order.
+    pub commands: mpsc::UnboundedSender<OutboxCmd>,
+    /// Fires once if the log fences the outbox off.
+    pub fenced: oneshot::Receiver<()>,
 }
 
 /// Starts the outbox task of `session_id` on the current arbiter.
-pub fn spawn(session_id: String, sinks: Sinks) -> mpsc::UnboundedSender<OutboxCmd> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    actix_rt::spawn(run(session_id, sinks, rx));
-    tx
+pub fn spawn(session_id: String, sinks: Sinks) -> Spawned {
+    let (commands, rx) = mpsc::unbounded_channel();
+    let (fenced_tx, fenced) = oneshot::channel();
+    actix_rt::spawn(run(session_id, sinks, rx, fenced_tx));
+    Spawned { commands, fenced }
 }
 
 /// The outbox task's state.
@@ -77,17 +90,25 @@ struct Outbox {
     channel: String,
     /// After a log or bus failure: until when to deliver without them.
     down_until: Option<Instant>,
+    /// Told (once) when the log fences this outbox off.
+    on_fenced: Option<oneshot::Sender<()>>,
     /// Events waiting for the next flush.
     events: Vec<Arc<EncodedEvent>>,
     subscribers: Vec<Arc<SubscriberQueue>>,
 }
 
-async fn run(session_id: String, sinks: Sinks, mut rx: mpsc::UnboundedReceiver<OutboxCmd>) {
+async fn run(
+    session_id: String,
+    sinks: Sinks,
+    mut rx: mpsc::UnboundedReceiver<OutboxCmd>,
+    on_fenced: oneshot::Sender<()>,
+) {
     let mut outbox = Outbox {
         channel: events_channel(&session_id),
         session_id,
         sinks,
         down_until: None,
+        on_fenced: Some(on_fenced),
         events: Vec::with_capacity(MAX_BATCH),
         subscribers: Vec::new(),
     };
@@ -129,15 +150,31 @@ impl Outbox {
         if self.events.is_empty() {
             return;
         }
+        if self.on_fenced.is_none() {
+            // Fenced off before: these events are another owner's seqs.
+            self.events.clear();
+            return;
+        }
         if self.down_until.is_some_and(|until| Instant::now() < until) {
             // The log or bus failed a moment ago: local subscribers get the
             // events without waiting; resumes across these seqs see a gap,
             // and subscribers on other replicas a hole (they resume).
-        } else if let Err(e) = self.log_and_publish().await {
-            tracing::warn!(session_id = %self.session_id, error = %e, "events not logged or published");
-            self.down_until = Some(Instant::now() + RETRY_AFTER);
         } else {
-            self.down_until = None;
+            match self.log_and_publish().await {
+                Ok(()) => self.down_until = None,
+                Err(e) if e.kind == ErrorKind::Fenced => {
+                    tracing::error!(session_id = %self.session_id, error = %e, "events refused: another replica owns this session");
+                    if let Some(fenced) = self.on_fenced.take() {
+                        let _ = fenced.send(());
+                    }
+                    self.events.clear();
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(session_id = %self.session_id, error = %e, "events not logged or published");
+                    self.down_until = Some(Instant::now() + RETRY_AFTER);
+                }
+            }
         }
         for event in self.events.drain(..) {
             self.subscribers.retain(|queue| queue.push(&event));
@@ -148,7 +185,7 @@ impl Outbox {
         let events = &self.events;
         self.sinks
             .log
-            .append(&self.session_id, events.clone())
+            .append(&self.session_id, self.sinks.fence, events.clone())
             .await?;
         // One message per batch: the events' JSON, one per line.
         let mut payload = String::with_capacity(events.iter().map(|e| e.json.len() + 1).sum());

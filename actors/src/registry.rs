@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use sluice_backends::BackendError;
@@ -193,14 +194,16 @@ async fn load(
     }
 }
 
-/// Claims the session (raising its fence, so a previous owner's late writes
-/// are refused from now on) and reads what its actor starts from.
+/// Claims the session in the store and then in the log (raising its fence,
+/// so a previous owner's late writes and events are refused from now on),
+/// and reads what its actor starts from.
 async fn read(deps: &SessionDeps, session_id: &str) -> Result<Loaded, SessionError> {
     let Some(record) = deps.store.claim_session(session_id).await? else {
         return Err(SessionError::NotFound);
     };
-    let messages = deps.store.messages(session_id).await?;
     let log = &deps.log;
+    log.claim(session_id, record.fence).await?;
+    let messages = deps.store.messages(session_id).await?;
     let epoch = log.epoch(session_id).await?;
     let log_last_seq = log.last_seq(session_id).await?;
     let left_running = messages
@@ -223,6 +226,10 @@ async fn read(deps: &SessionDeps, session_id: &str) -> Result<Loaded, SessionErr
     })
 }
 
+/// Longest a lookup waits for a session's load or retirement to end; the
+/// store's and Redis's own timeouts end both well before.
+const SLOT_WAIT: Duration = Duration::from_secs(30);
+
 /// Waits for `rx`, then asks the registry again.
 fn look_again(
     rx: oneshot::Receiver<()>,
@@ -230,7 +237,11 @@ fn look_again(
     lookup: Lookup,
 ) -> ResponseActFuture<SessionRegistry, Result<Route, SessionError>> {
     Box::pin(fut::wrap_future(async move {
-        let _ = rx.await;
+        if tokio::time::timeout(SLOT_WAIT, rx).await.is_err() {
+            return Err(SessionError::Overloaded(
+                "the session is still loading or stopping; retry".into(),
+            ));
+        }
         registry.send(lookup).await?
     }))
 }
@@ -355,19 +366,26 @@ impl Handler<Retired> for SessionRegistry {
 impl Handler<Remove> for SessionRegistry {
     type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, msg: Remove, _: &mut Self::Context) -> Self::Result {
-        let addr = match self.slots.get(&msg.session_id) {
-            Some(Slot::Live { addr, .. } | Slot::Stopping { addr, .. }) => Some(addr.clone()),
-            Some(Slot::Loading { .. }) | None => None,
-        };
-        Box::pin(
-            async move {
-                if let Some(addr) = addr {
-                    let _ = addr.send(Terminate).await;
-                }
+    /// Terminates the session's actor; a load under way is waited for, and
+    /// the actor it starts terminated.
+    fn handle(&mut self, msg: Remove, ctx: &mut Self::Context) -> Self::Result {
+        let addr = match self.slots.get_mut(&msg.session_id) {
+            Some(Slot::Live { addr, .. } | Slot::Stopping { addr, .. }) => addr.clone(),
+            Some(Slot::Loading { waiters }) => {
+                let (tx, rx) = oneshot::channel();
+                waiters.push(tx);
+                let registry = ctx.address();
+                return Box::pin(fut::wrap_future(async move {
+                    if tokio::time::timeout(SLOT_WAIT, rx).await.is_ok() {
+                        let _ = registry.send(msg).await;
+                    }
+                }));
             }
-            .into_actor(self),
-        )
+            None => return Box::pin(fut::ready(())),
+        };
+        Box::pin(fut::wrap_future(async move {
+            let _ = addr.send(Terminate).await;
+        }))
     }
 }
 

@@ -42,6 +42,15 @@ use generation::{Finishing, Generation, Saving};
 use recovery::{Recovery, Retirement};
 use writer::Writer;
 
+/// What an actor does once it has started.
+struct Startup {
+    /// What a replica that died left behind: settle its unfinished
+    /// messages, take over its generation.
+    recovery: Recovery,
+    /// Fires if the log fences the outbox off.
+    outbox_fenced: oneshot::Receiver<()>,
+}
+
 /// How often an actor checks whether it has been idle long enough to stop.
 const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -81,8 +90,8 @@ pub struct SessionActor {
     /// Graceful shutdown began: sends are refused while the phase runs on
     /// to [`Phase::Idle`] (within the grace period).
     draining: bool,
-    /// Told when the phase next becomes [`Phase::Idle`] (a drain waits).
-    idle_waiters: Vec<oneshot::Sender<()>>,
+    /// Told when the phase next comes to what each waits for (a drain).
+    phase_waiters: Vec<(Awaited, oneshot::Sender<()>)>,
     /// The last send's save failed, so the store is likely down: the next
     /// send asks the provider only once its own save lands, so an outage
     /// costs no provider requests.
@@ -99,9 +108,8 @@ pub struct SessionActor {
     /// registry forgets it (and may start a new one).
     on_retired: Recipient<Retired>,
     deps: Arc<SessionDeps>,
-    /// What start-up must do about a replica that died: settle its
-    /// unfinished messages, take over its generation.
-    recovery: Option<Recovery>,
+    /// What `started` does; taken there.
+    startup: Option<Startup>,
     /// Keeps `sluice_live_sessions` counting this actor.
     _live: GaugeGuard,
 }
@@ -121,7 +129,33 @@ enum Phase {
     Finishing(Finishing),
     /// The actor is stopping: every command is answered
     /// [`SessionError::Retired`], so callers go back to the registry.
-    Stopping,
+    Stopping {
+        /// Told once it has stopped writing and let its lease go.
+        retired: Vec<oneshot::Sender<()>>,
+    },
+}
+
+/// A phase a drain waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaited {
+    /// [`Phase::Idle`].
+    Idle,
+    /// Any phase but [`Phase::Saving`].
+    NotSaving,
+}
+
+impl Phase {
+    /// Whether this phase is, or can no longer become, what `awaited` waits
+    /// for (a stopping actor ends every wait).
+    fn settles(&self, awaited: Awaited) -> bool {
+        match (self, awaited) {
+            (Phase::Stopping { .. }, _) => true,
+            (Phase::Idle, _) => true,
+            (Phase::Saving(_), _) => false,
+            (_, Awaited::Idle) => false,
+            (_, Awaited::NotSaving) => true,
+        }
+    }
 }
 
 impl SessionActor {
@@ -154,6 +188,7 @@ impl SessionActor {
             Sinks {
                 log: deps.log.clone(),
                 bus: deps.cluster.bus().clone(),
+                fence: record.fence,
             },
         );
         Self {
@@ -164,14 +199,17 @@ impl SessionActor {
             epoch,
             phase: Phase::Idle,
             draining: false,
-            idle_waiters: Vec::new(),
+            phase_waiters: Vec::new(),
             last_save_failed: false,
-            outbox,
+            outbox: outbox.commands,
             writer: Writer::new(deps.store.clone()),
             watchers: Vec::new(),
             last_active: Instant::now(),
             on_retired,
-            recovery: Some(recovery),
+            startup: Some(Startup {
+                recovery,
+                outbox_fenced: outbox.fenced,
+            }),
             _live: GaugeGuard::new(deps.metrics.live_sessions.clone()),
             deps,
         }
@@ -199,21 +237,31 @@ impl SessionActor {
         self.record.clone()
     }
 
-    /// Enters [`Phase::Idle`] and tells whoever waits for it.
-    fn become_idle(&mut self) {
-        self.phase = Phase::Idle;
-        for waiter in self.idle_waiters.drain(..) {
+    /// Enters `phase` and tells whoever waited for it.
+    fn set_phase(&mut self, phase: Phase) {
+        self.phase = phase;
+        let (settled, waiting) = std::mem::take(&mut self.phase_waiters)
+            .into_iter()
+            .partition::<Vec<_>, _>(|(awaited, _)| self.phase.settles(*awaited));
+        self.phase_waiters = waiting;
+        for (_, waiter) in settled {
             let _ = waiter.send(());
         }
     }
 
-    /// Fires when the phase next becomes [`Phase::Idle`]; `None` if it is now.
-    fn when_idle(&mut self) -> Option<oneshot::Receiver<()>> {
-        if matches!(self.phase, Phase::Idle) {
+    /// Enters [`Phase::Idle`].
+    fn become_idle(&mut self) {
+        self.set_phase(Phase::Idle);
+    }
+
+    /// Fires when the phase comes to what `awaited` waits for; `None` if it
+    /// is there now.
+    fn when(&mut self, awaited: Awaited) -> Option<oneshot::Receiver<()>> {
+        if self.phase.settles(awaited) {
             return None;
         }
         let (tx, rx) = oneshot::channel();
-        self.idle_waiters.push(tx);
+        self.phase_waiters.push((awaited, tx));
         Some(rx)
     }
 
@@ -230,7 +278,7 @@ impl SessionActor {
     /// with the outbox; without one (a subscriber on another replica, which
     /// reads the bus) only the barrier is placed.
     fn join(&mut self, queue: Option<Arc<SubscriberQueue>>) -> Result<Joined, SessionError> {
-        if matches!(self.phase, Phase::Stopping) {
+        if matches!(self.phase, Phase::Stopping { .. }) {
             return Err(SessionError::Retired);
         }
         self.touch();
@@ -270,11 +318,25 @@ impl Actor for SessionActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.writer.start(ctx.address().recipient());
-        if let Some(recovery) = self.recovery.take() {
+        if let Some(Startup {
+            recovery,
+            outbox_fenced,
+        }) = self.startup.take()
+        {
+            ctx.spawn(outbox_fenced.into_actor(self).map(|fenced, act, ctx| {
+                if fenced.is_ok() {
+                    act.retire(ctx, Retirement::Lost);
+                }
+            }));
             self.recover(ctx, recovery);
         }
         let cluster = self.deps.cluster.clone();
         ctx.run_interval(cluster.lease_ttl() / 3, move |act, ctx| {
+            if matches!(act.phase, Phase::Stopping { .. }) {
+                // Retiring gives the lease back; a renewal now could take
+                // it again after that.
+                return;
+            }
             let renew =
                 cluster
                     .leases()
@@ -436,7 +498,7 @@ impl Handler<GetState> for SessionActor {
     type Result = Result<SessionWithMessages, SessionError>;
 
     fn handle(&mut self, _: GetState, _: &mut Self::Context) -> Self::Result {
-        if matches!(self.phase, Phase::Stopping) {
+        if matches!(self.phase, Phase::Stopping { .. }) {
             return Err(SessionError::Retired);
         }
         let mut session = self.record.to_session();

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use sluice_backends::ids::{new_id, now_rfc3339};
 use sluice_backends::store::SessionRecord;
 use sluice_protocol::Session;
-use sluice_protocol::limits::{MAX_SYSTEM_PROMPT_BYTES, MAX_TITLE_BYTES};
+use sluice_protocol::limits::{MAX_SEQ, MAX_SYSTEM_PROMPT_BYTES, MAX_TITLE_BYTES};
 use sluice_protocol::rest::{
     CreateSession, SendAccepted, SendMessage, SessionList, SessionWithMessages,
 };
@@ -55,18 +55,28 @@ enum Attempt<T> {
     Again(Option<Addr<SessionActor>>),
 }
 
-/// Asks a local actor; a retiring or stopped one (or one that found the
-/// session lost) means asking the registry again.
-async fn ask<M, T>(addr: Addr<SessionActor>, message: M) -> Result<Attempt<T>, SessionError>
+/// Asks a local actor; a retiring one (or one that found the session lost)
+/// means asking the registry again. An actor that stopped without an
+/// answer may have done what it was asked: the message goes again only if
+/// `idempotent`.
+async fn ask<M, T>(
+    addr: Addr<SessionActor>,
+    message: M,
+    idempotent: bool,
+) -> Result<Attempt<T>, SessionError>
 where
     M: Message<Result = Result<T, SessionError>> + Send + 'static,
     T: Send + 'static,
     SessionActor: Handler<M>,
 {
     match addr.send(message).await {
-        Ok(Err(SessionError::Retired | SessionError::NotOwner)) | Err(MailboxError::Closed) => {
-            Ok(Attempt::Again(Some(addr)))
-        }
+        Ok(Err(SessionError::Retired | SessionError::NotOwner)) => Ok(Attempt::Again(Some(addr))),
+        Err(MailboxError::Closed) if idempotent => Ok(Attempt::Again(Some(addr))),
+        Err(MailboxError::Closed) => Err(SessionError::Overloaded(
+            "the session stopped while handling the message, which may have been accepted: \
+             retry with a client_msg_id"
+                .into(),
+        )),
         Ok(result) => result.map(Attempt::Done),
         Err(e) => Err(e.into()),
     }
@@ -248,6 +258,11 @@ impl Sessions {
         after: Option<u64>,
         transport: &'static str,
     ) -> Result<Subscription, SessionError> {
+        if after.is_some_and(|after| after > MAX_SEQ) {
+            return Err(SessionError::BadRequest(format!(
+                "a cursor is a seq from 0 to {MAX_SEQ}"
+            )));
+        }
         let (queue, start) = self
             .routed(user_id, id, false, |route| self.join(route, user_id, id))
             .await?;
@@ -282,11 +297,14 @@ impl Sessions {
         let start = match route {
             Route::Local(addr) => {
                 let queue = queue.clone();
-                let joined = match ask(addr, session::Subscribe { queue }).await? {
+                let joined = match ask(addr.clone(), session::Subscribe { queue }, true).await? {
                     Attempt::Done(joined) => joined,
                     Attempt::Again(retired) => return Ok(Attempt::Again(retired)),
                 };
-                joined.registered.await.map_err(|_| SessionError::Retired)?;
+                if joined.registered.await.is_err() {
+                    // The actor stopped before the queue was registered.
+                    return Ok(Attempt::Again(Some(addr)));
+                }
                 JoinInfo {
                     last_seq: joined.last_seq,
                     generating: joined.generating,
@@ -418,9 +436,10 @@ impl Sessions {
     {
         self.routed(user_id, id, false, |route| {
             let (message, op) = (make(), op());
+            let idempotent = op.idempotent();
             async move {
                 match route {
-                    Route::Local(addr) => ask(addr, message).await,
+                    Route::Local(addr) => ask(addr, message, idempotent).await,
                     Route::Remote(owner) => match self.forward(&owner, user_id, id, op).await? {
                         Some(value) => serde_json::from_value(value)
                             .map(Attempt::Done)
@@ -439,6 +458,7 @@ impl Sessions {
         &self,
         user_id: &str,
         id: &str,
+        idempotent: bool,
         make: impl Fn() -> M,
     ) -> Result<T, SessionError>
     where
@@ -450,7 +470,7 @@ impl Sessions {
             let message = make();
             async move {
                 match route {
-                    Route::Local(addr) => ask(addr, message).await,
+                    Route::Local(addr) => ask(addr, message, idempotent).await,
                     Route::Remote(_) => Err(SessionError::NotOwner),
                 }
             }
@@ -534,25 +554,30 @@ impl Executor for Sessions {
         let this = self.clone();
         Box::pin(async move {
             let (user, id) = (user_id.as_str(), session_id.as_str());
+            let idempotent = op.idempotent();
             let value = match op {
                 Op::Send { message } => {
                     message.validate()?;
                     let accepted = this
-                        .call_here(user, id, || session::Send {
+                        .call_here(user, id, idempotent, || session::Send {
                             message: message.clone(),
                         })
                         .await?;
                     serde_json::to_value(accepted)
                 }
                 Op::Cancel => {
-                    this.call_here(user, id, || session::Cancel).await?;
+                    this.call_here(user, id, idempotent, || session::Cancel)
+                        .await?;
                     Ok(serde_json::Value::Null)
                 }
-                Op::Get => {
-                    serde_json::to_value(this.call_here(user, id, || session::GetState).await?)
-                }
+                Op::Get => serde_json::to_value(
+                    this.call_here(user, id, idempotent, || session::GetState)
+                        .await?,
+                ),
                 Op::Join => {
-                    let joined = this.call_here(user, id, || session::Join).await?;
+                    let joined = this
+                        .call_here(user, id, idempotent, || session::Join)
+                        .await?;
                     joined
                         .registered
                         .await

@@ -41,7 +41,8 @@ pub struct Subscription {
 impl Subscription {
     /// The subscription of `queue`, joined at `start`: `hello`, then the
     /// replay from `after` (or `gap` and `snapshot`, or `snapshot` without
-    /// a cursor). `transport` labels the resume metric.
+    /// a cursor). `transport` labels the resume metric. `after` is at most
+    /// [`MAX_SEQ`](sluice_protocol::limits::MAX_SEQ) (checked by the caller).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn open(
         session_id: &str,

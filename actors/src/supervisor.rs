@@ -7,9 +7,11 @@
 //! `sluice_backend_reconnects_total` and `sluice_backend_pool_connections`.
 //! The clients themselves reconnect: fred with its exponential reconnect
 //! policy, deadpool by opening a new connection on the next checkout (which
-//! each probe's check is). `/ready` asks for a fresh check of a probe that
-//! allows it, so it is never staler than one round trip; the LLM provider
-//! is reported as last checked.
+//! each probe's check is). `/ready` waits for a check that ends after it
+//! came (the one under way, or a new one), so it is never staler than one
+//! round trip, and a flood of `/ready` requests costs each backend one
+//! check at a time; the LLM provider is reported as last checked. A check
+//! that takes longer than [`CHECK_TIMEOUT`] counts as down.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,11 +20,15 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde::Serialize;
 use sluice_backends::probe::{Probe, ProbeReport};
+use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
 
 /// Longest time between checks of a backend that is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Longest a check may take; a backend that does not answer by then is down.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A backend's state as last checked.
 #[derive(Debug, Clone, Serialize)]
@@ -56,6 +62,11 @@ pub struct Supervisor {
     failures: u32,
     /// The last check's outcome; `None` before the first.
     last: Option<BackendState>,
+    /// The check under way, if one is, with whoever waits for its outcome:
+    /// a `/ready` that comes meanwhile waits for it rather than starting
+    /// another, so a flood of `/ready` requests costs each backend one
+    /// check at a time.
+    in_flight: Option<Vec<oneshot::Sender<BackendState>>>,
 }
 
 impl Supervisor {
@@ -67,6 +78,7 @@ impl Supervisor {
             reconnects: 0,
             failures: 0,
             last: None,
+            in_flight: None,
         }
         .start()
     }
@@ -120,16 +132,31 @@ impl Supervisor {
         state
     }
 
-    fn check(&mut self) -> impl ActorFuture<Self, Output = (&'static str, BackendState)> + use<> {
-        self.probe
-            .check()
-            .into_actor(self)
-            .map(|result, act, _| (act.probe.backend(), act.record(&result)))
+    /// The outcome of a check that ends after now: the one under way, or a
+    /// new one.
+    fn check(&mut self, ctx: &mut Context<Self>) -> oneshot::Receiver<BackendState> {
+        let (tx, rx) = oneshot::channel();
+        if let Some(waiters) = &mut self.in_flight {
+            waiters.push(tx);
+            return rx;
+        }
+        self.in_flight = Some(vec![tx]);
+        let check = tokio::time::timeout(CHECK_TIMEOUT, self.probe.check());
+        ctx.spawn(check.into_actor(self).map(|result, act, _| {
+            let result = result
+                .unwrap_or_else(|_| Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())));
+            let state = act.record(&result);
+            for waiter in act.in_flight.take().unwrap_or_default() {
+                let _ = waiter.send(state.clone());
+            }
+        }));
+        rx
     }
 
     fn schedule(&mut self, delay: Duration, ctx: &mut Context<Self>) {
         ctx.run_later(delay, |act, ctx| {
-            ctx.wait(act.check().map(|_, act, ctx| {
+            let checked = act.check(ctx);
+            ctx.spawn(fut::wrap_future::<_, Self>(checked).map(|_, act, ctx| {
                 let interval = act.probe.interval();
                 let delay = if act.failures == 0 {
                     interval
@@ -160,15 +187,25 @@ struct CheckNow;
 impl Handler<CheckNow> for Supervisor {
     type Result = ResponseActFuture<Self, (&'static str, BackendState)>;
 
-    fn handle(&mut self, _: CheckNow, _: &mut Self::Context) -> Self::Result {
-        if self.probe.fresh_on_ready() {
-            return Box::pin(self.check());
+    fn handle(&mut self, _: CheckNow, ctx: &mut Self::Context) -> Self::Result {
+        let backend = self.probe.backend();
+        if !self.probe.fresh_on_ready() {
+            let state = self
+                .last
+                .clone()
+                .unwrap_or_else(|| self.state("unchecked", None));
+            return Box::pin(fut::ready((backend, state)));
         }
-        let state = self
-            .last
-            .clone()
-            .unwrap_or_else(|| self.state("unchecked", None));
-        Box::pin(fut::ready((self.probe.backend(), state)))
+        let checked = self.check(ctx);
+        Box::pin(fut::wrap_future(async move {
+            let state = checked.await.unwrap_or_else(|_| BackendState {
+                kind: "unknown",
+                state: "down",
+                error: Some("the check was dropped".into()),
+                required: true,
+            });
+            (backend, state)
+        }))
     }
 }
 

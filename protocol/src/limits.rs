@@ -17,3 +17,7 @@ pub const MAX_TITLE_BYTES: usize = 256;
 
 /// Largest system prompt, in bytes.
 pub const MAX_SYSTEM_PROMPT_BYTES: usize = 32 * 1024;
+
+/// Largest `seq`, and so the largest resume cursor: sequence numbers are
+/// stored as PostgreSQL `bigint`s. A cursor above it is refused.
+pub const MAX_SEQ: u64 = i64::MAX as u64;

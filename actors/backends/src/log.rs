@@ -8,6 +8,12 @@
 //!   `after < seq <= up_to`, in order. Events older than retention may be
 //!   missing from the front; the caller detects that as a gap.
 //! - `epoch` identifies the log's contents: it changes only if the log was lost.
+//! - **Fencing**, as in the session store: `claim` raises the session's
+//!   fence (never lowers it), and an `append` with a lower fence is refused
+//!   whole with [`ErrorKind::Fenced`](crate::ErrorKind::Fenced). A new owner
+//!   claims the log right after the store, before reading the log's tail,
+//!   so a replaced owner can no longer add events with `seq`s the new one
+//!   allocates itself.
 
 pub mod memory;
 pub mod redis;
@@ -51,10 +57,15 @@ pub trait EventLog: Send + Sync + 'static {
     /// The identity of this log's contents for `session_id`.
     fn epoch(&self, session_id: &str) -> BoxFuture<'static, Result<String, BackendError>>;
 
-    /// Appends `events` (in `seq` order) to the session's log.
+    /// Raises the session's fence to `fence` (a new owner's claim).
+    fn claim(&self, session_id: &str, fence: u64) -> BoxFuture<'static, Result<(), BackendError>>;
+
+    /// Appends `events` (in `seq` order) to the session's log, for the owner
+    /// whose claim is `fence`.
     fn append(
         &self,
         session_id: &str,
+        fence: u64,
         events: Vec<Arc<EncodedEvent>>,
     ) -> BoxFuture<'static, Result<(), BackendError>>;
 
@@ -100,8 +111,12 @@ pub(crate) mod conformance {
     pub async fn run<L: EventLog>(make: impl Fn(usize) -> L) {
         // Order and bounds.
         let log = make(100);
-        log.append("s", (1..=5).map(token).collect()).await.unwrap();
-        log.append("s", (6..=8).map(token).collect()).await.unwrap();
+        log.append("s", 0, (1..=5).map(token).collect())
+            .await
+            .unwrap();
+        log.append("s", 0, (6..=8).map(token).collect())
+            .await
+            .unwrap();
         assert_eq!(
             seqs(&log.read_after("s", 0, 8).await.unwrap()),
             (1..=8).collect::<Vec<_>>()
@@ -121,7 +136,7 @@ pub(crate) mod conformance {
         // `retention` (a log may trim approximately, in whole blocks).
         let log = make(10);
         for chunk in (1..=1000u64).collect::<Vec<_>>().chunks(40) {
-            log.append("s", chunk.iter().copied().map(token).collect())
+            log.append("s", 0, chunk.iter().copied().map(token).collect())
                 .await
                 .unwrap();
         }
@@ -130,6 +145,31 @@ pub(crate) mod conformance {
         assert_eq!(*kept.last().unwrap(), 1000);
         assert!(kept.windows(2).all(|w| w[1] == w[0] + 1), "{kept:?}");
         assert!(*kept.first().unwrap() > 1, "{kept:?}");
+
+        // Fencing: after a claim, an older owner's append is refused whole;
+        // the claimant's goes through; a lower claim changes nothing.
+        let log = make(100);
+        log.append("f", 1, (1..=2).map(token).collect())
+            .await
+            .unwrap();
+        log.claim("f", 2).await.unwrap();
+        let refused = log
+            .append("f", 1, (3..=4).map(token).collect())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind, crate::ErrorKind::Fenced);
+        assert_eq!(log.last_seq("f").await.unwrap(), 2);
+        log.claim("f", 1).await.unwrap();
+        log.append("f", 2, (3..=4).map(token).collect())
+            .await
+            .unwrap();
+        assert_eq!(log.last_seq("f").await.unwrap(), 4);
+        let log = make(10);
+        for chunk in (1..=1000u64).collect::<Vec<_>>().chunks(40) {
+            log.append("s", 0, chunk.iter().copied().map(token).collect())
+                .await
+                .unwrap();
+        }
 
         // The epoch is stable while the log lives; remove forgets a session.
         let e1 = log.epoch("s").await.unwrap();

@@ -97,6 +97,9 @@ struct Prepared {
     /// that lets its chunks through once the save has landed.
     early: Option<(tokio::task::JoinHandle<()>, oneshot::Sender<()>)>,
     started: Instant,
+    /// The session's title before this send named it, if it did: put back
+    /// if the save fails.
+    previous_title: Option<String>,
 }
 
 impl SessionActor {
@@ -110,7 +113,7 @@ impl SessionActor {
         ctx: &mut Context<Self>,
     ) -> ResponseActFuture<Self, Result<SendAccepted, SessionError>> {
         let answer = |result| Box::pin(fut::ready(result)) as ResponseActFuture<Self, _>;
-        if matches!(self.phase, Phase::Stopping) {
+        if matches!(self.phase, Phase::Stopping { .. }) {
             return answer(Err(SessionError::Retired));
         }
         if let Some(id) = &message.client_msg_id {
@@ -162,18 +165,18 @@ impl SessionActor {
             message_id: user.id.clone(),
             generation_id: generation_id.clone(),
         };
-        self.phase = Phase::Saving(Saving {
+        self.set_phase(Phase::Saving(Saving {
             client_msg_id: message.client_msg_id,
             accepted: accepted.clone(),
             cancelled: false,
-        });
+        }));
         let new_title = self.record.title.is_empty().then(|| {
             let title: String = user.content.trim().chars().take(AUTO_TITLE_CHARS).collect();
             title.split_whitespace().collect::<Vec<_>>().join(" ")
         });
-        if let Some(title) = &new_title {
-            self.record.title = title.clone();
-        }
+        let previous_title = new_title
+            .as_ref()
+            .map(|title| std::mem::replace(&mut self.record.title, title.clone()));
         self.record.updated_at = now;
         // The user message is durable before its generation starts; the
         // assistant message is stored as `streaming` in the same transaction.
@@ -200,6 +203,7 @@ impl SessionActor {
             new_title,
             early,
             started,
+            previous_title,
         };
         Box::pin(
             saved
@@ -216,21 +220,27 @@ impl SessionActor {
         prepared: Prepared,
         accepted: SendAccepted,
     ) -> Result<SendAccepted, SessionError> {
-        let Phase::Saving(saving) = std::mem::replace(&mut self.phase, Phase::Idle) else {
-            // The actor began stopping meanwhile (drained past its grace,
-            // deleted, or lost to another replica): nothing starts here. A
-            // save that landed left a `streaming` answer that the session's
-            // next owner takes over.
-            self.phase = Phase::Stopping;
-            if let Some((task, _)) = prepared.early {
-                task.abort();
+        let saving = match std::mem::replace(&mut self.phase, Phase::Idle) {
+            Phase::Saving(saving) => saving,
+            other => {
+                // The actor began stopping meanwhile (the session was
+                // deleted or lost): nothing starts here. A save that landed
+                // left a `streaming` answer that the session's next owner
+                // takes over.
+                self.phase = other;
+                if let Some((task, _)) = prepared.early {
+                    task.abort();
+                }
+                return saved.map(|()| accepted).map_err(SessionError::from);
             }
-            return saved.map(|()| accepted).map_err(SessionError::from);
         };
         self.last_save_failed = saved.is_err();
         if let Err(e) = saved {
             if let Some((task, _)) = prepared.early {
                 task.abort();
+            }
+            if let Some(title) = prepared.previous_title {
+                self.record.title = title;
             }
             self.become_idle();
             if e.kind == ErrorKind::Fenced {
@@ -245,6 +255,7 @@ impl SessionActor {
             new_title,
             early,
             started,
+            ..
         } = prepared;
         self.emit(EventBody::UserMessage {
             message: user.to_message(),
@@ -281,7 +292,7 @@ impl SessionActor {
     pub(super) fn cancel(&mut self, ctx: &mut Context<Self>) -> Result<(), SessionError> {
         self.touch();
         match &mut self.phase {
-            Phase::Stopping => return Err(SessionError::Retired),
+            Phase::Stopping { .. } => return Err(SessionError::Retired),
             Phase::Saving(saving) => saving.cancelled = true,
             Phase::Generating(_) => self.finish(ctx, FinishReason::Cancelled, None),
             Phase::Idle | Phase::Finishing(_) => {}
@@ -373,7 +384,7 @@ impl SessionActor {
                 model: self.record.model.clone(),
             });
         }
-        self.phase = Phase::Generating(Generation {
+        self.set_phase(Phase::Generating(Generation {
             id,
             message_index,
             started,
@@ -383,7 +394,7 @@ impl SessionActor {
             task,
             last_checkpoint: Instant::now(),
             continued: continuation,
-        });
+        }));
     }
 
     /// A step of the running generation's stream.
@@ -482,11 +493,12 @@ impl SessionActor {
         reason: FinishReason,
         error: Option<EventError>,
     ) {
-        if !matches!(self.phase, Phase::Generating(_)) {
-            return;
-        }
-        let Phase::Generating(generation) = std::mem::replace(&mut self.phase, Phase::Idle) else {
-            unreachable!("checked above");
+        let generation = match std::mem::replace(&mut self.phase, Phase::Idle) {
+            Phase::Generating(generation) => generation,
+            other => {
+                self.phase = other;
+                return;
+            }
         };
         generation.task.abort();
         self.settle(
@@ -529,14 +541,14 @@ impl SessionActor {
             .with_label_values(&[finish_reason_label(ending.reason)])
             .inc();
         self.record.updated_at = now_rfc3339();
-        self.phase = Phase::Finishing(Finishing {
+        self.set_phase(Phase::Finishing(Finishing {
             partial: Partial {
                 generation_id: ending.generation_id.to_string(),
                 message_id: message.id.clone(),
                 content: message.content.clone(),
             },
             end_seq: self.last_seq,
-        });
+        }));
         let record = self.record_now();
         let saved = self.writer.save_acked(record, vec![message]);
         ctx.spawn(saved.into_actor(self).map(move |saved, act, ctx| {

@@ -22,7 +22,7 @@ use sluice_protocol::{EventBody, FinishReason, MessageStatus};
 use tokio::sync::oneshot;
 
 use super::generation::{Ending, status_for};
-use super::{Phase, Retired, SessionActor};
+use super::{Awaited, Phase, Retired, SessionActor};
 use crate::Continuation;
 use crate::outbox::OutboxCmd;
 use crate::subscriber::CloseReason;
@@ -138,16 +138,22 @@ impl SessionActor {
         }
     }
 
-    /// Picks up a generation a replica that died left running: continues it
-    /// from the answer so far, or ends it as `interrupted` where the answer
-    /// so far is not known exactly or the provider's way to continue is not
-    /// configured.
+    /// Picks up a generation a replica that died left running. An answer
+    /// with text is continued from the answer so far, or ended as
+    /// `interrupted` where the answer so far is not known exactly or the
+    /// provider's way to continue is not configured. An answer with no text
+    /// at all starts afresh, announced with `generation_start` (its replica
+    /// may have stopped right after saving it): asking anew is what any
+    /// provider does with an empty answer.
     fn take_over(&mut self, ctx: &mut Context<Self>, takeover: Takeover) {
-        let continues = takeover.continuable && self.deps.config.continuation != Continuation::Off;
-        let outcome = if continues {
-            "continued"
-        } else {
-            "interrupted"
+        let fresh =
+            takeover.continuable && self.messages[takeover.message_index].content.is_empty();
+        let continues =
+            !fresh && takeover.continuable && self.deps.config.continuation != Continuation::Off;
+        let outcome = match (fresh, continues) {
+            (true, _) => "restarted",
+            (false, true) => "continued",
+            (false, false) => "interrupted",
         };
         self.deps
             .metrics
@@ -160,13 +166,13 @@ impl SessionActor {
             outcome,
             "took over a running generation"
         );
-        if continues {
-            let request = self.request_for(takeover.message_index, true);
+        if fresh || continues {
+            let request = self.request_for(takeover.message_index, continues);
             let task = self.spawn_stream(ctx, &takeover.generation_id, request, None);
             self.start_generation(
                 takeover.generation_id,
                 takeover.message_index,
-                true,
+                continues,
                 task,
                 Instant::now(),
             );
@@ -184,46 +190,33 @@ impl SessionActor {
         }
     }
 
-    /// Graceful shutdown (see [`super::Drain`]).
+    /// Graceful shutdown (see [`super::Drain`]): waits for what runs to end
+    /// within `grace`; then for a send still saving to land (a store that
+    /// hangs fails by its own timeout), so its events go out here; hands a
+    /// generation still running over (or interrupts it); waits for the last
+    /// `generation_end` to be written; and retires.
     pub(super) fn drain(&mut self, grace: Duration) -> ResponseActFuture<Self, ()> {
         self.draining = true;
-        let idle = self.when_idle();
+        let idle = self.when(Awaited::Idle);
         Box::pin(
-            async move {
+            fut::wrap_future::<_, Self>(async move {
                 if let Some(idle) = idle {
                     let _ = tokio::time::timeout(grace, idle).await;
                 }
-            }
-            .into_actor(self)
-            .then(|_, act, ctx| {
+            })
+            .then(|(), act, _| wait(act.when(Awaited::NotSaving)))
+            .then(|(), act, ctx| {
                 match act.phase {
                     Phase::Generating(_) if act.deps.cluster.is_shared() => act.hand_over(),
                     Phase::Generating(_) => act.finish(ctx, FinishReason::Interrupted, None),
                     _ => {}
                 }
                 // A `generation_end` waiting for its write reaches the outbox
-                // before the actor retires, so it is logged before the lease
-                // is given back. A send still saving after the grace is not
-                // waited for: retiring flushes it, and its answer is left
-                // `streaming` for the next owner.
-                let finishing = match act.phase {
-                    Phase::Finishing(_) => act.when_idle(),
-                    _ => None,
-                };
-                async move {
-                    if let Some(finishing) = finishing {
-                        let _ = finishing.await;
-                    }
-                }
-                .into_actor(act)
+                // before the actor retires, so it is logged before the
+                // lease is given back.
+                wait(act.when(Awaited::Idle))
             })
-            .then(|_, act, ctx| {
-                let retired = act.retire(ctx, Retirement::Drained);
-                async move {
-                    let _ = retired.await;
-                }
-                .into_actor(act)
-            }),
+            .then(|(), act, ctx| wait(Some(act.retire(ctx, Retirement::Drained)))),
         )
     }
 
@@ -243,20 +236,23 @@ impl SessionActor {
         self.deps.metrics.handovers_total.inc();
         let record = self.record_now();
         self.writer.save(record, vec![message]);
+        // The answer stays `streaming` in the store, for the next owner.
         self.become_idle();
     }
 
     /// Stops the actor for `why`: ends what runs; unless the session is
     /// lost or deleted, waits until every write has landed and every event
-    /// is logged; gives the lease back, tells the registry, and stops. The returned receiver fires once it is done (at once if the
-    /// actor was already stopping).
+    /// is logged; gives the lease back, tells the registry, and stops. The
+    /// returned receiver fires once that is done, however many times
+    /// retirement is asked for.
     pub(super) fn retire(
         &mut self,
         ctx: &mut Context<Self>,
         why: Retirement,
     ) -> oneshot::Receiver<()> {
         let (done, retired) = oneshot::channel();
-        if matches!(self.phase, Phase::Stopping) {
+        if let Phase::Stopping { retired: waiters } = &mut self.phase {
+            waiters.push(done);
             return retired;
         }
         if let Phase::Generating(generation) = &self.phase {
@@ -265,12 +261,11 @@ impl SessionActor {
         if why == Retirement::Lost {
             tracing::error!(session_id = %self.record.id, "another replica owns this session now; stopping without writing");
             self.deps.metrics.lease_losses_total.inc();
+            self.writer.abandon();
         }
-        self.phase = Phase::Stopping;
-        // A drain waiting for the phase to settle goes on.
-        for waiter in self.idle_waiters.drain(..) {
-            let _ = waiter.send(());
-        }
+        self.set_phase(Phase::Stopping {
+            retired: vec![done],
+        });
         // Subscribers of a deleted session are told so; those of a lost one
         // resume from their cursor wherever the session lives now. Either
         // way the events not yet logged are dropped: a lost session's next
@@ -314,11 +309,26 @@ impl SessionActor {
                     tracing::warn!(session_id, error = %e, "lease not released; it expires by itself");
                 }
                 on_retired.do_send(Retired { session_id, addr });
-                let _ = done.send(());
             }
             .into_actor(self)
-            .map(|_, _, ctx| ctx.stop()),
+            .map(|(), act, ctx| {
+                if let Phase::Stopping { retired } = &mut act.phase {
+                    for waiter in retired.drain(..) {
+                        let _ = waiter.send(());
+                    }
+                }
+                ctx.stop();
+            }),
         );
         retired
     }
+}
+
+/// An actor future that waits for `rx` to fire (or its sender to go), if any.
+fn wait(rx: Option<oneshot::Receiver<()>>) -> impl ActorFuture<SessionActor, Output = ()> {
+    fut::wrap_future(async move {
+        if let Some(rx) = rx {
+            let _ = rx.await;
+        }
+    })
 }

@@ -4,9 +4,14 @@
 //! Every write carries the session record, whose `fence` is the actor's
 //! claim. Once the store refuses one as fenced (another replica claimed the
 //! session), the writer tells its actor and refuses every later write
-//! itself, without asking the store.
+//! itself, without asking the store; so it does once the actor abandons it.
+//!
+//! Messages whose write failed (the store was down) go again with the next
+//! write, so a final answer whose write failed lands once the store is
+//! back (the idle retirement's flush is one such write).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix::Recipient;
 use futures::FutureExt;
@@ -21,6 +26,8 @@ pub(super) struct Writer {
     tx: mpsc::UnboundedSender<Write>,
     /// The task's side until [`Writer::start`] spawns it.
     pending: Option<(mpsc::UnboundedReceiver<Write>, Arc<dyn SessionStore>)>,
+    /// Set when the actor lost its session: nothing more is written.
+    abandoned: Arc<AtomicBool>,
 }
 
 /// One write for the task.
@@ -37,6 +44,7 @@ impl Writer {
         Self {
             tx,
             pending: Some((rx, store)),
+            abandoned: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -44,8 +52,13 @@ impl Writer {
     /// a fenced write.
     pub(super) fn start(&mut self, on_fenced: Recipient<Fenced>) {
         if let Some((rx, store)) = self.pending.take() {
-            actix_rt::spawn(run(store, rx, on_fenced));
+            actix_rt::spawn(run(store, rx, on_fenced, self.abandoned.clone()));
         }
+    }
+
+    /// Writes nothing more, queued or not: the session is another replica's.
+    pub(super) fn abandon(&self) {
+        self.abandoned.store(true, Ordering::SeqCst);
     }
 
     /// Queues a write of `session` and `messages`; a failure is logged.
@@ -98,23 +111,41 @@ async fn run(
     store: Arc<dyn SessionStore>,
     mut rx: mpsc::UnboundedReceiver<Write>,
     on_fenced: Recipient<Fenced>,
+    abandoned: Arc<AtomicBool>,
 ) {
     let mut fenced: Option<BackendError> = None;
+    // Messages whose write failed, newest version of each, to write again.
+    let mut unsaved: Vec<MessageRecord> = Vec::new();
     while let Some(write) = rx.recv().await {
         let session_id = write.session.id.clone();
-        let result = match &fenced {
-            Some(e) => Err(e.clone()),
-            None => store.save(write.session, write.messages).await,
+        let mut messages = std::mem::take(&mut unsaved);
+        for message in write.messages {
+            messages.retain(|m| m.id != message.id);
+            messages.push(message);
+        }
+        let result = if abandoned.load(Ordering::SeqCst) {
+            Err(BackendError::new(
+                Backend::Store,
+                ErrorKind::Fenced,
+                "the session is another replica's now",
+            ))
+        } else if let Some(e) = &fenced {
+            Err(e.clone())
+        } else {
+            store.save(write.session, messages.clone()).await
         };
         match &result {
             Err(e) if e.kind == ErrorKind::Fenced => {
-                if fenced.is_none() {
+                if fenced.is_none() && !abandoned.load(Ordering::SeqCst) {
                     tracing::error!(session_id, error = %e, "another replica claimed this session; stopping its writes");
-                    fenced = Some(e.clone());
                     on_fenced.do_send(Fenced);
                 }
+                fenced = Some(e.clone());
             }
-            Err(e) => tracing::warn!(session_id, error = %e, "session write failed"),
+            Err(e) => {
+                tracing::warn!(session_id, error = %e, "session write failed; its messages go again with the next");
+                unsaved = messages;
+            }
             Ok(()) => {}
         }
         if let Some(done) = write.done {

@@ -48,7 +48,9 @@ pub async fn events(
         ),
         None => None,
     };
-    let after = query.after.or(header_cursor);
+    // An `EventSource` reconnecting sends where it got to as
+    // `Last-Event-ID`, while its URL still holds the cursor it started from.
+    let after = header_cursor.or(query.after);
     let mut subscription = state.sessions.subscribe(&user.0, &id, after, "sse").await?;
     let live = GaugeGuard::new(state.metrics.live_connections.with_label_values(&["sse"]));
     let mut shutdown = state.shutdown.clone();

@@ -67,6 +67,7 @@ pub async fn connect(
         last_heard: Instant::now(),
         initial: Some(subscription),
         outgoing: None,
+        resumes: 0,
         commands,
         pending: Some(pending),
         fragments: None,
@@ -92,6 +93,8 @@ pub struct WsConnection {
     initial: Option<Subscription>,
     /// The running subscription stream, replaced on `resume`.
     outgoing: Option<SpawnHandle>,
+    /// `resume` frames so far: only the latest one's subscription attaches.
+    resumes: u64,
     /// The connection's command queue, run in order by its own task.
     commands: mpsc::Sender<Command>,
     /// The queue's other end until `started` hands it to the task.
@@ -109,7 +112,11 @@ pub struct WsConnection {
 enum Command {
     Send(SendMessage),
     Cancel,
-    Resume { after: u64 },
+    /// The connection's `number`th `resume`.
+    Resume {
+        after: u64,
+        number: u64,
+    },
 }
 
 /// How a command ended, told back to the connection.
@@ -120,8 +127,14 @@ enum CommandDone {
     Quiet,
     /// It failed: the client gets an `error` frame.
     Failed(SessionError),
-    /// A `resume` joined again: this subscription replaces the old one.
-    Resumed(Subscription),
+    /// The `number`th `resume` joined again: its subscription replaces the
+    /// old one, if no later `resume` came meanwhile.
+    Resumed {
+        number: u64,
+        subscription: Subscription,
+    },
+    /// The `number`th `resume` failed.
+    ResumeFailed { number: u64, error: SessionError },
 }
 
 /// Runs the connection's commands in order until the connection is gone.
@@ -135,17 +148,25 @@ async fn run_commands(
     let (user, id) = (user_id.as_str(), session_id.as_str());
     while let Some(command) = pending.recv().await {
         let done = match command {
-            Command::Send(message) => sessions
-                .send(user, id, message)
-                .await
-                .map(|_| CommandDone::Quiet),
-            Command::Cancel => sessions.cancel(user, id).await.map(|()| CommandDone::Quiet),
-            Command::Resume { after } => sessions
-                .subscribe(user, id, Some(after), "ws")
-                .await
-                .map(CommandDone::Resumed),
+            Command::Send(message) => match sessions.send(user, id, message).await {
+                Ok(_) => CommandDone::Quiet,
+                Err(e) => CommandDone::Failed(e),
+            },
+            Command::Cancel => match sessions.cancel(user, id).await {
+                Ok(()) => CommandDone::Quiet,
+                Err(e) => CommandDone::Failed(e),
+            },
+            Command::Resume { after, number } => {
+                match sessions.subscribe(user, id, Some(after), "ws").await {
+                    Ok(subscription) => CommandDone::Resumed {
+                        number,
+                        subscription,
+                    },
+                    Err(error) => CommandDone::ResumeFailed { number, error },
+                }
+            }
         };
-        connection.do_send(done.unwrap_or_else(CommandDone::Failed));
+        connection.do_send(done);
     }
 }
 
@@ -184,20 +205,25 @@ impl WsConnection {
             ClientFrame::Ping => return ctx.text(Control::Pong.to_json()),
             ClientFrame::Send(message) => Command::Send(message),
             ClientFrame::Cancel => Command::Cancel,
-            ClientFrame::Resume { after } => {
-                // Nothing of the old subscription goes out after this frame.
-                if let Some(handle) = self.outgoing.take() {
-                    ctx.cancel_future(handle);
-                }
-                Command::Resume { after }
-            }
+            ClientFrame::Resume { after } => Command::Resume {
+                after,
+                number: self.resumes + 1,
+            },
         };
+        let resume = matches!(command, Command::Resume { .. });
         if self.commands.try_send(command).is_err() {
-            self.reject(
+            return self.reject(
                 ctx,
                 ErrorCode::RateLimited,
                 format!("{MAX_PENDING_COMMANDS} commands are already waiting on this connection; wait for them"),
             );
+        }
+        if resume {
+            // Nothing of the old subscription goes out after this frame.
+            self.resumes += 1;
+            if let Some(handle) = self.outgoing.take() {
+                ctx.cancel_future(handle);
+            }
         }
     }
 
@@ -308,7 +334,20 @@ impl Handler<CommandDone> for WsConnection {
         match done {
             CommandDone::Quiet => {}
             CommandDone::Failed(e) => self.send_error(ctx, e.code(), e.to_string()),
-            CommandDone::Resumed(subscription) => self.attach(subscription, ctx),
+            // A later `resume` replaces this one; its subscription drops.
+            CommandDone::Resumed { number, .. } | CommandDone::ResumeFailed { number, .. }
+                if number != self.resumes => {}
+            CommandDone::Resumed { subscription, .. } => self.attach(subscription, ctx),
+            CommandDone::ResumeFailed { error, .. } => {
+                // The old subscription is gone: without a new one the
+                // connection would stay open and silent.
+                self.send_error(ctx, error.code(), error.to_string());
+                Self::close(
+                    ctx,
+                    CloseCode::Again,
+                    "resume failed; reconnect and resume from your cursor",
+                );
+            }
         }
     }
 }

@@ -6,7 +6,9 @@
 //! budget of bytes over all sessions (the logs of the least recently active
 //! sessions go first), and the logs of sessions untouched for [`IDLE_TTL`]
 //! are dropped. A client resuming from a dropped log gets `gap` and
-//! `snapshot`, as with a cursor older than retention.
+//! `snapshot`, as with a cursor older than retention. A session's fence is
+//! kept with its log and goes with it; in one process no replaced owner
+//! outlives the claim of the one that replaced it, so that loses nothing.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 
 use super::{EncodedEvent, EventLog};
-use crate::BackendError;
+use crate::{Backend, BackendError, ErrorKind};
 
 /// Logs of sessions untouched for this long are dropped.
 pub const IDLE_TTL: Duration = Duration::from_secs(3600);
@@ -54,6 +56,8 @@ struct SessionLog {
     touched: Instant,
     /// Its key in [`State::by_recency`].
     tick: u64,
+    /// The highest claim seen (see the fencing rule).
+    fence: u64,
 }
 
 impl SessionLog {
@@ -131,6 +135,7 @@ impl State {
             bytes: 0,
             touched: now,
             tick,
+            fence: 0,
         });
         (log.touched, log.tick) = (now, tick);
         log
@@ -147,12 +152,30 @@ impl EventLog for MemoryEventLog {
         Box::pin(async move { Ok(epoch) })
     }
 
+    fn claim(&self, session_id: &str, fence: u64) -> BoxFuture<'static, Result<(), BackendError>> {
+        let mut state = self.lock();
+        let log = state.touch(session_id, Instant::now());
+        log.fence = log.fence.max(fence);
+        Box::pin(async { Ok(()) })
+    }
+
     fn append(
         &self,
         session_id: &str,
+        fence: u64,
         events: Vec<Arc<EncodedEvent>>,
     ) -> BoxFuture<'static, Result<(), BackendError>> {
         let mut state = self.lock();
+        if let Some(log) = state.sessions.get(session_id)
+            && fence < log.fence
+        {
+            let e = BackendError::new(
+                Backend::EventLog,
+                ErrorKind::Fenced,
+                format!("session {session_id} was claimed by another owner"),
+            );
+            return Box::pin(async move { Err(e) });
+        }
         let now = Instant::now();
         // Logs taken out are freed after the lock is released.
         let mut removed = Vec::new();
@@ -269,11 +292,11 @@ mod tests {
         // Room for three sessions of ten events, not four.
         let log = MemoryEventLog::new(1000, ten * 3 + ten / 2);
         for id in ["a", "b", "c"] {
-            log.append(id, tokens(1, 10)).await.unwrap();
+            log.append(id, 0, tokens(1, 10)).await.unwrap();
         }
         // "a" becomes the most recently active.
-        log.append("a", tokens(11, 11)).await.unwrap();
-        log.append("d", tokens(1, 10)).await.unwrap();
+        log.append("a", 0, tokens(11, 11)).await.unwrap();
+        log.append("d", 0, tokens(1, 10)).await.unwrap();
         assert_eq!(log.last_seq("b").await.unwrap(), 0, "b was the oldest");
         assert_eq!(
             seqs(&log.read_after("a", 0, 11).await.unwrap()),
@@ -289,8 +312,8 @@ mod tests {
     async fn a_session_alone_over_budget_keeps_its_newest_events() {
         let ten = tokens(1, 10).iter().map(|e| cost(e)).sum::<usize>();
         let log = MemoryEventLog::new(1000, ten);
-        log.append("a", tokens(1, 10)).await.unwrap();
-        log.append("a", tokens(11, 30)).await.unwrap();
+        log.append("a", 0, tokens(1, 10)).await.unwrap();
+        log.append("a", 0, tokens(11, 30)).await.unwrap();
         let kept = seqs(&log.read_after("a", 0, 30).await.unwrap());
         assert_eq!(kept.last(), Some(&30));
         assert!(kept.len() < 30 && !kept.is_empty(), "{kept:?}");
@@ -302,8 +325,8 @@ mod tests {
     #[tokio::test]
     async fn the_byte_count_follows_the_events_kept() {
         let log = MemoryEventLog::new(5, UNBOUNDED);
-        log.append("a", tokens(1, 8)).await.unwrap();
-        log.append("b", tokens(1, 3)).await.unwrap();
+        log.append("a", 0, tokens(1, 8)).await.unwrap();
+        log.append("b", 0, tokens(1, 3)).await.unwrap();
         let kept: usize = ["a", "b"]
             .iter()
             .map(|id| {

@@ -12,20 +12,39 @@
 //!   epoch and clients reload, as the protocol says.
 //! - Keys are hash-tagged by session (`sluice:{<id>}:...`), so a session's
 //!   keys live in one slot on Redis Cluster.
-//! - One batch of events is one pipeline: one round trip.
+//! - The fence (see the log's contract) is a third key beside them. One
+//!   batch of events is one script, so one round trip: it compares the
+//!   fence, then adds every event and refreshes the keys' expiry.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::*;
-use fred::types::streams::XID;
 use fred::types::{Expiration, SetOptions};
 use futures::future::BoxFuture;
 use sluice_protocol::Event;
 
 use super::{EncodedEvent, EventLog};
 use crate::redis::redis_error;
-use crate::{Backend, BackendError};
+use crate::{Backend, BackendError, ErrorKind};
+
+/// Appends events unless the session's fence is above the writer's.
+/// KEYS: log, epoch, fence. ARGV: the writer's fence, retention, expiry in
+/// milliseconds, then each event's stream id and JSON. 0 if fenced, else 1.
+const APPEND: &str = "local fence = tonumber(redis.call('GET', KEYS[3]) or '0') \
+                      if tonumber(ARGV[1]) < fence then return 0 end \
+                      for i = 4, #ARGV, 2 do \
+                        redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[i], 'e', ARGV[i + 1]) \
+                      end \
+                      for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ARGV[3]) end \
+                      return 1";
+
+/// Raises the session's fence (KEYS[1]) to ARGV[1], never lowering it;
+/// ARGV[2]: expiry in milliseconds.
+const CLAIM: &str = "local fence = tonumber(redis.call('GET', KEYS[1]) or '0') \
+                     if tonumber(ARGV[1]) > fence then redis.call('SET', KEYS[1], ARGV[1]) end \
+                     redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
+                     return 1";
 
 /// Logs untouched for this long expire (stream and epoch together).
 pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -48,6 +67,10 @@ fn log_key(session_id: &str) -> String {
 
 fn epoch_key(session_id: &str) -> String {
     format!("sluice:{{{session_id}}}:epoch")
+}
+
+fn fence_key(session_id: &str) -> String {
+    format!("sluice:{{{session_id}}}:fence")
 }
 
 impl RedisEventLog {
@@ -88,34 +111,46 @@ impl EventLog for RedisEventLog {
         })
     }
 
+    fn claim(&self, session_id: &str, fence: u64) -> BoxFuture<'static, Result<(), BackendError>> {
+        let client = self.client.clone();
+        let key = fence_key(session_id);
+        let args = vec![fence.to_string(), self.idle_ttl.as_millis().to_string()];
+        Box::pin(async move {
+            let _: i64 = client.eval(CLAIM, vec![key], args).await.map_err(err)?;
+            Ok(())
+        })
+    }
+
     fn append(
         &self,
         session_id: &str,
+        fence: u64,
         events: Vec<Arc<EncodedEvent>>,
     ) -> BoxFuture<'static, Result<(), BackendError>> {
         let client = self.client.clone();
-        let log = log_key(session_id);
-        let epoch = epoch_key(session_id);
-        let retention = self.retention as i64;
-        let ttl_ms = self.idle_ttl.as_millis() as i64;
+        let keys = vec![
+            log_key(session_id),
+            epoch_key(session_id),
+            fence_key(session_id),
+        ];
+        let mut args = Vec::with_capacity(3 + 2 * events.len());
+        args.push(fence.to_string());
+        args.push(self.retention.to_string());
+        args.push(self.idle_ttl.as_millis().to_string());
+        for event in &events {
+            args.push(format!("{}-0", event.seq()));
+            args.push(event.json.to_string());
+        }
+        let session_id = session_id.to_owned();
         Box::pin(async move {
-            let pipeline = client.pipeline();
-            for event in &events {
-                let _: () = pipeline
-                    .xadd(
-                        &log,
-                        false,
-                        ("MAXLEN", "~", retention),
-                        XID::Manual(format!("{}-0", event.seq()).into()),
-                        vec![("e", &*event.json)],
-                    )
-                    .await
-                    .map_err(err)?;
+            let appended: i64 = client.eval(APPEND, keys, args).await.map_err(err)?;
+            if appended == 0 {
+                return Err(BackendError::new(
+                    Backend::EventLog,
+                    ErrorKind::Fenced,
+                    format!("session {session_id} was claimed by another owner"),
+                ));
             }
-            let _: () = pipeline.pexpire(&log, ttl_ms, None).await.map_err(err)?;
-            let _: () = pipeline.pexpire(&epoch, ttl_ms, None).await.map_err(err)?;
-            let results: Vec<Value> = pipeline.all().await.map_err(err)?;
-            drop(results);
             Ok(())
         })
     }
@@ -185,7 +220,11 @@ impl EventLog for RedisEventLog {
 
     fn remove(&self, session_id: &str) -> BoxFuture<'static, Result<(), BackendError>> {
         let client = self.client.clone();
-        let keys = vec![log_key(session_id), epoch_key(session_id)];
+        let keys = vec![
+            log_key(session_id),
+            epoch_key(session_id),
+            fence_key(session_id),
+        ];
         Box::pin(async move {
             let _: i64 = client.del(keys).await.map_err(err)?;
             Ok(())

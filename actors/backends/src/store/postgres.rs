@@ -24,6 +24,11 @@ const MIGRATION_LOCK: i64 = 0x5106_ce00_0000_0001;
 /// Longest wait for a pooled connection, a new one, or a recycle check.
 const POOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Longest a statement may run (the server cancels it past this): a hung
+/// statement or a lock held elsewhere fails the call instead of holding
+/// up a session for good. Migrations are exempt.
+const STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The schema, in order. Never edit an applied migration: add a new one.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
@@ -159,9 +164,15 @@ fn message_from(row: &Row) -> Result<MessageRecord, BackendError> {
 impl PostgresSessionStore {
     /// Builds the pool for `url` and applies the migrations.
     pub async fn connect(url: &str, max_connections: usize) -> Result<Self, BackendError> {
-        let config = tokio_postgres::Config::from_str(url).map_err(|e| {
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
             BackendError::rejected(Backend::Store, format!("bad Postgres URL: {e}"))
         })?;
+        let options = format!(
+            "{} -c statement_timeout={}",
+            config.get_options().unwrap_or_default(),
+            STATEMENT_TIMEOUT.as_millis()
+        );
+        config.options(options.trim());
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -189,6 +200,9 @@ impl PostgresSessionStore {
     pub async fn migrate(&self) -> Result<(), BackendError> {
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(err)?;
+        tx.batch_execute("SET LOCAL statement_timeout = 0")
+            .await
+            .map_err(err)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(err)?;

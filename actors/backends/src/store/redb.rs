@@ -92,10 +92,18 @@ fn commit_group(db: &Database, group: &[Save]) -> Vec<Result<(), BackendError>> 
             let mut table = txn.open_table(MESSAGES).map_err(err)?;
             for save in group {
                 let session = &save.session;
-                let stored_fence = match sessions.get(session.id.as_str()).map_err(err)? {
-                    Some(bytes) => decode::<SessionRecord>(bytes.value())?.fence,
+                let stored = match sessions.get(session.id.as_str()).map_err(err)? {
+                    Some(bytes) => decode::<SessionRecord>(bytes.value()),
                     None => {
                         outcomes.push(Ok(()));
+                        continue;
+                    }
+                };
+                // A record that cannot be read fails its own save only.
+                let stored_fence = match stored {
+                    Ok(record) => record.fence,
+                    Err(e) => {
+                        outcomes.push(Err(e));
                         continue;
                     }
                 };
