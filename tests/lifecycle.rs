@@ -5,9 +5,9 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 use sluice_test_support::client::{SseClient, WsClient, WsFrame, token_text};
-use sluice_test_support::expected_text;
 use sluice_test_support::harness::Harness;
 use sluice_test_support::rest::{assert_store_unavailable, ready_when, settled_answer};
+use sluice_test_support::{expected_text, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const SECRET: &str = "test-secret-0123456789";
@@ -417,19 +417,12 @@ async fn health_ready_and_metrics_report_the_server() {
 /// `/ready`'s `llm` entry once the provider has been checked (it is
 /// checked at start, then every 30 s; the wait is a hang guard).
 async fn checked_llm(h: &Harness) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    wait_until("the provider to be checked", || async {
         let ready = h.get_json(&h.url("/ready")).await;
         let llm = ready["backends"]["llm"].clone();
-        if llm["state"] != "unchecked" {
-            return llm;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the provider was never checked"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+        (llm["state"] != "unchecked").then_some(llm)
+    })
+    .await
 }
 
 /// A provider that cannot be reached is reported down, with why; it does
@@ -459,18 +452,10 @@ async fn ready_reports_a_provider_that_does_not_answer() {
 /// Reads `/metrics` until `needle` appears (the server reports the state
 /// change; the loop is bounded by the hang guard, not a timing threshold).
 async fn wait_for_metric(h: &Harness, needle: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let text = h.metrics().await;
-        if text.contains(needle) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never saw {needle}:\n{text}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    wait_until(needle, || async {
+        h.metrics().await.contains(needle).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -592,14 +577,11 @@ async fn shutdown_waits_for_a_send_that_is_still_saving() {
         );
         tokio::spawn(async move { http.post(url).json(&json!({"content": "go"})).send().await })
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while db.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'") == "0" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the save never waited"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'";
+    wait_until("the save to wait", || async {
+        (db.psql(waiting) != "0").then_some(())
+    })
+    .await;
     h.sluice.signal_term();
     held.commit();
     let sent = send.await.unwrap().unwrap();
@@ -664,20 +646,13 @@ async fn a_final_answer_whose_write_failed_is_written_when_the_store_returns() {
     assert_eq!(frames.last().unwrap()["finish_reason"], "stop");
     ws.close().await;
     db.resume();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let query = format!(
         "SELECT status || ' ' || content FROM messages WHERE session_id = '{id}' AND role = 'assistant'"
     );
-    loop {
+    let stored = wait_until("the answer to be written", || async {
         let stored = db.psql(&query);
-        if stored.starts_with("complete") {
-            assert_eq!(stored, format!("complete {}", expected_text(30)));
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the answer was never written: {stored:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+        stored.starts_with("complete").then_some(stored)
+    })
+    .await;
+    assert_eq!(stored, format!("complete {}", expected_text(30)));
 }

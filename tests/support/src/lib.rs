@@ -37,6 +37,31 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// How long [`wait_until`] waits before the test fails (a hang guard, not
+/// a timing check).
+pub const WAIT_GUARD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Asks `check` every 50 ms until it has an answer, and returns it: the way
+/// a test waits for a state the server reaches by itself. Panics, naming
+/// `what`, past [`WAIT_GUARD`].
+pub async fn wait_until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + WAIT_GUARD;
+    loop {
+        if let Some(answer) = check().await {
+            return answer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited {WAIT_GUARD:?} for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// The text of token `i` from the fake upstream: its index in brackets, so a
 /// test can check order and completeness of any stretch of text.
 pub fn token_text(i: usize) -> String {

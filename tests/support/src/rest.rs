@@ -64,23 +64,18 @@ pub async fn assert_store_unavailable(response: reqwest::Response) {
 }
 
 /// `GET /ready` until it answers `status` (a check started just before a
-/// backend went down may still say it is up; the wait is a hang guard);
-/// the body then.
+/// backend went down may still say it is up); the body then.
 pub async fn ready_when(http: &reqwest::Client, base: &str, status: u16) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    crate::wait_until(&format!("/ready to answer {status}"), || async {
         let response = http
             .get(format!("{base}/ready"))
             .send()
             .await
             .expect("GET /ready");
-        if response.status() == status {
-            return response.json().await.expect("a JSON body");
+        if response.status() != status {
+            return None;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "/ready never answered {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Some(response.json().await.expect("a JSON body"))
+    })
+    .await
 }
