@@ -11,17 +11,33 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::Addr;
 use sluice_backends::bus::{BusMessage, BusReceiver};
 use sluice_backends::log::EncodedEvent;
 use sluice_protocol::{Event, EventBody};
 
-use crate::cluster::DELETED_NOTICE;
-use crate::sessions::Sessions;
+use crate::cluster::{Cluster, DELETED_NOTICE};
+use crate::metrics::Metrics;
+use crate::registry::{Lookup, SessionRegistry};
 use crate::subscriber::{CloseReason, SubscriberQueue};
 
 /// How often the pump checks that someone still runs the generation it
 /// watches.
 const OWNER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The session a pump follows, and what it needs to take it over.
+pub(crate) struct Followed {
+    /// The subscriber's user, who owns the session.
+    pub user_id: String,
+    /// The session.
+    pub session_id: String,
+    /// Who holds its lease.
+    pub cluster: Arc<Cluster>,
+    /// Where to ask for it, to take it over.
+    pub registry: Addr<SessionRegistry>,
+    /// `sluice_remote_resyncs_total`.
+    pub metrics: Metrics,
+}
 
 /// Runs until the queue closes or the bus ends. `last` is the join point's
 /// `seq`, `generating` whether a generation ran then.
@@ -30,12 +46,17 @@ pub(crate) async fn run(
     queue: Arc<SubscriberQueue>,
     mut last: u64,
     mut generating: bool,
-    sessions: Sessions,
-    user_id: String,
-    session_id: String,
+    followed: Followed,
 ) {
+    let Followed {
+        user_id,
+        session_id,
+        cluster,
+        registry,
+        metrics,
+    } = followed;
     let resync = |queue: &SubscriberQueue| {
-        sessions.metrics().remote_resyncs_total.inc();
+        metrics.remote_resyncs_total.inc();
         queue.close(CloseReason::Resume);
     };
     let mut check = tokio::time::interval(OWNER_CHECK_INTERVAL);
@@ -82,11 +103,16 @@ pub(crate) async fn run(
                 if !generating {
                     continue;
                 }
-                let owner = sessions.cluster_owner(&session_id).await;
-                if let Ok(None) = owner {
+                if let Ok(None) = cluster.leases().owner(&session_id).await {
                     // Nobody runs the generation any more: take it over here;
                     // its events arrive on the bus like any owner's.
-                    if let Err(e) = sessions.take_over(&user_id, &session_id).await {
+                    let lookup = Lookup {
+                        user_id: user_id.clone(),
+                        session_id: session_id.clone(),
+                        local_only: false,
+                        retired: None,
+                    };
+                    if let Ok(Err(e)) = registry.send(lookup).await {
                         tracing::debug!(session_id, error = %e, "takeover attempt failed");
                     }
                 }

@@ -331,9 +331,13 @@ impl Sessions {
                     queue.clone(),
                     start.last_seq,
                     start.generating,
-                    self.clone(),
-                    user_id.to_owned(),
-                    id.to_owned(),
+                    remote_pump::Followed {
+                        user_id: user_id.to_owned(),
+                        session_id: id.to_owned(),
+                        cluster: self.deps.cluster.clone(),
+                        registry: self.registry.clone(),
+                        metrics: self.deps.metrics.clone(),
+                    },
                 ));
                 start
             }
@@ -366,7 +370,7 @@ impl Sessions {
 
     /// Where the session lives now (starting its actor here if this replica
     /// may own it), given the actor the caller last found `retired`.
-    pub(crate) async fn route(
+    async fn route(
         &self,
         user_id: &str,
         id: &str,
@@ -529,18 +533,6 @@ impl Sessions {
                 )))
             }
         }
-    }
-
-    /// Which replica holds the session's lease now, if any.
-    pub(crate) async fn cluster_owner(&self, id: &str) -> Result<Option<String>, SessionError> {
-        Ok(self.deps.cluster.leases().owner(id).await?)
-    }
-
-    /// Asks the registry for the session on behalf of a subscriber that
-    /// saw its generation's owner vanish: this replica takes it over if it
-    /// is first.
-    pub(crate) async fn take_over(&self, user_id: &str, id: &str) -> Result<(), SessionError> {
-        self.route(user_id, id, false, None).await.map(drop)
     }
 }
 
