@@ -86,6 +86,9 @@ pub const VARS: &[Var] = &[
         default: DefaultValue::Unset,
         help: "provider API key (sent as Bearer)",
         parse: |c, v| {
+            if v.chars().any(char::is_control) {
+                return Err("must not hold control characters (a line break, say)".into());
+            }
             c.llm_api_key = Some(Secret::new(v));
             Ok(())
         },
@@ -609,8 +612,9 @@ fn address(text: &str) -> Result<SocketAddr, String> {
 }
 
 fn http_url(text: &str) -> Result<String, String> {
-    if !(text.starts_with("http://") || text.starts_with("https://")) {
-        return Err("must be an http:// or https:// URL".into());
+    let url = reqwest::Url::parse(text).map_err(|e| format!("must be a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an http:// or https:// URL with a host".into());
     }
     Ok(text.trim_end_matches('/').to_owned())
 }
@@ -618,6 +622,9 @@ fn http_url(text: &str) -> Result<String, String> {
 fn bounded_text(text: &str, max: usize) -> Result<String, String> {
     if text.len() > max {
         return Err(format!("must be at most {max} bytes"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err("must not hold control characters".into());
     }
     Ok(text.to_owned())
 }
@@ -787,6 +794,9 @@ mod tests {
             ("SLUICE_LLM_TEMPERATURE", "hot"),
             ("SLUICE_LLM_TEMPERATURE", "NaN"),
             ("SLUICE_LLM_BASE_URL", "ftp://x"),
+            ("SLUICE_LLM_BASE_URL", "http://[::1"),
+            ("SLUICE_LLM_MODEL", "a\nb"),
+            ("SLUICE_LLM_API_KEY", "k\nX-Injected: 1"),
             ("SLUICE_LOG_FORMAT", "xml"),
             ("SLUICE_LOG_LEVEL", "sluice=loud"),
             ("SLUICE_CONTINUATION", "maybe"),

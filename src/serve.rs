@@ -143,8 +143,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let store = session_store(&config).await?;
 
     // Bound first, so that the default replica id names the real port.
+    // Every listener is bound before anything starts, so an address in use
+    // stops the start at once and cleanly.
     let listener = sluice_web::server::bind(config.addr)
         .with_context(|| format!("cannot listen on {}", config.addr))?;
+    let metrics_listener = config
+        .metrics_addr
+        .map(|addr| {
+            sluice_web::server::bind(addr)
+                .with_context(|| format!("cannot listen on {addr} for metrics"))
+        })
+        .transpose()?;
+    let auth = Auth::new(config.jwt_secret.as_ref().map(|s| s.expose()));
+
     let bound = listener.local_addr()?;
     let replica_id = config
         .replica_id
@@ -172,14 +183,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot join the cluster: {e}"))?;
 
-    let metrics_listener = config
-        .metrics_addr
-        .map(|addr| {
-            sluice_web::server::bind(addr)
-                .with_context(|| format!("cannot listen on {addr} for metrics"))
-        })
-        .transpose()?;
-    let auth = Auth::new(config.jwt_secret.as_ref().map(|s| s.expose()));
     let metrics_bound = metrics_listener
         .as_ref()
         .and_then(|l| l.local_addr().ok())

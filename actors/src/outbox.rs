@@ -119,6 +119,10 @@ async fn run(
                 OutboxCmd::Event(event) => outbox.events.push(event),
                 OutboxCmd::Subscribe { queue, registered } => {
                     outbox.flush().await;
+                    // Subscribers that left are dropped here too, not only
+                    // at the next event: on a quiet session, clients that
+                    // keep reconnecting would pile up.
+                    outbox.subscribers.retain(|queue| !queue.is_closed());
                     outbox.subscribers.push(queue);
                     // The subscriber may have given up waiting; that is fine.
                     let _ = registered.send(());

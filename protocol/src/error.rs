@@ -15,6 +15,8 @@ pub enum ErrorCode {
     Forbidden,
     /// No such session or file for this user.
     NotFound,
+    /// The route exists, but not with this method.
+    MethodNotAllowed,
     /// A generation is already running in this session.
     Conflict,
     /// The request body did not arrive in time.
@@ -43,6 +45,7 @@ impl ErrorCode {
             Self::Unauthorized => 401,
             Self::Forbidden => 403,
             Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,
             Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
@@ -62,6 +65,7 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::RequestTimeout => "request_timeout",
             Self::Conflict => "conflict",
             Self::PayloadTooLarge => "payload_too_large",
@@ -164,6 +168,7 @@ mod tests {
             (ErrorCode::Unauthorized, 401),
             (ErrorCode::Forbidden, 403),
             (ErrorCode::NotFound, 404),
+            (ErrorCode::MethodNotAllowed, 405),
             (ErrorCode::RequestTimeout, 408),
             (ErrorCode::Conflict, 409),
             (ErrorCode::PayloadTooLarge, 413),

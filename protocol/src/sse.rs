@@ -31,9 +31,13 @@ pub fn retry(milliseconds: u64) -> String {
 pub const PING_COMMENT: &str = ": ping\n\n";
 
 /// Reads a resume cursor from a `Last-Event-ID` header value or an `after`
-/// parameter: a non-negative integer, surrounding spaces allowed.
+/// parameter: decimal digits only, surrounding spaces allowed.
 pub fn parse_cursor(value: &str) -> Option<u64> {
-    value.trim().parse().ok()
+    let value = value.trim();
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
 }
 
 #[cfg(test)]
@@ -63,6 +67,8 @@ mod tests {
     fn cursors_parse() {
         assert_eq!(parse_cursor(" 42 "), Some(42));
         assert_eq!(parse_cursor("-1"), None);
+        assert_eq!(parse_cursor("+1"), None);
+        assert_eq!(parse_cursor(""), None);
         assert_eq!(parse_cursor("abc"), None);
     }
 }

@@ -80,12 +80,18 @@ fn clip(text: &str) -> String {
 }
 
 /// Splits an authority (`host[:port]`, `[v6][:port]`) into its host, in
-/// lower case, and its port (`default` if it names none).
+/// lower case, and its port (`default` if it names none). Only the forms a
+/// browser writes are taken: the port in plain decimal digits, nothing
+/// after an IPv6 address's bracket but the port.
 fn split_authority(authority: &str, default: u16) -> Option<(String, u16)> {
     let (host, port) = match authority.strip_prefix('[') {
         Some(rest) => {
             let (host, after) = rest.split_once(']')?;
-            (host, after.strip_prefix(':'))
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':')?),
+            };
+            (host, port)
         }
         None => match authority.rsplit_once(':') {
             Some((host, port)) => (host, Some(port)),
@@ -94,7 +100,15 @@ fn split_authority(authority: &str, default: u16) -> Option<(String, u16)> {
     };
     let port = match port {
         None => default,
-        Some(port) => port.parse().ok()?,
+        Some(port) => {
+            let canonical = !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (port == "0" || !port.starts_with('0'));
+            if !canonical {
+                return None;
+            }
+            port.parse().ok()?
+        }
     };
     Some((host.to_ascii_lowercase(), port))
 }
@@ -102,9 +116,21 @@ fn split_authority(authority: &str, default: u16) -> Option<(String, u16)> {
 fn is_loopback_host(authority: &str) -> bool {
     split_authority(authority, 0).is_some_and(|(host, _)| {
         host == "localhost"
-            || host.ends_with(".localhost")
+            || host
+                .strip_suffix(".localhost")
+                .is_some_and(|labels| labels.split('.').all(is_label))
             || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
     })
+}
+
+/// A DNS label: letters, digits and inner hyphens.
+fn is_label(label: &str) -> bool {
+    !label.is_empty()
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// The host and port of a serialized origin (`scheme://host[:port]`), with
@@ -168,6 +194,12 @@ mod tests {
             "127.0.0.1.evil.example",
             "[::2]:80",
             "localhost.evil",
+            "[::1]x",
+            ".localhost",
+            "..localhost",
+            "-.localhost",
+            "localhost:+80",
+            "localhost:",
         ] {
             check_ok(Some(host), None, false);
         }
@@ -176,6 +208,8 @@ mod tests {
             "null",
             "http://127.0.0.1:9999",
             "http://localhost:8080",
+            "http://127.0.0.1:08080",
+            "http://127.0.0.1:+8080",
             "file://",
             "",
         ] {

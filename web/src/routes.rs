@@ -7,31 +7,57 @@ pub mod sse;
 pub mod ui;
 pub mod ws;
 
-use actix_web::web;
+use actix_web::{HttpResponse, Resource, ResponseError, web};
+use sluice_protocol::ErrorCode;
+
+use crate::error::ApiError;
 
 /// Registers every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/").route(web::get().to(ui::index)))
-        .service(web::resource("/health").route(web::get().to(ops::health)))
-        .service(web::resource("/ready").route(web::get().to(ops::ready)))
-        .service(web::resource("/metrics").route(web::get().to(ops::metrics)))
+    cfg.service(resource("/", "GET").route(web::get().to(ui::index)))
+        .service(resource("/health", "GET").route(web::get().to(ops::health)))
+        .service(resource("/ready", "GET").route(web::get().to(ops::ready)))
+        .service(resource("/metrics", "GET").route(web::get().to(ops::metrics)))
         .service(
-            web::resource("/v1/sessions")
+            resource("/v1/sessions", "GET, POST")
                 .route(web::post().to(sessions::create))
                 .route(web::get().to(sessions::list)),
         )
         .service(
-            web::resource("/v1/sessions/{id}")
+            resource("/v1/sessions/{id}", "GET, DELETE")
                 .route(web::get().to(sessions::get))
                 .route(web::delete().to(sessions::delete)),
         )
-        .service(web::resource("/v1/sessions/{id}/messages").route(web::post().to(sessions::send)))
-        .service(web::resource("/v1/sessions/{id}/cancel").route(web::post().to(sessions::cancel)))
-        .service(web::resource("/v1/sessions/{id}/ws").route(web::get().to(ws::connect)))
-        .service(web::resource("/v1/sessions/{id}/events").route(web::get().to(sse::events)))
         .service(
-            web::resource("/v1/chat/completions").route(web::post().to(openai::chat_completions)),
+            resource("/v1/sessions/{id}/messages", "POST").route(web::post().to(sessions::send)),
         )
-        .service(web::resource("/v1/models").route(web::get().to(openai::models)))
-        .service(web::resource("/v1/models/{id}").route(web::get().to(openai::model)));
+        .service(
+            resource("/v1/sessions/{id}/cancel", "POST").route(web::post().to(sessions::cancel)),
+        )
+        .service(resource("/v1/sessions/{id}/ws", "GET").route(web::get().to(ws::connect)))
+        .service(resource("/v1/sessions/{id}/events", "GET").route(web::get().to(sse::events)))
+        .service(
+            resource("/v1/chat/completions", "POST")
+                .route(web::post().to(openai::chat_completions)),
+        )
+        .service(resource("/v1/models", "GET").route(web::get().to(openai::models)))
+        .service(resource("/v1/models/{id}", "GET").route(web::get().to(openai::model)));
+}
+
+/// A resource whose other methods are answered `405 method_not_allowed` in
+/// the envelope, with `Allow` listing `allowed`.
+fn resource(path: &str, allowed: &'static str) -> Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        let mut response = ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            format!("this route takes {allowed}"),
+        )
+        .error_response();
+        if let Ok(value) = allowed.parse() {
+            response
+                .headers_mut()
+                .insert(actix_web::http::header::ALLOW, value);
+        }
+        Ok::<HttpResponse, actix_web::Error>(response)
+    }))
 }

@@ -100,7 +100,8 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let app_state = state.clone();
     let auth = web::Data::new(auth);
-    let server = HttpServer::new(move || app(app_state.clone(), auth.clone()))
+    let app_auth = auth.clone();
+    let server = HttpServer::new(move || app(app_state.clone(), app_auth.clone()))
         .workers(options.workers)
         // Tokens are small writes that must leave at once: without this,
         // Nagle's algorithm holds each one until the client's (delayed)
@@ -115,15 +116,19 @@ pub async fn run(
     let metrics_server = match options.metrics_listener {
         Some(listener) => {
             let registry = state.registry.clone();
+            let auth = auth.clone();
             let server = HttpServer::new(move || {
                 let registry = registry.clone();
-                App::new().route(
-                    "/metrics",
-                    web::get().to(move || {
-                        let registry = registry.clone();
-                        async move { routes::ops::render_metrics(&registry) }
-                    }),
-                )
+                App::new()
+                    .app_data(auth.clone())
+                    .route(
+                        "/metrics",
+                        web::get().to(move || {
+                            let registry = registry.clone();
+                            async move { routes::ops::render_metrics(&registry) }
+                        }),
+                    )
+                    .wrap(from_fn(local_guard))
             })
             .workers(1)
             .disable_signals()

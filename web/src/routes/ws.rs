@@ -13,6 +13,10 @@
 //! died, say), the connection keeps writing events, answering pings and
 //! reading frames.
 
+mod gate;
+
+use std::cell::Cell;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -22,7 +26,7 @@ use serde::Deserialize;
 use sluice_actors::metrics::GaugeGuard;
 use sluice_actors::subscriber::CloseReason;
 use sluice_actors::{Outgoing, SessionError, Sessions, Subscription};
-use sluice_protocol::limits::MAX_WS_FRAME_BYTES;
+use sluice_protocol::limits::{MAX_SEQ, MAX_WS_FRAME_BYTES};
 use sluice_protocol::rest::SendMessage;
 use sluice_protocol::{ClientFrame, Control, ErrorCode, parse_client_frame};
 use tokio::sync::{mpsc, watch};
@@ -53,6 +57,9 @@ pub async fn connect(
     id: web::Path<String>,
     query: web::Query<WsQuery>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    // A request that is no WebSocket handshake is told so in the envelope.
+    ws::handshake(&req)
+        .map_err(|e| ApiError::bad_request(format!("not a WebSocket handshake: {e}")))?;
     let session_id = id.into_inner();
     let subscription = state
         .sessions
@@ -60,6 +67,8 @@ pub async fn connect(
         .await
         .map_err(ApiError::from)?;
     let (commands, pending) = mpsc::channel(MAX_PENDING_COMMANDS);
+    let oversized = Rc::new(Cell::new(false));
+    let stream = gate::FrameGate::new(stream, MAX_WS_FRAME_BYTES, oversized.clone());
     let connection = WsConnection {
         sessions: state.sessions.clone(),
         user_id: user.0,
@@ -71,6 +80,7 @@ pub async fn connect(
         commands,
         pending: Some(pending),
         fragments: None,
+        oversized,
         shutdown: state.shutdown.clone(),
         _live: GaugeGuard::new(state.metrics.live_connections.with_label_values(&["ws"])),
     };
@@ -102,6 +112,8 @@ pub struct WsConnection {
     /// A fragmented text message being reassembled, as bytes: a character
     /// may be split across fragments. Bounded by the frame limit.
     fragments: Option<Vec<u8>>,
+    /// Set by the frame gate when it refused a frame over the limit.
+    oversized: Rc<Cell<bool>>,
     /// Flips at shutdown: close with 1001 so clients go elsewhere and resume.
     shutdown: watch::Receiver<bool>,
     /// Keeps `sluice_live_connections{transport="ws"}` counting this one.
@@ -205,6 +217,14 @@ impl WsConnection {
             ClientFrame::Ping => return ctx.text(Control::Pong.to_json()),
             ClientFrame::Send(message) => Command::Send(message),
             ClientFrame::Cancel => Command::Cancel,
+            ClientFrame::Resume { after } if after > MAX_SEQ => {
+                // The client's mistake: its stream goes on as it was.
+                return self.reject(
+                    ctx,
+                    ErrorCode::BadRequest,
+                    format!("a cursor is a seq from 0 to {MAX_SEQ}"),
+                );
+            }
             ClientFrame::Resume { after } => Command::Resume {
                 after,
                 number: self.resumes + 1,
@@ -394,7 +414,9 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsConnection {
         self.last_heard = Instant::now();
         let message = match item {
             Ok(message) => message,
-            Err(ws::ProtocolError::Overflow) => {
+            // Over the limit: refused by the gate at its header, or by the
+            // decoder (a fragmented message's whole).
+            Err(e) if self.oversized.get() || matches!(e, ws::ProtocolError::Overflow) => {
                 self.sessions
                     .metrics()
                     .rejected_frames_total
