@@ -48,6 +48,10 @@ pub async fn chat_completions(
                 }
             }
             yield Ok(out.freeze());
+            // Let the server write this batch now: it fills its write
+            // buffer for as long as a body has more ready, so a burst
+            // would hold every chunk back until 32 KiB of them had come.
+            tokio::task::yield_now().await;
         }
         yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
     };

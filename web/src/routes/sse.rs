@@ -73,6 +73,11 @@ pub async fn events(
                             });
                         }
                         yield Ok(Bytes::from(chunk));
+                        // Let the server write this batch now: it fills its
+                        // write buffer for as long as a body has more ready,
+                        // so a burst would hold every event back until 32 KiB
+                        // of them had come.
+                        tokio::task::yield_now().await;
                     }
                     // Said before the stream ends, so the client does not
                     // reconnect to a session that is gone.

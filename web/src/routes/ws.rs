@@ -251,9 +251,18 @@ impl WsConnection {
         if let Some(handle) = self.outgoing.take() {
             ctx.cancel_future(handle);
         }
-        let frames = futures::stream::unfold(subscription, |mut sub| async move {
+        // Before each batch after the first, two turns: the first ends the
+        // context's poll with the last batch's frames, the second a poll
+        // with none, which is when the server writes what it has. Without
+        // them, a burst of events would fill the write buffer (32 KiB)
+        // before a single one went out.
+        let frames = futures::stream::unfold((subscription, true), |(mut sub, first)| async move {
+            if !first {
+                tokio::task::yield_now().await;
+                tokio::task::yield_now().await;
+            }
             let next = sub.next_batch().await;
-            Some((next, sub))
+            Some((next, (sub, false)))
         });
         self.outgoing = Some(ctx.add_stream(frames));
     }
