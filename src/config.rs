@@ -487,8 +487,10 @@ impl Config {
                     if value.trim().is_empty() {
                         return None;
                     }
+                    // A secret keeps its spaces, but not the line break a
+                    // file it was read from (a Kubernetes secret) ends with.
                     let value = if is_secret(var.name) {
-                        value
+                        value.trim_end_matches(['\r', '\n']).to_owned()
                     } else {
                         value.trim().to_owned()
                     };
@@ -736,12 +738,14 @@ mod tests {
         assert_eq!(c.metrics_addr.unwrap().to_string(), "127.0.0.1:9100");
         let c = config(&[
             ("METRICS_PORT", "9100"),
-            ("JWT_SECRET", " a secret, spaces and all "),
+            ("JWT_SECRET", " a secret, spaces and all \n"),
             ("SLUICE_ADDR", "0.0.0.0:8080"),
         ])
         .unwrap();
         assert_eq!(c.metrics_addr.unwrap().to_string(), "0.0.0.0:9100");
         assert_eq!(c.jwt_secret.unwrap().expose(), " a secret, spaces and all ");
+        let c = config(&[("SLUICE_LLM_API_KEY", "sk-from-a-file\n")]).unwrap();
+        assert_eq!(c.llm_api_key.unwrap().expose(), "sk-from-a-file");
         let c = config(&[
             ("METRICS_PORT", "9100"),
             ("SLUICE_METRICS_ADDR", "127.0.0.1:9200"),

@@ -553,6 +553,11 @@ async fn with_postgres_down_sends_are_overloaded_and_service_returns_by_itself()
     assert_eq!(token_text(&frames), expected_text(3));
     let messages = h.session(&id).await["messages"].as_array().unwrap().len();
     assert_eq!(messages, 4, "the refused send left nothing behind");
+    // Nor in the database: its messages were not written later either.
+    let stored = db.psql(&format!(
+        "SELECT count(*) FROM messages WHERE session_id = '{id}'"
+    ));
+    assert_eq!(stored, "4");
 }
 
 /// A send still saving when shutdown begins is waited for, like a running

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use crate::deps::SessionDeps;
 use crate::error::SessionError;
-use crate::session::{Drain, Loaded, Retired, SessionActor, Terminate};
+use crate::session::{Drain, Loaded, Retired, SessionActor, TAKEOVER_LOOKBACK, Terminate};
 
 /// The registry actor.
 pub struct SessionRegistry {
@@ -207,10 +207,13 @@ async fn read(deps: &SessionDeps, session_id: &str) -> Result<Loaded, SessionErr
     let epoch = log.epoch(session_id).await?;
     let log_last_seq = log.last_seq(session_id).await?;
     let left_running = messages
-        .iter()
-        .any(|m| m.status == MessageStatus::Streaming);
-    let tail = if left_running && log_last_seq > record.last_seq {
-        log.read_after(session_id, record.last_seq, log_last_seq)
+        .last()
+        .is_some_and(|m| m.status == MessageStatus::Streaming);
+    // A takeover reads the log a little before the checkpoint, to see
+    // whether the answer was announced (see `TAKEOVER_LOOKBACK`).
+    let from = record.last_seq.saturating_sub(TAKEOVER_LOOKBACK);
+    let tail = if left_running && log_last_seq > from {
+        log.read_after(session_id, from, log_last_seq)
             .await
             .map_err(|e: BackendError| tracing::warn!(session_id, error = %e, "the log's tail could not be read"))
             .ok()
@@ -378,6 +381,10 @@ impl Handler<Remove> for SessionRegistry {
                 return Box::pin(fut::wrap_future(async move {
                     if tokio::time::timeout(SLOT_WAIT, rx).await.is_ok() {
                         let _ = registry.send(msg).await;
+                    } else {
+                        // If the load ends, its actor's writes to the deleted
+                        // session change nothing, and it idles out.
+                        tracing::warn!(session_id = %msg.session_id, "a deleted session's load did not end in time; its actor is not stopped");
                     }
                 }));
             }

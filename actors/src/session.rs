@@ -39,6 +39,7 @@ use crate::subscriber::SubscriberQueue;
 
 pub use generation::Step;
 use generation::{Finishing, Generation, Saving};
+pub use recovery::TAKEOVER_LOOKBACK;
 use recovery::{Recovery, Retirement};
 use writer::Writer;
 

@@ -80,7 +80,9 @@ pub trait EventLog: Send + Sync + 'static {
     /// The highest `seq` in the session's log (0 if none).
     fn last_seq(&self, session_id: &str) -> BoxFuture<'static, Result<u64, BackendError>>;
 
-    /// Forgets the session's events (the session was deleted).
+    /// Forgets the session's events (the session was deleted); an append
+    /// after it is refused as fenced, since an owner may not have heard of
+    /// the deletion yet.
     fn remove(&self, session_id: &str) -> BoxFuture<'static, Result<(), BackendError>>;
 
     /// Checks that the log answers now.
@@ -178,5 +180,8 @@ pub(crate) mod conformance {
         log.remove("s").await.unwrap();
         assert_eq!(log.last_seq("s").await.unwrap(), 0);
         assert!(log.read_after("s", 0, 1000).await.unwrap().is_empty());
+        let late = log.append("s", 7, vec![token(1001)]).await.unwrap_err();
+        assert_eq!(late.kind, crate::ErrorKind::Fenced);
+        assert_eq!(log.last_seq("s").await.unwrap(), 0);
     }
 }

@@ -187,7 +187,7 @@ impl SessionActor {
         let record = self.record_now();
         let saved = self
             .writer
-            .save_acked(record, vec![user.clone(), assistant.clone()]);
+            .save_once(record, vec![user.clone(), assistant.clone()]);
         let started = Instant::now();
         let early = (!self.last_save_failed).then(|| {
             let history = self.messages.iter().chain([&user]);

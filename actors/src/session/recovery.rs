@@ -43,7 +43,14 @@ struct Takeover {
     /// Whether the answer so far is known exactly, so asking the provider to
     /// continue it gives one whole answer.
     continuable: bool,
+    /// Whether its `generation_start` is in the log: clients saw it start.
+    announced: bool,
 }
+
+/// How many events before the checkpoint's `last_seq` the log is read from
+/// for a takeover: enough to find the `generation_start` of an answer with
+/// no text yet (`user_message`, `title`, `generation_start`).
+pub const TAKEOVER_LOOKBACK: u64 = 3;
 
 /// Why an actor stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +67,11 @@ pub(super) enum Retirement {
 }
 
 /// Rebuilds, in `messages`, what a replica that died left unfinished: the
-/// last `streaming` message gets the logged tokens after its checkpoint;
-/// one whose end is in the log is settled; older ones are interrupted.
+/// last message, if `streaming`, gets the logged tokens after its
+/// checkpoint; one whose end is in the log is settled; other `streaming`
+/// ones are interrupted (an answer with messages after it is no answer to
+/// continue). `tail` is the log from [`TAKEOVER_LOOKBACK`] events before the
+/// checkpoint's `last_seq`.
 pub(super) fn plan(
     record: &SessionRecord,
     messages: &mut [MessageRecord],
@@ -70,15 +80,13 @@ pub(super) fn plan(
 ) -> Recovery {
     let mut repaired = Vec::new();
     let mut takeover = None;
-    let last_streaming = messages
-        .iter()
-        .rposition(|m| m.status == MessageStatus::Streaming);
+    let last = messages.len().saturating_sub(1);
     for (i, m) in messages.iter_mut().enumerate() {
         if m.status != MessageStatus::Streaming {
             continue;
         }
         let generation_id = m.generation_id.clone().unwrap_or_default();
-        if Some(i) != last_streaming || generation_id.is_empty() {
+        if i != last || generation_id.is_empty() {
             m.status = MessageStatus::Interrupted;
             repaired.push(m.clone());
             continue;
@@ -87,13 +95,17 @@ pub(super) fn plan(
         // log holds the ones after it, if it kept them all.
         let from = record.last_seq;
         let events = tail.unwrap_or_default();
+        let announced = events.iter().any(|e| {
+            matches!(&e.event.body, EventBody::GenerationStart { generation_id: g, .. } if *g == generation_id)
+        });
+        let after: Vec<_> = events.iter().filter(|e| e.seq() > from).collect();
         let complete = log_last_seq <= from
             || (tail.is_some()
-                && events.len() as u64 == log_last_seq - from
-                && events.first().is_some_and(|e| e.seq() == from + 1));
+                && after.len() as u64 == log_last_seq - from
+                && after.first().is_some_and(|e| e.seq() == from + 1));
         let mut ended = None;
         if complete {
-            for e in events {
+            for e in after {
                 match &e.event.body {
                     EventBody::Token {
                         generation_id: g,
@@ -120,6 +132,7 @@ pub(super) fn plan(
             generation_id: generation_id.into(),
             message_index: i,
             continuable: complete,
+            announced,
         });
     }
     Recovery { repaired, takeover }
@@ -142,9 +155,9 @@ impl SessionActor {
     /// with text is continued from the answer so far, or ended as
     /// `interrupted` where the answer so far is not known exactly or the
     /// provider's way to continue is not configured. An answer with no text
-    /// at all starts afresh, announced with `generation_start` (its replica
-    /// may have stopped right after saving it): asking anew is what any
-    /// provider does with an empty answer.
+    /// at all starts afresh (asking anew is what any provider does with an
+    /// empty answer), announced with `generation_start` unless the log shows
+    /// it was (its replica may have stopped right after saving it).
     fn take_over(&mut self, ctx: &mut Context<Self>, takeover: Takeover) {
         let fresh =
             takeover.continuable && self.messages[takeover.message_index].content.is_empty();
@@ -169,10 +182,11 @@ impl SessionActor {
         if fresh || continues {
             let request = self.request_for(takeover.message_index, continues);
             let task = self.spawn_stream(ctx, &takeover.generation_id, request, None);
+            let announce = fresh && !takeover.announced;
             self.start_generation(
                 takeover.generation_id,
                 takeover.message_index,
-                continues,
+                !announce,
                 task,
                 Instant::now(),
             );

@@ -6,9 +6,11 @@
 //! session), the writer tells its actor and refuses every later write
 //! itself, without asking the store; so it does once the actor abandons it.
 //!
-//! Messages whose write failed (the store was down) go again with the next
-//! write, so a final answer whose write failed lands once the store is
-//! back (the idle retirement's flush is one such write).
+//! The messages of a checkpoint, a final answer or a repair whose write
+//! failed because the store was unavailable go again with the next write,
+//! so a final answer lands once the store is back (the idle retirement's
+//! flush is one such write). A send's write is not retried: its caller is
+//! told it failed, and its messages are dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +36,9 @@ pub(super) struct Writer {
 struct Write {
     session: SessionRecord,
     messages: Vec<MessageRecord>,
+    /// Whether its messages go again with the next write if the store was
+    /// unavailable.
+    retried: bool,
     done: Option<oneshot::Sender<Result<(), BackendError>>>,
 }
 
@@ -63,7 +68,7 @@ impl Writer {
 
     /// Queues a write of `session` and `messages`; a failure is logged.
     pub(super) fn save(&self, session: SessionRecord, messages: Vec<MessageRecord>) {
-        self.queue(session, messages, None);
+        self.queue(session, messages, true, None);
     }
 
     /// Queues a write and resolves with its outcome once it has landed.
@@ -72,8 +77,27 @@ impl Writer {
         session: SessionRecord,
         messages: Vec<MessageRecord>,
     ) -> futures::future::BoxFuture<'static, Result<(), BackendError>> {
+        self.acked(session, messages, true)
+    }
+
+    /// Like [`Self::save_acked`], but not written again if it fails: for a
+    /// send, whose caller is told and whose messages are dropped.
+    pub(super) fn save_once(
+        &self,
+        session: SessionRecord,
+        messages: Vec<MessageRecord>,
+    ) -> futures::future::BoxFuture<'static, Result<(), BackendError>> {
+        self.acked(session, messages, false)
+    }
+
+    fn acked(
+        &self,
+        session: SessionRecord,
+        messages: Vec<MessageRecord>,
+        retried: bool,
+    ) -> futures::future::BoxFuture<'static, Result<(), BackendError>> {
         let (done, rx) = oneshot::channel();
-        self.queue(session, messages, Some(done));
+        self.queue(session, messages, retried, Some(done));
         rx.map(|answer| {
             answer.unwrap_or_else(|_| {
                 Err(BackendError::unavailable(
@@ -94,6 +118,7 @@ impl Writer {
         &self,
         session: SessionRecord,
         messages: Vec<MessageRecord>,
+        retried: bool,
         done: Option<oneshot::Sender<Result<(), BackendError>>>,
     ) {
         // The task lives as long as the actor; if it is gone, so is every
@@ -101,6 +126,7 @@ impl Writer {
         let _ = self.tx.send(Write {
             session,
             messages,
+            retried,
             done,
         });
     }
@@ -118,10 +144,14 @@ async fn run(
     let mut unsaved: Vec<MessageRecord> = Vec::new();
     while let Some(write) = rx.recv().await {
         let session_id = write.session.id.clone();
-        let mut messages = std::mem::take(&mut unsaved);
-        for message in write.messages {
-            messages.retain(|m| m.id != message.id);
-            messages.push(message);
+        let owned = write.messages.len();
+        let mut messages = write.messages;
+        // Messages from earlier failed writes, unless this one has a newer
+        // version of them.
+        for old in std::mem::take(&mut unsaved) {
+            if !messages.iter().any(|m| m.id == old.id) {
+                messages.push(old);
+            }
         }
         let result = if abandoned.load(Ordering::SeqCst) {
             Err(BackendError::new(
@@ -142,9 +172,15 @@ async fn run(
                 }
                 fenced = Some(e.clone());
             }
-            Err(e) => {
+            Err(e) if e.is_retryable() => {
                 tracing::warn!(session_id, error = %e, "session write failed; its messages go again with the next");
-                unsaved = messages;
+                // This write's own messages only if it is retried; earlier
+                // ones (after them in the list) in any case.
+                let keep_from = if write.retried { 0 } else { owned };
+                unsaved = messages.split_off(keep_from);
+            }
+            Err(e) => {
+                tracing::error!(session_id, error = %e, "session write refused");
             }
             Ok(()) => {}
         }

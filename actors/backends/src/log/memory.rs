@@ -249,6 +249,9 @@ impl EventLog for MemoryEventLog {
             state.by_recency.remove(&log.tick);
             state.bytes -= log.bytes;
         }
+        // An empty log that refuses every append stays in its place, until
+        // idle expiry or the budget takes it like any other.
+        state.touch(session_id, Instant::now()).fence = u64::MAX;
         drop(state);
         drop(removed);
         Box::pin(async { Ok(()) })
@@ -342,13 +345,15 @@ mod tests {
         let b: usize = tokens(1, 3).iter().map(|e| cost(e)).sum();
         let state = log.lock();
         assert_eq!(state.bytes, b);
+        // "a" is left as an empty tombstone that refuses appends.
         assert_eq!(
             state
                 .by_recency
                 .values()
                 .map(|id| &**id)
                 .collect::<Vec<_>>(),
-            ["b"]
+            ["b", "a"]
         );
+        assert!(state.sessions["a"].events.is_empty());
     }
 }

@@ -39,6 +39,10 @@ const APPEND: &str = "local fence = tonumber(redis.call('GET', KEYS[3]) or '0') 
                       for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ARGV[3]) end \
                       return 1";
 
+/// The fence a deleted session's log keeps: above any claim (and exact in
+/// Lua's numbers, which are doubles).
+const TOMBSTONE_FENCE: i64 = (1 << 53) - 1;
+
 /// Raises the session's fence (KEYS[1]) to ARGV[1], never lowering it;
 /// ARGV[2]: expiry in milliseconds.
 const CLAIM: &str = "local fence = tonumber(redis.call('GET', KEYS[1]) or '0') \
@@ -220,13 +224,24 @@ impl EventLog for RedisEventLog {
 
     fn remove(&self, session_id: &str) -> BoxFuture<'static, Result<(), BackendError>> {
         let client = self.client.clone();
-        let keys = vec![
-            log_key(session_id),
-            epoch_key(session_id),
-            fence_key(session_id),
-        ];
+        let keys = vec![log_key(session_id), epoch_key(session_id)];
+        let fence = fence_key(session_id);
+        let ttl = self.idle_ttl.as_secs() as i64;
         Box::pin(async move {
             let _: i64 = client.del(keys).await.map_err(err)?;
+            // The fence stays, at its highest, for as long as a log would:
+            // an owner that never heard of the deletion cannot append to a
+            // new log of a deleted session.
+            let _: () = client
+                .set(
+                    &fence,
+                    TOMBSTONE_FENCE,
+                    Some(Expiration::EX(ttl)),
+                    None,
+                    false,
+                )
+                .await
+                .map_err(err)?;
             Ok(())
         })
     }

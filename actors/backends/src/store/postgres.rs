@@ -164,15 +164,15 @@ fn message_from(row: &Row) -> Result<MessageRecord, BackendError> {
 impl PostgresSessionStore {
     /// Builds the pool for `url` and applies the migrations.
     pub async fn connect(url: &str, max_connections: usize) -> Result<Self, BackendError> {
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+        let config = tokio_postgres::Config::from_str(url).map_err(|e| {
             BackendError::rejected(Backend::Store, format!("bad Postgres URL: {e}"))
         })?;
-        let options = format!(
-            "{} -c statement_timeout={}",
-            config.get_options().unwrap_or_default(),
-            STATEMENT_TIMEOUT.as_millis()
-        );
-        config.options(options.trim());
+        // A timeout the URL sets itself (`options=-c statement_timeout=...`)
+        // is the operator's; otherwise each new connection gets ours, set
+        // with SET rather than a startup option, which PgBouncer refuses.
+        let own_timeout = config
+            .get_options()
+            .is_some_and(|o| o.contains("statement_timeout"));
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -182,7 +182,20 @@ impl PostgresSessionStore {
         );
         // Bounded waits: with the database down, a request fails fast with
         // `overloaded` instead of hanging.
+        let set_timeout = format!("SET statement_timeout = {}", STATEMENT_TIMEOUT.as_millis());
         let pool = Pool::builder(manager)
+            .post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
+                let set_timeout = set_timeout.clone();
+                Box::pin(async move {
+                    if !own_timeout {
+                        client
+                            .simple_query(&set_timeout)
+                            .await
+                            .map_err(deadpool_postgres::HookError::Backend)?;
+                    }
+                    Ok(())
+                })
+            }))
             .max_size(max_connections)
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(POOL_TIMEOUT))

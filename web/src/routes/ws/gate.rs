@@ -43,6 +43,8 @@ pub struct FrameGate<S> {
     leftover: Option<Bytes>,
     /// A frame just ended: the next poll pauses once.
     pause: bool,
+    /// A frame was refused: the stream has ended, whoever polls it again.
+    refused: bool,
     /// Set when a frame over the limit ended the stream, so the connection
     /// can close with 1009 rather than as a protocol error.
     oversized: Rc<Cell<bool>>,
@@ -58,6 +60,7 @@ impl<S> FrameGate<S> {
             position: FRAME_START,
             leftover: None,
             pause: false,
+            refused: false,
             oversized,
         }
     }
@@ -70,6 +73,10 @@ impl<S> FrameGate<S> {
         while i < chunk.len() {
             match &mut self.position {
                 Position::Header { bytes, seen } => {
+                    if *seen == bytes.len() {
+                        // A header is at most 14 bytes: one longer is none.
+                        return Err(());
+                    }
                     bytes[*seen] = chunk[i];
                     *seen += 1;
                     i += 1;
@@ -131,6 +138,9 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if this.refused {
+            return Poll::Ready(None);
+        }
         if this.pause {
             // The reader stops reading and decodes what it has; then it is
             // woken to read on.
@@ -148,6 +158,8 @@ where
         match this.advance(&chunk) {
             Err(()) => {
                 this.oversized.set(true);
+                this.refused = true;
+                this.leftover = None;
                 Poll::Ready(Some(Err(PayloadError::Overflow)))
             }
             Ok((taken, ended)) => {
@@ -222,6 +234,21 @@ mod tests {
         let bytes: Vec<Vec<u8>> = all.iter().map(|b| vec![*b]).collect();
         let (out, _) = passed(bytes, 1000).await;
         assert_eq!(out.concat(), all);
+    }
+
+    /// Polled again after refusing (actix does, as the connection stops),
+    /// with more of the refused frame already read, the gate has ended.
+    #[tokio::test]
+    async fn a_refused_frame_ends_the_stream_however_it_is_polled() {
+        let oversized = Rc::new(Cell::new(false));
+        let mut refused = header(1 << 40);
+        refused.extend_from_slice(&[b'x'; 64]);
+        let inner = futures::stream::iter([refused, vec![b'y'; 64]].map(|c| Ok(Bytes::from(c))));
+        let mut gate = FrameGate::new(inner, 1000, oversized.clone());
+        assert!(matches!(gate.next().await, Some(Err(_))));
+        assert!(gate.next().await.is_none());
+        assert!(gate.next().await.is_none());
+        assert!(oversized.get());
     }
 
     #[tokio::test]
