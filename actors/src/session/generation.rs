@@ -62,6 +62,21 @@ pub(super) struct Generation {
     continued: bool,
 }
 
+/// How a generation starts: what clients are told, and how an early
+/// failure ends it.
+#[derive(Clone, Copy)]
+pub(super) enum Start {
+    /// A send's answer: announced with `generation_start`.
+    New,
+    /// A taken-over answer asked again from the start (nothing of it was
+    /// kept); announced unless the log shows it already was.
+    Restarted { announced: bool },
+    /// A taken-over answer continued from its text so far: no new
+    /// `generation_start`, and a failure before its first token ends it
+    /// `interrupted`, keeping that text.
+    Continued,
+}
+
 /// A generation that ended, waiting for its final write.
 pub(super) struct Finishing {
     /// Its text, for the snapshots of subscribers joining meanwhile.
@@ -280,7 +295,7 @@ impl SessionActor {
                 self.spawn_stream(ctx, &generation_id, request, None)
             }
         };
-        self.start_generation(generation_id.into(), index, false, task, started);
+        self.start_generation(generation_id.into(), index, Start::New, task, started);
         if saving.cancelled {
             self.finish(ctx, FinishReason::Cancelled, None);
         }
@@ -372,11 +387,16 @@ impl SessionActor {
         &mut self,
         id: Arc<str>,
         message_index: usize,
-        continuation: bool,
+        start: Start,
         task: tokio::task::JoinHandle<()>,
         started: Instant,
     ) {
-        if !continuation {
+        let announce = match start {
+            Start::New => true,
+            Start::Restarted { announced } => !announced,
+            Start::Continued => false,
+        };
+        if announce {
             let message_id = self.messages[message_index].id.clone();
             self.emit(EventBody::GenerationStart {
                 generation_id: id.to_string(),
@@ -393,7 +413,7 @@ impl SessionActor {
             finish: None,
             task,
             last_checkpoint: Instant::now(),
-            continued: continuation,
+            continued: matches!(start, Start::Continued),
         }));
     }
 

@@ -21,7 +21,7 @@ use sluice_backends::store::{MessageRecord, SessionRecord};
 use sluice_protocol::{EventBody, FinishReason, MessageStatus};
 use tokio::sync::oneshot;
 
-use super::generation::{Ending, status_for};
+use super::generation::{Ending, Start, status_for};
 use super::{Awaited, Phase, Retired, SessionActor};
 use crate::Continuation;
 use crate::outbox::OutboxCmd;
@@ -182,11 +182,17 @@ impl SessionActor {
         if fresh || continues {
             let request = self.request_for(takeover.message_index, continues);
             let task = self.spawn_stream(ctx, &takeover.generation_id, request, None);
-            let announce = fresh && !takeover.announced;
+            let start = if continues {
+                Start::Continued
+            } else {
+                Start::Restarted {
+                    announced: takeover.announced,
+                }
+            };
             self.start_generation(
                 takeover.generation_id,
                 takeover.message_index,
-                !announce,
+                start,
                 task,
                 Instant::now(),
             );

@@ -10,7 +10,9 @@
 //! failed because the store was unavailable go again with the next write,
 //! so a final answer lands once the store is back (the idle retirement's
 //! flush is one such write). A send's write is not retried: its caller is
-//! told it failed, and its messages are dropped.
+//! told it failed, and its messages are dropped. Neither is a write the
+//! store refuses for good (`Rejected`, `Corrupt`), but the older messages it
+//! carried along are still owed and go again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -180,12 +182,207 @@ async fn run(
                 unsaved = messages.split_off(keep_from);
             }
             Err(e) => {
+                // Not this write's messages (retrying cannot help them), but
+                // the earlier ones it carried are still owed.
                 tracing::error!(session_id, error = %e, "session write refused");
+                unsaved = messages.split_off(owned);
             }
             Ok(()) => {}
         }
         if let Some(done) = write.done {
             let _ = done.send(result);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use actix::prelude::*;
+    use futures::future::BoxFuture;
+    use sluice_backends::store::{MessageRecord, SessionRecord, SessionStore};
+    use sluice_backends::{Backend, BackendError, ErrorKind};
+    use sluice_protocol::{MessageStatus, Role};
+
+    use super::*;
+
+    /// A store whose saves answer from a script (then `Ok`), recording the
+    /// message ids each save carried.
+    #[derive(Default)]
+    struct ScriptedStore {
+        answers: Mutex<VecDeque<Option<ErrorKind>>>,
+        saves: Mutex<Vec<Vec<String>>>,
+    }
+
+    fn unused<T: Send + 'static>() -> BoxFuture<'static, Result<T, BackendError>> {
+        Box::pin(async {
+            Err(BackendError::new(
+                Backend::Store,
+                ErrorKind::Rejected,
+                "unused",
+            ))
+        })
+    }
+
+    impl SessionStore for ScriptedStore {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+        fn create_session(&self, _: SessionRecord) -> BoxFuture<'static, Result<(), BackendError>> {
+            unused()
+        }
+        fn claim_session(
+            &self,
+            _: &str,
+        ) -> BoxFuture<'static, Result<Option<SessionRecord>, BackendError>> {
+            unused()
+        }
+        fn get_session(
+            &self,
+            _: &str,
+        ) -> BoxFuture<'static, Result<Option<SessionRecord>, BackendError>> {
+            unused()
+        }
+        fn list_sessions(
+            &self,
+            _: &str,
+            _: usize,
+            _: Option<&str>,
+        ) -> BoxFuture<'static, Result<Vec<SessionRecord>, BackendError>> {
+            unused()
+        }
+        fn delete_session(&self, _: &str) -> BoxFuture<'static, Result<bool, BackendError>> {
+            unused()
+        }
+        fn messages(
+            &self,
+            _: &str,
+        ) -> BoxFuture<'static, Result<Vec<MessageRecord>, BackendError>> {
+            unused()
+        }
+        fn save(
+            &self,
+            _: SessionRecord,
+            messages: Vec<MessageRecord>,
+        ) -> BoxFuture<'static, Result<(), BackendError>> {
+            let mut ids: Vec<String> = messages.into_iter().map(|m| m.id).collect();
+            ids.sort();
+            self.saves.lock().unwrap().push(ids);
+            let answer = self.answers.lock().unwrap().pop_front().flatten();
+            Box::pin(async move {
+                match answer {
+                    Some(kind) => Err(BackendError::new(Backend::Store, kind, "scripted")),
+                    None => Ok(()),
+                }
+            })
+        }
+        fn ping(&self) -> BoxFuture<'static, Result<(), BackendError>> {
+            unused()
+        }
+    }
+
+    struct Ignore;
+    impl Actor for Ignore {
+        type Context = Context<Self>;
+    }
+    impl Handler<Fenced> for Ignore {
+        type Result = ();
+        fn handle(&mut self, _: Fenced, _: &mut Self::Context) {}
+    }
+
+    fn session() -> SessionRecord {
+        SessionRecord {
+            id: "s".into(),
+            user_id: "u".into(),
+            title: String::new(),
+            model: "m".into(),
+            system_prompt: None,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            last_seq: 0,
+            fence: 1,
+        }
+    }
+
+    fn message(id: &str) -> MessageRecord {
+        MessageRecord {
+            id: id.into(),
+            session_id: "s".into(),
+            role: Role::Assistant,
+            content: String::new(),
+            attachments: vec![],
+            status: MessageStatus::Complete,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            client_msg_id: None,
+            generation_id: None,
+            usage: None,
+        }
+    }
+
+    fn writer(answers: &[Option<ErrorKind>]) -> (Writer, Arc<ScriptedStore>) {
+        let store = Arc::new(ScriptedStore::default());
+        store
+            .answers
+            .lock()
+            .unwrap()
+            .extend(answers.iter().copied());
+        let mut writer = Writer::new(store.clone());
+        writer.start(Ignore.start().recipient());
+        (writer, store)
+    }
+
+    #[actix_rt::test]
+    async fn an_unavailable_final_write_goes_again_and_a_send_does_not() {
+        let (writer, store) = writer(&[Some(ErrorKind::Unavailable), Some(ErrorKind::Unavailable)]);
+        // A final answer fails, then a send that carries it fails too.
+        assert!(
+            writer
+                .save_acked(session(), vec![message("final")])
+                .await
+                .is_err()
+        );
+        assert!(
+            writer
+                .save_once(session(), vec![message("send")])
+                .await
+                .is_err()
+        );
+        // The final answer is still owed; the send's message is not.
+        writer.flush(session()).await;
+        let saves = store.saves.lock().unwrap().clone();
+        assert_eq!(saves, [vec!["final"], vec!["final", "send"], vec!["final"]]);
+    }
+
+    #[actix_rt::test]
+    async fn a_refused_write_keeps_the_earlier_messages_it_carried() {
+        let (writer, store) = writer(&[Some(ErrorKind::Unavailable), Some(ErrorKind::Rejected)]);
+        assert!(
+            writer
+                .save_acked(session(), vec![message("final")])
+                .await
+                .is_err()
+        );
+        // The store refuses this send for its own content.
+        assert!(
+            writer
+                .save_once(session(), vec![message("send")])
+                .await
+                .is_err()
+        );
+        writer.flush(session()).await;
+        let saves = store.saves.lock().unwrap().clone();
+        assert_eq!(saves, [vec!["final"], vec!["final", "send"], vec!["final"]]);
+    }
+
+    #[actix_rt::test]
+    async fn after_a_fenced_write_nothing_more_reaches_the_store() {
+        let (writer, store) = writer(&[Some(ErrorKind::Fenced)]);
+        let first = writer.save_acked(session(), vec![message("a")]).await;
+        assert_eq!(first.unwrap_err().kind, ErrorKind::Fenced);
+        let second = writer.save_acked(session(), vec![message("b")]).await;
+        assert_eq!(second.unwrap_err().kind, ErrorKind::Fenced);
+        assert_eq!(store.saves.lock().unwrap().len(), 1);
     }
 }

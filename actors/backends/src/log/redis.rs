@@ -50,6 +50,13 @@ const CLAIM: &str = "local fence = tonumber(redis.call('GET', KEYS[1]) or '0') \
                      redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
                      return 1";
 
+/// Deletes a session's log and epoch (KEYS[1], KEYS[2]) and sets its fence
+/// (KEYS[3]) to ARGV[1] for ARGV[2] milliseconds, in one step: no append
+/// can land between the deletion and the fence.
+const REMOVE: &str = "redis.call('DEL', KEYS[1], KEYS[2]) \
+                      redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2]) \
+                      return 1";
+
 /// Logs untouched for this long expire (stream and epoch together).
 pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -224,24 +231,20 @@ impl EventLog for RedisEventLog {
 
     fn remove(&self, session_id: &str) -> BoxFuture<'static, Result<(), BackendError>> {
         let client = self.client.clone();
-        let keys = vec![log_key(session_id), epoch_key(session_id)];
-        let fence = fence_key(session_id);
-        let ttl = self.idle_ttl.as_secs() as i64;
+        // The fence stays, at its highest, for as long as a log would: an
+        // owner that never heard of the deletion cannot append to a new log
+        // of a deleted session.
+        let keys = vec![
+            log_key(session_id),
+            epoch_key(session_id),
+            fence_key(session_id),
+        ];
+        let args = vec![
+            TOMBSTONE_FENCE.to_string(),
+            self.idle_ttl.as_millis().to_string(),
+        ];
         Box::pin(async move {
-            let _: i64 = client.del(keys).await.map_err(err)?;
-            // The fence stays, at its highest, for as long as a log would:
-            // an owner that never heard of the deletion cannot append to a
-            // new log of a deleted session.
-            let _: () = client
-                .set(
-                    &fence,
-                    TOMBSTONE_FENCE,
-                    Some(Expiration::EX(ttl)),
-                    None,
-                    false,
-                )
-                .await
-                .map_err(err)?;
+            let _: i64 = client.eval(REMOVE, keys, args).await.map_err(err)?;
             Ok(())
         })
     }
