@@ -20,6 +20,12 @@ pub enum Backend {
     Bus,
     /// The lease store (memory, Redis).
     Leases,
+    /// The object store of uploaded files (a directory, S3).
+    Objects,
+    /// The vector index of file chunks (redb, Chroma).
+    Vectors,
+    /// The embedder (local, the provider's `/embeddings`).
+    Embedder,
 }
 
 impl Backend {
@@ -30,6 +36,9 @@ impl Backend {
             Self::EventLog => "event log",
             Self::Bus => "bus",
             Self::Leases => "lease store",
+            Self::Objects => "object store",
+            Self::Vectors => "vector index",
+            Self::Embedder => "embedder",
         }
     }
 }

@@ -10,6 +10,7 @@
 //! | messages between replicas | [`bus::Bus`] | [`bus::memory`] | [`bus::redis`] |
 //! | session ownership | [`lease::Leases`] | [`lease::memory`] | [`lease::redis`] |
 //! | the LLM provider | [`llm::LlmProvider`] | [`llm::demo`] | [`llm::openai`] |
+//! | uploaded files' bytes | [`objects::ObjectStore`] | [`objects::fs`] | [`objects::s3`] |
 //!
 //! - [`redis`]: a replica's Redis connections, shared by the log, the bus
 //!   and the leases.
@@ -25,6 +26,7 @@ pub mod ids;
 pub mod lease;
 pub mod llm;
 pub mod log;
+pub mod objects;
 pub mod probe;
 pub mod redis;
 pub mod secret;

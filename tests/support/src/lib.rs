@@ -9,6 +9,7 @@
 //! - [`postgres`]: a throwaway PostgreSQL server.
 //! - [`redis`]: a throwaway Redis server.
 //! - [`rest`]: REST calls shared by the harnesses and tests.
+//! - [`s3`]: a throwaway S3 server (the workspace's `s3-server`).
 //! - [`cluster`]: Redis, PostgreSQL, N replicas and nginx, as in production.
 //! - [`tcp_proxy`]: a TCP proxy a test can cut, for network partitions.
 
@@ -21,6 +22,7 @@ pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod rest;
+pub mod s3;
 pub mod tcp_proxy;
 
 /// How many free ports a throwaway server tries: a port picked free can be
