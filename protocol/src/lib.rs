@@ -8,12 +8,14 @@
 //! - [`event`]: session events with their `seq`, and control frames (§4).
 //! - [`client`]: WebSocket client frames and their parsing with size limits (§5).
 //! - [`sse`]: Server-Sent Events encoding and `Last-Event-ID` parsing (§6).
+//! - [`files`]: file objects (§8).
 //! - [`openai`]: the pieces of the OpenAI chat-completions schema Sluice reads (§7).
 //! - [`limits`]: the default size limits.
 
 pub mod client;
 pub mod error;
 pub mod event;
+pub mod files;
 pub mod limits;
 pub mod openai;
 pub mod rest;
@@ -22,4 +24,5 @@ pub mod sse;
 pub use client::{ClientFrame, parse_client_frame};
 pub use error::{ErrorBody, ErrorCode, ProtocolError};
 pub use event::{Control, Event, EventBody, FinishReason, Partial, Usage};
+pub use files::{FileObject, FileStatus};
 pub use rest::{Message, MessageStatus, Role, Session};

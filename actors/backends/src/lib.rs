@@ -10,6 +10,7 @@
 //! | messages between replicas | [`bus::Bus`] | [`bus::memory`] | [`bus::redis`] |
 //! | session ownership | [`lease::Leases`] | [`lease::memory`] | [`lease::redis`] |
 //! | the LLM provider | [`llm::LlmProvider`] | [`llm::demo`] | [`llm::openai`] |
+//! | uploaded files' metadata | [`files::FileStore`] | [`store::redb`] | [`store::postgres`] |
 //! | uploaded files' bytes | [`objects::ObjectStore`] | [`objects::fs`] | [`objects::s3`] |
 //!
 //! - [`redis`]: a replica's Redis connections, shared by the log, the bus
@@ -22,6 +23,7 @@
 
 pub mod bus;
 pub mod error;
+pub mod files;
 pub mod ids;
 pub mod lease;
 pub mod llm;

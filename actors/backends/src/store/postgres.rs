@@ -6,6 +6,8 @@
 //! (session, id) and deleted with their session (`ON DELETE CASCADE`); a
 //! `client_msg_id` is unique per session.
 
+mod files;
+
 use std::str::FromStr;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -65,6 +67,27 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (
         2,
         "ALTER TABLE sessions ADD COLUMN fence bigint NOT NULL DEFAULT 0;",
+    ),
+    // Uploaded files' metadata, and their claims for indexing.
+    (
+        3,
+        "CREATE TABLE files (
+        id text PRIMARY KEY,
+        user_id text NOT NULL,
+        filename text NOT NULL,
+        bytes bigint NOT NULL,
+        content_type text NOT NULL,
+        sha256 text NOT NULL,
+        purpose text NOT NULL,
+        status text NOT NULL,
+        error text,
+        chunks integer NOT NULL DEFAULT 0,
+        created_at timestamptz NOT NULL,
+        claimed_by text,
+        claimed_until timestamptz
+    );
+    CREATE INDEX files_by_user ON files (user_id, id DESC);
+    CREATE INDEX files_unindexed ON files (id) WHERE status = 'stored';",
     ),
 ];
 
@@ -499,5 +522,6 @@ mod tests {
         assert_eq!(versions, MIGRATIONS.len() as i64);
         drop(client);
         crate::store::conformance::run(stores[0].clone()).await;
+        crate::files::conformance::run(stores[1].clone()).await;
     }
 }

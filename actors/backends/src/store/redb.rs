@@ -9,6 +9,8 @@
 //! commit): a thousand concurrent streams cost a few fsyncs a second, not a
 //! thousand. Other calls run on the blocking thread pool.
 
+mod files;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -170,6 +172,9 @@ impl RedbSessionStore {
         txn.open_table(SESSIONS).map_err(err)?;
         txn.open_table(USER_SESSIONS).map_err(err)?;
         txn.open_table(MESSAGES).map_err(err)?;
+        txn.open_table(files::FILES).map_err(err)?;
+        txn.open_table(files::USER_FILES).map_err(err)?;
+        txn.open_table(files::UNINDEXED).map_err(err)?;
         txn.commit().map_err(err)?;
         let db = Arc::new(db);
         let (saves, queue) = std::sync::mpsc::channel();

@@ -1,0 +1,180 @@
+//! Files' metadata in the PostgreSQL store (see [`crate::files`]). Claims
+//! for indexing are timed by the database's clock, so replicas whose
+//! clocks differ still agree on when a claim expires.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sluice_protocol::FileStatus;
+use tokio_postgres::Row;
+
+use super::{PostgresSessionStore, enum_from, enum_text, err, pool_err, rfc3339, timestamp};
+use crate::BackendError;
+use crate::files::{FileRecord, FileStore, IndexOutcome};
+
+fn file_from(row: &Row) -> Result<FileRecord, BackendError> {
+    Ok(FileRecord {
+        id: row.get("id"),
+        user_id: row.get("user_id"),
+        filename: row.get("filename"),
+        bytes: row.get::<_, i64>("bytes") as u64,
+        content_type: row.get("content_type"),
+        sha256: row.get("sha256"),
+        purpose: row.get("purpose"),
+        status: enum_from::<FileStatus>(row.get("status"))?,
+        error: row.get("error"),
+        chunks: row.get::<_, i32>("chunks") as u32,
+        created_at: rfc3339(row.get("created_at")),
+    })
+}
+
+impl FileStore for PostgresSessionStore {
+    fn create_file(&self, file: FileRecord) -> BoxFuture<'static, Result<(), BackendError>> {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            client
+                .execute(
+                    "INSERT INTO files (id, user_id, filename, bytes, content_type, sha256, purpose,
+                                        status, error, chunks, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    &[
+                        &file.id,
+                        &file.user_id,
+                        &file.filename,
+                        &(file.bytes as i64),
+                        &file.content_type,
+                        &file.sha256,
+                        &file.purpose,
+                        &enum_text(&file.status),
+                        &file.error,
+                        &(file.chunks as i32),
+                        &timestamp(&file.created_at)?,
+                    ],
+                )
+                .await
+                .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn get_file(&self, id: &str) -> BoxFuture<'static, Result<Option<FileRecord>, BackendError>> {
+        let pool = self.pool.clone();
+        let id = id.to_owned();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let row = client
+                .query_opt("SELECT * FROM files WHERE id = $1", &[&id])
+                .await
+                .map_err(err)?;
+            row.as_ref().map(file_from).transpose()
+        })
+    }
+
+    fn list_files(
+        &self,
+        user_id: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> BoxFuture<'static, Result<Vec<FileRecord>, BackendError>> {
+        let pool = self.pool.clone();
+        let user_id = user_id.to_owned();
+        let before = before.map(str::to_owned);
+        Box::pin(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let rows = client
+                .query(
+                    "SELECT * FROM files WHERE user_id = $1 AND ($2::text IS NULL OR id < $2)
+                     ORDER BY id DESC LIMIT $3",
+                    &[&user_id, &before, &(limit as i64)],
+                )
+                .await
+                .map_err(err)?;
+            rows.iter().map(file_from).collect()
+        })
+    }
+
+    fn delete_file(&self, id: &str) -> BoxFuture<'static, Result<bool, BackendError>> {
+        let pool = self.pool.clone();
+        let id = id.to_owned();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let deleted = client
+                .execute("DELETE FROM files WHERE id = $1", &[&id])
+                .await
+                .map_err(err)?;
+            Ok(deleted > 0)
+        })
+    }
+
+    fn claim_indexing(
+        &self,
+        id: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'static, Result<bool, BackendError>> {
+        let pool = self.pool.clone();
+        let id = id.to_owned();
+        let holder = holder.to_owned();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            // One UPDATE: its row lock makes the check and the claim one step.
+            let claimed = client
+                .execute(
+                    "UPDATE files SET claimed_by = $2,
+                         claimed_until = now() + $3 * interval '1 millisecond'
+                     WHERE id = $1 AND status = 'stored'
+                       AND (claimed_until IS NULL OR claimed_until <= now())",
+                    &[&id, &holder, &(ttl.as_millis() as f64)],
+                )
+                .await
+                .map_err(err)?;
+            Ok(claimed > 0)
+        })
+    }
+
+    fn finish_indexing(
+        &self,
+        id: &str,
+        outcome: IndexOutcome,
+    ) -> BoxFuture<'static, Result<bool, BackendError>> {
+        let pool = self.pool.clone();
+        let id = id.to_owned();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let (status, chunks, error) = match outcome {
+                IndexOutcome::Indexed { chunks } => {
+                    (FileStatus::Indexed, Some(chunks as i32), None)
+                }
+                IndexOutcome::Failed { reason } => (FileStatus::Failed, None, Some(reason)),
+            };
+            let updated = client
+                .execute(
+                    "UPDATE files SET status = $2, chunks = COALESCE($3, chunks), error = $4,
+                         claimed_by = NULL, claimed_until = NULL
+                     WHERE id = $1",
+                    &[&id, &enum_text(&status), &chunks, &error],
+                )
+                .await
+                .map_err(err)?;
+            Ok(updated > 0)
+        })
+    }
+
+    fn unindexed(&self, limit: usize) -> BoxFuture<'static, Result<Vec<FileRecord>, BackendError>> {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let rows = client
+                .query(
+                    "SELECT * FROM files WHERE status = 'stored'
+                       AND (claimed_until IS NULL OR claimed_until <= now())
+                     ORDER BY id LIMIT $1",
+                    &[&(limit as i64)],
+                )
+                .await
+                .map_err(err)?;
+            rows.iter().map(file_from).collect()
+        })
+    }
+}

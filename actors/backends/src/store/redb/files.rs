@@ -1,0 +1,219 @@
+//! Files' metadata in the redb store (see [`crate::files`]).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use sluice_protocol::FileStatus;
+
+use super::{ID_MAX, RedbSessionStore, decode, encode, err};
+use crate::BackendError;
+use crate::files::{FileRecord, FileStore, IndexOutcome};
+
+/// file id → JSON [`FileRecord`].
+pub(super) const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+/// (user id, file id) → (): the per-user index, ordered by file id.
+pub(super) const USER_FILES: TableDefinition<(&str, &str), ()> = TableDefinition::new("user_files");
+/// file id → until when (Unix ms) it is claimed for indexing, 0 if not:
+/// the files still `stored`, oldest first.
+pub(super) const UNINDEXED: TableDefinition<&str, u64> = TableDefinition::new("unindexed");
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
+}
+
+impl FileStore for RedbSessionStore {
+    fn create_file(&self, file: FileRecord) -> BoxFuture<'static, Result<(), BackendError>> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut files = txn.open_table(FILES).map_err(err)?;
+                files
+                    .insert(file.id.as_str(), encode(&file).as_slice())
+                    .map_err(err)?;
+                let mut index = txn.open_table(USER_FILES).map_err(err)?;
+                index
+                    .insert((file.user_id.as_str(), file.id.as_str()), ())
+                    .map_err(err)?;
+                if file.status == FileStatus::Stored {
+                    let mut unindexed = txn.open_table(UNINDEXED).map_err(err)?;
+                    unindexed.insert(file.id.as_str(), 0).map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)
+        })
+    }
+
+    fn get_file(&self, id: &str) -> BoxFuture<'static, Result<Option<FileRecord>, BackendError>> {
+        let id = id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let files = txn.open_table(FILES).map_err(err)?;
+            match files.get(id.as_str()).map_err(err)? {
+                Some(bytes) => decode(bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn list_files(
+        &self,
+        user_id: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> BoxFuture<'static, Result<Vec<FileRecord>, BackendError>> {
+        let user_id = user_id.to_owned();
+        let before = before.unwrap_or(ID_MAX).to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let index = txn.open_table(USER_FILES).map_err(err)?;
+            let files = txn.open_table(FILES).map_err(err)?;
+            let range = index
+                .range((user_id.as_str(), "")..(user_id.as_str(), before.as_str()))
+                .map_err(err)?;
+            let mut out = Vec::new();
+            for entry in range.rev().take(limit) {
+                let (key, _) = entry.map_err(err)?;
+                if let Some(bytes) = files.get(key.value().1).map_err(err)? {
+                    out.push(decode(bytes.value())?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn delete_file(&self, id: &str) -> BoxFuture<'static, Result<bool, BackendError>> {
+        let id = id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            let existed = {
+                let mut files = txn.open_table(FILES).map_err(err)?;
+                let removed = files.remove(id.as_str()).map_err(err)?;
+                match removed {
+                    Some(bytes) => {
+                        let record: FileRecord = decode(bytes.value())?;
+                        drop(bytes);
+                        let mut index = txn.open_table(USER_FILES).map_err(err)?;
+                        index
+                            .remove((record.user_id.as_str(), id.as_str()))
+                            .map_err(err)?;
+                        let mut unindexed = txn.open_table(UNINDEXED).map_err(err)?;
+                        unindexed.remove(id.as_str()).map_err(err)?;
+                        true
+                    }
+                    None => false,
+                }
+            };
+            txn.commit().map_err(err)?;
+            Ok(existed)
+        })
+    }
+
+    fn claim_indexing(
+        &self,
+        id: &str,
+        _holder: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'static, Result<bool, BackendError>> {
+        let id = id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            let claimed = {
+                let mut unindexed = txn.open_table(UNINDEXED).map_err(err)?;
+                let now = now_ms();
+                let free = match unindexed.get(id.as_str()).map_err(err)? {
+                    Some(until) => until.value() <= now,
+                    None => false,
+                };
+                if free {
+                    unindexed
+                        .insert(id.as_str(), now + ttl.as_millis() as u64)
+                        .map_err(err)?;
+                }
+                free
+            };
+            txn.commit().map_err(err)?;
+            Ok(claimed)
+        })
+    }
+
+    fn finish_indexing(
+        &self,
+        id: &str,
+        outcome: IndexOutcome,
+    ) -> BoxFuture<'static, Result<bool, BackendError>> {
+        let id = id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            let exists = {
+                let mut files = txn.open_table(FILES).map_err(err)?;
+                let record = match files.get(id.as_str()).map_err(err)? {
+                    Some(bytes) => Some(decode::<FileRecord>(bytes.value())?),
+                    None => None,
+                };
+                match record {
+                    Some(mut record) => {
+                        match outcome {
+                            IndexOutcome::Indexed { chunks } => {
+                                record.status = FileStatus::Indexed;
+                                record.chunks = chunks;
+                                record.error = None;
+                            }
+                            IndexOutcome::Failed { reason } => {
+                                record.status = FileStatus::Failed;
+                                record.error = Some(reason);
+                            }
+                        }
+                        files
+                            .insert(id.as_str(), encode(&record).as_slice())
+                            .map_err(err)?;
+                        let mut unindexed = txn.open_table(UNINDEXED).map_err(err)?;
+                        unindexed.remove(id.as_str()).map_err(err)?;
+                        true
+                    }
+                    None => false,
+                }
+            };
+            txn.commit().map_err(err)?;
+            Ok(exists)
+        })
+    }
+
+    fn unindexed(&self, limit: usize) -> BoxFuture<'static, Result<Vec<FileRecord>, BackendError>> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let unindexed = txn.open_table(UNINDEXED).map_err(err)?;
+            let files = txn.open_table(FILES).map_err(err)?;
+            let now = now_ms();
+            let mut out = Vec::new();
+            for entry in unindexed.iter().map_err(err)? {
+                if out.len() == limit {
+                    break;
+                }
+                let (id, until) = entry.map_err(err)?;
+                if until.value() > now {
+                    continue;
+                }
+                if let Some(bytes) = files.get(id.value()).map_err(err)? {
+                    out.push(decode(bytes.value())?);
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn redb_file_store_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbSessionStore::open(&dir.path().join("sluice.redb")).unwrap();
+        crate::files::conformance::run(store).await;
+    }
+}

@@ -1,0 +1,54 @@
+//! File objects (PROTOCOL.md §8).
+
+use serde::{Deserialize, Serialize};
+
+/// Where an uploaded file is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileStatus {
+    /// Its bytes are stored; indexing has not finished.
+    Stored,
+    /// Ready: a document's text is searchable, an image can be attached.
+    Indexed,
+    /// It cannot be used (`error` says why); its bytes are still stored.
+    Failed,
+}
+
+/// A file as `/v1/files` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileObject {
+    /// Opaque id (UUIDv7).
+    pub id: String,
+    /// Always `file` (the OpenAI SDKs read it).
+    pub object: String,
+    /// The name it was uploaded with.
+    pub filename: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Its type, as decided from its bytes.
+    pub content_type: String,
+    /// Where it is in its life.
+    pub status: FileStatus,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Searchable pieces of its text (0 for an image).
+    pub chunks: u32,
+    /// Hex SHA-256 of its bytes.
+    pub sha256: String,
+    /// The uploader's `purpose` field (OpenAI's), `assistants` by default.
+    pub purpose: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// Answer of `GET /v1/files`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileList {
+    /// Always `list`.
+    pub object: String,
+    /// Newest first.
+    pub data: Vec<FileObject>,
+    /// Whether older files exist (pass the last id as `before`).
+    pub has_more: bool,
+}
