@@ -10,7 +10,9 @@
 //! | messages between replicas | [`bus::Bus`] | [`bus::memory`] | [`bus::redis`] |
 //! | session ownership | [`lease::Leases`] | [`lease::memory`] | [`lease::redis`] |
 //! | the LLM provider | [`llm::LlmProvider`] | [`llm::demo`] | [`llm::openai`] |
+//! | text to vectors | [`embed::Embedder`] | [`embed::local`] | [`embed::provider`] |
 //! | uploaded files' metadata | [`files::FileStore`] | [`store::redb`] | [`store::postgres`] |
+//! | file chunks for retrieval | [`vectors::VectorIndex`] | [`vectors::redb`] | [`vectors::chroma`] |
 //! | uploaded files' bytes | [`objects::ObjectStore`] | [`objects::fs`] | [`objects::s3`] |
 //!
 //! - [`redis`]: a replica's Redis connections, shared by the log, the bus
@@ -22,6 +24,7 @@
 //! This crate knows nothing of actors or HTTP.
 
 pub mod bus;
+pub mod embed;
 pub mod error;
 pub mod files;
 pub mod ids;
@@ -33,5 +36,6 @@ pub mod probe;
 pub mod redis;
 pub mod secret;
 pub mod store;
+pub mod vectors;
 
 pub use error::{Backend, BackendError, ErrorKind};

@@ -185,6 +185,13 @@ pub trait LlmProvider: Send + Sync + 'static {
         request: ChatRequest,
     ) -> BoxFuture<'static, Result<serde_json::Value, LlmError>>;
 
+    /// An OpenAI `POST /embeddings` request's answer, as the provider's
+    /// JSON object (`{"data": [{"embedding": [...], "index": 0}], ...}`).
+    fn embeddings(
+        &self,
+        request: serde_json::Value,
+    ) -> BoxFuture<'static, Result<serde_json::Value, LlmError>>;
+
     /// Model ids for `GET /v1/models`.
     fn models(&self) -> Vec<String>;
 

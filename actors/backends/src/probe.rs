@@ -10,10 +10,13 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use crate::embed::Embedder;
 use crate::llm::LlmProvider;
 use crate::log::EventLog;
+use crate::objects::ObjectStore;
 use crate::redis::RedisConnections;
 use crate::store::{PoolStatus, SessionStore};
+use crate::vectors::VectorIndex;
 
 /// How often a cheap local check runs while the backend answers.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -146,6 +149,92 @@ impl Probe for LlmProbe {
         let llm = self.0.clone();
         Box::pin(async move {
             llm.check().await.map_err(|e| e.to_string())?;
+            Ok(ProbeReport::default())
+        })
+    }
+
+    fn interval(&self) -> Duration {
+        LLM_INTERVAL
+    }
+
+    fn fresh_on_ready(&self) -> bool {
+        false
+    }
+
+    fn required(&self) -> bool {
+        false
+    }
+}
+
+/// The object store of uploaded files. Chat goes on without it, so the
+/// replica stays ready while it is down; `/ready` says so, and uploads and
+/// file reads answer `503 overloaded` meanwhile.
+pub struct ObjectsProbe(pub Arc<dyn ObjectStore>);
+
+impl Probe for ObjectsProbe {
+    fn backend(&self) -> &'static str {
+        "objects"
+    }
+
+    fn kind(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn check(&self) -> BoxFuture<'static, Result<ProbeReport, String>> {
+        let check = self.0.ping();
+        Box::pin(async move {
+            check.await.map_err(|e| e.to_string())?;
+            Ok(ProbeReport::default())
+        })
+    }
+
+    fn required(&self) -> bool {
+        false
+    }
+}
+
+/// The vector index. Like the object store, not required for chat.
+pub struct VectorsProbe(pub Arc<dyn VectorIndex>);
+
+impl Probe for VectorsProbe {
+    fn backend(&self) -> &'static str {
+        "vectors"
+    }
+
+    fn kind(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn check(&self) -> BoxFuture<'static, Result<ProbeReport, String>> {
+        let check = self.0.ping();
+        Box::pin(async move {
+            check.await.map_err(|e| e.to_string())?;
+            Ok(ProbeReport::default())
+        })
+    }
+
+    fn required(&self) -> bool {
+        false
+    }
+}
+
+/// The embedder: `local` (in process, no model) or `provider` (checked
+/// through the provider, as often as the LLM).
+pub struct EmbedderProbe(pub Arc<dyn Embedder>);
+
+impl Probe for EmbedderProbe {
+    fn backend(&self) -> &'static str {
+        "embedder"
+    }
+
+    fn kind(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn check(&self) -> BoxFuture<'static, Result<ProbeReport, String>> {
+        let check = self.0.check();
+        Box::pin(async move {
+            check.await.map_err(|e| e.to_string())?;
             Ok(ProbeReport::default())
         })
     }

@@ -3,6 +3,7 @@
 //! - [`fake_upstream`]: an OpenAI-compatible server speaking the real
 //!   streaming wire format, scripted through the model name.
 //! - [`process`]: starts the real `sluice` binary on port 0 and stops it.
+//! - [`chroma`]: a throwaway Chroma server (PyPI `chromadb`).
 //! - [`client`]: WebSocket and SSE clients that read Sluice frames.
 //! - [`harness`]: a fake upstream plus a `sluice` pointed at it.
 //! - [`nginx`]: nginx in front of Sluice, from the repository template.
@@ -13,6 +14,7 @@
 //! - [`cluster`]: Redis, PostgreSQL, N replicas and nginx, as in production.
 //! - [`tcp_proxy`]: a TCP proxy a test can cut, for network partitions.
 
+pub mod chroma;
 pub mod client;
 pub mod cluster;
 pub mod fake_upstream;

@@ -128,6 +128,22 @@ impl LlmProvider for DemoProvider {
         })
     }
 
+    fn embeddings(
+        &self,
+        request: serde_json::Value,
+    ) -> BoxFuture<'static, Result<serde_json::Value, LlmError>> {
+        let answer = crate::embed::local::embeddings_response(&request).map_err(|message| {
+            LlmError::Refused(super::Refusal {
+                status: 400,
+                message,
+                kind: Some("invalid_request_error".into()),
+                code: None,
+                param: Some("input".into()),
+            })
+        });
+        Box::pin(async move { answer })
+    }
+
     fn models(&self) -> Vec<String> {
         vec![DEMO_MODEL.into()]
     }

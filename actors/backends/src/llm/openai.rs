@@ -60,6 +60,8 @@ struct Inner {
     url: String,
     /// `{base}/models`, for checks.
     models_url: String,
+    /// `{base}/embeddings`.
+    embeddings_url: String,
     config: OpenAiConfig,
 }
 
@@ -88,12 +90,14 @@ impl OpenAiProvider {
         let base = config.base_url.trim_end_matches('/');
         let url = format!("{base}/chat/completions");
         let models_url = format!("{base}/models");
+        let embeddings_url = format!("{base}/embeddings");
         Ok(Self {
             inner: Arc::new(Inner {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 fallback,
                 url,
                 models_url,
+                embeddings_url,
                 config,
             }),
         })
@@ -117,6 +121,43 @@ impl Inner {
 
     fn post(&self, body: &ChatRequest) -> reqwest::RequestBuilder {
         self.authorized(self.client().post(&self.url).json(body))
+    }
+
+    /// A JSON request answered with one JSON object (a completion that does
+    /// not stream, embeddings), retried like a stream before its first
+    /// chunk: after a failure that may pass, with backoff.
+    async fn post_json(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, LlmError> {
+        let mut attempt = 0;
+        loop {
+            let sent = self
+                .authorized(self.client().post(url).json(body))
+                .timeout(self.config.request_timeout)
+                .send()
+                .await;
+            let failure = match sent {
+                Ok(response) if response.status().is_success() => {
+                    return response.json::<serde_json::Value>().await.map_err(|e| {
+                        if e.is_timeout() {
+                            LlmError::Timeout(format!("provider timed out: {e}"))
+                        } else {
+                            LlmError::Upstream(format!("provider sent invalid JSON: {e}"))
+                        }
+                    });
+                }
+                Ok(response) => status_failure(response.status(), response).await,
+                Err(e) => transport_failure(&e),
+            };
+            if failure.retryable && attempt < self.config.max_retries {
+                attempt += 1;
+                tokio::time::sleep(self.backoff(attempt)).await;
+                continue;
+            }
+            return Err(failure.error);
+        }
     }
 
     fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -344,35 +385,16 @@ impl LlmProvider for OpenAiProvider {
         request.stream = false;
         request.stream_options = None;
         let inner = self.inner.clone();
-        Box::pin(async move {
-            let mut attempt = 0;
-            loop {
-                let sent = inner
-                    .post(&request)
-                    .timeout(inner.config.request_timeout)
-                    .send()
-                    .await;
-                let failure = match sent {
-                    Ok(response) if response.status().is_success() => {
-                        return response.json::<serde_json::Value>().await.map_err(|e| {
-                            if e.is_timeout() {
-                                LlmError::Timeout(format!("provider timed out: {e}"))
-                            } else {
-                                LlmError::Upstream(format!("provider sent invalid JSON: {e}"))
-                            }
-                        });
-                    }
-                    Ok(response) => status_failure(response.status(), response).await,
-                    Err(e) => transport_failure(&e),
-                };
-                if failure.retryable && attempt < inner.config.max_retries {
-                    attempt += 1;
-                    tokio::time::sleep(inner.backoff(attempt)).await;
-                    continue;
-                }
-                return Err(failure.error);
-            }
-        })
+        let body = serde_json::to_value(&request).expect("a request serialises");
+        Box::pin(async move { inner.post_json(&inner.url, &body).await })
+    }
+
+    fn embeddings(
+        &self,
+        request: serde_json::Value,
+    ) -> BoxFuture<'static, Result<serde_json::Value, LlmError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.post_json(&inner.embeddings_url, &request).await })
     }
 
     fn models(&self) -> Vec<String> {
