@@ -8,6 +8,7 @@ use sluice_backends::store::SessionStore;
 
 use crate::SessionConfig;
 use crate::cluster::Cluster;
+use crate::files::Files;
 use crate::metrics::Metrics;
 
 /// The backends, settings and cluster every session actor and the registry
@@ -25,4 +26,6 @@ pub struct SessionDeps {
     pub config: SessionConfig,
     /// Ownership and the bus: in-process for one replica, Redis for several.
     pub cluster: Arc<Cluster>,
+    /// Uploaded files, for the attachments of generations.
+    pub files: Files,
 }

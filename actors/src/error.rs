@@ -16,6 +16,13 @@ pub enum SessionError {
     /// The client's input was refused. Retrying the same input does not help.
     #[error("{0}")]
     BadRequest(String),
+    /// No such file for this user (named, so a client sending several
+    /// attachments knows which).
+    #[error("no such file: {0}")]
+    FileNotFound(String),
+    /// An upload of a type the server does not accept.
+    #[error("{0}")]
+    UnsupportedMedia(String),
     /// The client's input broke the protocol (malformed or over a limit).
     #[error("{0}")]
     Protocol(#[from] sluice_protocol::ProtocolError),
@@ -42,7 +49,8 @@ impl SessionError {
     /// The protocol error code for this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::NotFound => ErrorCode::NotFound,
+            Self::NotFound | Self::FileNotFound(_) => ErrorCode::NotFound,
+            Self::UnsupportedMedia(_) => ErrorCode::UnsupportedMediaType,
             Self::Conflict => ErrorCode::Conflict,
             Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::Protocol(e) => e.code(),

@@ -25,6 +25,8 @@
 //! - [`remote_pump`]: feeds a subscriber on a replica that does not own the
 //!   session from the bus.
 //! - [`relay`]: [`Relay`], the OpenAI-compatible API's way to the provider.
+//! - [`files`]: [`Files`], uploads, their indexing, and the attachments a
+//!   generation's prompt draws on.
 //! - [`supervisor`]: one actor per backend that probes it, and
 //!   [`Health`](supervisor::Health), what `/ready` asks.
 //! - [`deps`], [`config`], [`error`], [`metrics`]: what every part shares.
@@ -36,6 +38,7 @@ pub mod cluster;
 pub mod config;
 pub mod deps;
 pub mod error;
+pub mod files;
 pub mod metrics;
 pub mod outbox;
 pub mod registry;
@@ -49,6 +52,7 @@ pub mod supervisor;
 
 pub use config::{Continuation, SessionConfig};
 pub use error::SessionError;
+pub use files::Files;
 pub use metrics::Metrics;
 pub use relay::Relay;
 pub use sessions::Sessions;

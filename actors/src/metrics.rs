@@ -53,6 +53,17 @@ pub struct Metrics {
     pub backend_reconnects_total: IntCounterVec,
     /// Connections in each backend's pool, by state (`open`, `in_use`).
     pub backend_pool_connections: IntGaugeVec,
+    /// Uploads by outcome (`stored`, `too_large`, `unsupported`, `failed`).
+    pub uploads_total: IntCounterVec,
+    /// Bytes of uploads stored.
+    pub upload_bytes_total: IntCounter,
+    /// Files indexed, by outcome (`indexed`, `failed`, `retry`).
+    pub indexing_total: IntCounterVec,
+    /// Chunks written to the vector index.
+    pub chunks_indexed_total: IntCounter,
+    /// Searches of the user's files for a generation, by outcome (`hits`,
+    /// `empty`, `error`).
+    pub retrievals_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -173,6 +184,29 @@ impl Metrics {
                 ),
                 &["backend", "state"],
             )?,
+            uploads_total: IntCounterVec::new(
+                Opts::new("sluice_uploads_total", "File uploads, by outcome"),
+                &["outcome"],
+            )?,
+            upload_bytes_total: IntCounter::new(
+                "sluice_upload_bytes_total",
+                "Bytes of uploaded files stored",
+            )?,
+            indexing_total: IntCounterVec::new(
+                Opts::new("sluice_indexing_total", "Files indexed, by outcome"),
+                &["outcome"],
+            )?,
+            chunks_indexed_total: IntCounter::new(
+                "sluice_chunks_indexed_total",
+                "Chunks of files' text written to the vector index",
+            )?,
+            retrievals_total: IntCounterVec::new(
+                Opts::new(
+                    "sluice_retrievals_total",
+                    "Searches of the user's files for a generation, by outcome",
+                ),
+                &["outcome"],
+            )?,
         };
         registry.register(Box::new(m.http_requests_total.clone()))?;
         registry.register(Box::new(m.http_request_duration_seconds.clone()))?;
@@ -195,6 +229,11 @@ impl Metrics {
         registry.register(Box::new(m.backend_up.clone()))?;
         registry.register(Box::new(m.backend_reconnects_total.clone()))?;
         registry.register(Box::new(m.backend_pool_connections.clone()))?;
+        registry.register(Box::new(m.uploads_total.clone()))?;
+        registry.register(Box::new(m.upload_bytes_total.clone()))?;
+        registry.register(Box::new(m.indexing_total.clone()))?;
+        registry.register(Box::new(m.chunks_indexed_total.clone()))?;
+        registry.register(Box::new(m.retrievals_total.clone()))?;
         Ok(m)
     }
 

@@ -570,6 +570,7 @@ mod tests {
                 continuation: Continuation::Off,
             },
             cluster: Arc::new(Cluster::local(REPLICA.into(), Duration::from_secs(30))),
+            files: crate::files::for_tests(dir.path()),
         });
         let registry = SessionRegistry::new(deps.clone(), Vec::new()).start();
         Fixture {

@@ -92,6 +92,10 @@ pub enum EventBody {
         /// What went wrong, when `finish_reason` is `error`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<EventError>,
+        /// The user's files whose passages the answer was given (absent
+        /// when none were).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sources: Vec<Source>,
     },
     /// The session was renamed.
     Title {
@@ -113,6 +117,17 @@ impl EventBody {
             Self::Title { .. } => "title",
         }
     }
+}
+
+/// A file an answer drew on, and which of its chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    /// The file's id.
+    pub file_id: String,
+    /// Its name, as the answer cites it.
+    pub filename: String,
+    /// The chunks used (from 0), best first.
+    pub chunks: Vec<u32>,
 }
 
 /// Why a generation ended.

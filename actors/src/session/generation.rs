@@ -15,14 +15,14 @@ use sluice_backends::ids::{new_id, now_rfc3339};
 use sluice_backends::llm::{CHUNK_BATCHING, LlmChunk, LlmError, ready_batches};
 use sluice_backends::log::EncodedEvent;
 use sluice_backends::store::MessageRecord;
-use sluice_protocol::event::EventError;
-use sluice_protocol::openai::ChatRequest;
+use sluice_protocol::event::{EventError, Source};
 use sluice_protocol::rest::{SendAccepted, SendMessage};
 use sluice_protocol::{Event, EventBody, FinishReason, MessageStatus, Partial, Role, Usage};
 use tokio::sync::oneshot;
 
+use super::prompt::{self, Prompt};
 use super::recovery::Retirement;
-use super::{GenerationStep, Phase, SessionActor, prompt};
+use super::{GenerationStep, Phase, SessionActor};
 use crate::error::SessionError;
 use crate::outbox::OutboxCmd;
 
@@ -60,6 +60,8 @@ pub(super) struct Generation {
     /// A continuation after a takeover: a failure before its first token
     /// ends it as `interrupted`, keeping the text so far.
     continued: bool,
+    /// The user's files the prompt drew on.
+    sources: Vec<Source>,
 }
 
 /// How a generation starts: what clients are told, and how an early
@@ -92,10 +94,16 @@ pub(super) struct Ending {
     pub(super) usage: Option<Usage>,
     pub(super) reason: FinishReason,
     pub(super) error: Option<EventError>,
+    pub(super) sources: Vec<Source>,
 }
 
 /// What a generation's stream produced.
 pub enum Step {
+    /// The files the prompt drew on (before any chunk).
+    Sources(Vec<Source>),
+    /// The prompt could not be made (its files' backends failed); nothing
+    /// was asked of the provider.
+    Failed(EventError),
     /// Chunks that arrived together; an error is last and ends the stream.
     Chunks(Vec<Result<LlmChunk, LlmError>>),
     /// The stream ended normally.
@@ -206,9 +214,9 @@ impl SessionActor {
         let started = Instant::now();
         let early = (!self.last_save_failed).then(|| {
             let history = self.messages.iter().chain([&user]);
-            let request = prompt::chat_request(&self.record, history, &self.deps.config, None);
+            let prompt = prompt::chat_request(&self.record, history, &self.deps.config, None);
             let (open, gate) = oneshot::channel();
-            let task = self.spawn_stream(ctx, &generation_id, request, Some(gate));
+            let task = self.spawn_stream(ctx, &generation_id, prompt, Some(gate));
             (task, open)
         });
         let prepared = Prepared {
@@ -291,8 +299,8 @@ impl SessionActor {
                 task
             }
             None => {
-                let request = self.request_for(index, false);
-                self.spawn_stream(ctx, &generation_id, request, None)
+                let prompt = self.request_for(index, false);
+                self.spawn_stream(ctx, &generation_id, prompt, None)
             }
         };
         self.start_generation(generation_id.into(), index, Start::New, task, started);
@@ -317,7 +325,7 @@ impl SessionActor {
 
     /// The prompt for the assistant message at `message_index`: the
     /// conversation before it, and for a continuation its text so far.
-    pub(super) fn request_for(&self, message_index: usize, continuation: bool) -> ChatRequest {
+    pub(super) fn request_for(&self, message_index: usize, continuation: bool) -> Prompt {
         let history = self
             .messages
             .iter()
@@ -328,22 +336,49 @@ impl SessionActor {
         prompt::chat_request(&self.record, history, &self.deps.config, so_far)
     }
 
-    /// Starts reading the provider's stream for `request` in a task that
-    /// hands chunks to this actor as [`GenerationStep`]s. With a `gate`, the
-    /// provider is asked at once but nothing reaches the actor until the gate
-    /// opens; a gate dropped unopened ends the task.
+    /// Starts reading the provider's stream for `prompt` in a task that
+    /// hands chunks to this actor as [`GenerationStep`]s, after working the
+    /// prompt's attachments in ([`Files::ground`](crate::files::Files::ground)).
+    /// With a `gate`, the provider is asked at once but nothing reaches the
+    /// actor until the gate opens; a gate dropped unopened ends the task.
     pub(super) fn spawn_stream(
         &self,
         ctx: &Context<Self>,
         generation_id: &str,
-        request: ChatRequest,
+        prompt: Prompt,
         gate: Option<oneshot::Receiver<()>>,
     ) -> tokio::task::JoinHandle<()> {
-        // Chunks that arrive together make one actor message.
-        let mut stream = ready_batches(self.deps.llm.stream(request), CHUNK_BATCHING);
         let addr = ctx.address();
         let id: Arc<str> = generation_id.into();
+        let llm = self.deps.llm.clone();
+        let files = self.deps.files.clone();
+        let user_id = self.record.user_id.clone();
+        let send = move |step| {
+            addr.do_send(GenerationStep {
+                generation_id: id.clone(),
+                step,
+            })
+        };
         actix_rt::spawn(async move {
+            let (request, sources) = match files
+                .ground(&user_id, prompt.request, &prompt.attachments)
+                .await
+            {
+                Ok(grounded) => grounded,
+                Err(e) => {
+                    if let Some(gate) = gate
+                        && gate.await.is_err()
+                    {
+                        return;
+                    }
+                    return send(Step::Failed(EventError {
+                        code: e.code(),
+                        message: e.to_string(),
+                    }));
+                }
+            };
+            // Chunks that arrive together make one actor message.
+            let mut stream = ready_batches(llm.stream(request), CHUNK_BATCHING);
             let mut held = None;
             if let Some(mut gate) = gate {
                 tokio::select! {
@@ -357,25 +392,22 @@ impl SessionActor {
                     }
                 }
             }
+            if !sources.is_empty() {
+                send(Step::Sources(sources));
+            }
             let mut next = match held {
                 Some(first) => first,
                 None => stream.next().await,
             };
             while let Some(chunks) = next {
                 let failed = chunks.iter().any(Result::is_err);
-                addr.do_send(GenerationStep {
-                    generation_id: id.clone(),
-                    step: Step::Chunks(chunks),
-                });
+                send(Step::Chunks(chunks));
                 if failed {
                     return;
                 }
                 next = stream.next().await;
             }
-            addr.do_send(GenerationStep {
-                generation_id: id,
-                step: Step::Done,
-            });
+            send(Step::Done);
         })
     }
 
@@ -414,6 +446,7 @@ impl SessionActor {
             task,
             last_checkpoint: Instant::now(),
             continued: matches!(start, Start::Continued),
+            sources: Vec::new(),
         }));
     }
 
@@ -428,6 +461,12 @@ impl SessionActor {
         };
         self.touch();
         match msg.step {
+            Step::Sources(sources) => {
+                if let Phase::Generating(generation) = &mut self.phase {
+                    generation.sources = sources;
+                }
+            }
+            Step::Failed(error) => self.fail(ctx, error),
             Step::Chunks(chunks) => {
                 for chunk in chunks {
                     match chunk {
@@ -490,20 +529,24 @@ impl SessionActor {
             .upstream_errors_total
             .with_label_values(&[code.as_str()])
             .inc();
-        tracing::warn!(session_id = %self.record.id, %error, "generation failed");
-        // A continuation that cannot start keeps the answer so far.
+        self.fail(
+            ctx,
+            EventError {
+                code,
+                message: error.to_string(),
+            },
+        );
+    }
+
+    /// Ends the running generation with `error`; a continuation that cannot
+    /// start keeps the answer so far (`interrupted`).
+    fn fail(&mut self, ctx: &mut Context<Self>, error: EventError) {
+        tracing::warn!(session_id = %self.record.id, code = %error.code, message = %error.message, "generation failed");
         let reason = match &self.phase {
             Phase::Generating(g) if g.continued && !g.first_token => FinishReason::Interrupted,
             _ => FinishReason::Error,
         };
-        self.finish(
-            ctx,
-            reason,
-            Some(EventError {
-                code,
-                message: error.to_string(),
-            }),
-        );
+        self.finish(ctx, reason, Some(error));
     }
 
     /// Ends the running generation for `reason`.
@@ -529,6 +572,7 @@ impl SessionActor {
                 usage: generation.usage,
                 reason,
                 error,
+                sources: generation.sources,
             },
         );
     }
@@ -553,6 +597,7 @@ impl SessionActor {
                 finish_reason: ending.reason,
                 usage: ending.usage,
                 error: ending.error,
+                sources: ending.sources,
             },
         }));
         self.deps

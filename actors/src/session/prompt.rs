@@ -12,21 +12,34 @@ use crate::{Continuation, SessionConfig};
 /// Messages of history sent to the model with each generation.
 pub(super) const HISTORY_MESSAGES: usize = 40;
 
+/// A generation's request, and the files its messages carry, which
+/// [`Files::ground`](crate::files::Files::ground) works in before it goes
+/// to the provider.
+pub struct Prompt {
+    /// The request, text only.
+    pub request: ChatRequest,
+    /// (index in `request.messages`, the file ids attached to that message).
+    pub attachments: Vec<(usize, Vec<String>)>,
+}
+
 /// The request for a generation of `session`: its system prompt, the last
-/// [`HISTORY_MESSAGES`] non-empty messages of `history`, and with `so_far`
-/// (a continuation) the answer so far as the configured
+/// [`HISTORY_MESSAGES`] messages of `history` with text or attachments, and
+/// with `so_far` (a continuation) the answer so far as the configured
 /// [`Continuation`] asks for it.
 pub(super) fn chat_request<'a>(
     session: &SessionRecord,
     history: impl Iterator<Item = &'a MessageRecord>,
     config: &SessionConfig,
     so_far: Option<&str>,
-) -> ChatRequest {
+) -> Prompt {
     let mut messages = Vec::new();
+    let mut attachments = Vec::new();
     if let Some(system) = &session.system_prompt {
         messages.push(ChatRequest::text_message("system", system));
     }
-    let history: Vec<_> = history.filter(|m| !m.content.is_empty()).collect();
+    let history: Vec<_> = history
+        .filter(|m| !m.content.is_empty() || !m.attachments.is_empty())
+        .collect();
     let start = history.len().saturating_sub(HISTORY_MESSAGES);
     for m in &history[start..] {
         let role = match m.role {
@@ -34,6 +47,9 @@ pub(super) fn chat_request<'a>(
             Role::Assistant => "assistant",
             Role::Tool => "tool",
         };
+        if !m.attachments.is_empty() {
+            attachments.push((messages.len(), m.attachments.clone()));
+        }
         messages.push(ChatRequest::text_message(role, &m.content));
     }
     let mut extra = serde_json::Map::new();
@@ -55,7 +71,7 @@ pub(super) fn chat_request<'a>(
         }
         messages.push(answer);
     }
-    ChatRequest {
+    let request = ChatRequest {
         model: Some(session.model.clone()),
         messages,
         stream: true,
@@ -64,6 +80,10 @@ pub(super) fn chat_request<'a>(
             include_usage: true,
         }),
         extra,
+    };
+    Prompt {
+        request,
+        attachments,
     }
 }
 
@@ -119,7 +139,8 @@ mod tests {
 
     fn request(continuation: Continuation, so_far: Option<&str>) -> Value {
         let history = [message(Role::User, "hi"), message(Role::Assistant, "")];
-        let request = chat_request(&session(), history.iter(), &config(continuation), so_far);
+        let request =
+            chat_request(&session(), history.iter(), &config(continuation), so_far).request;
         serde_json::to_value(request).unwrap()
     }
 
@@ -166,7 +187,8 @@ mod tests {
         let history: Vec<_> = (0..100)
             .map(|i| message(Role::User, &i.to_string()))
             .collect();
-        let request = chat_request(&session(), history.iter(), &config(Continuation::Off), None);
+        let request =
+            chat_request(&session(), history.iter(), &config(Continuation::Off), None).request;
         assert_eq!(request.messages.len(), HISTORY_MESSAGES + 1);
         assert_eq!(request.messages.last().unwrap()["content"], "99");
     }

@@ -180,8 +180,8 @@ impl SessionActor {
             "took over a running generation"
         );
         if fresh || continues {
-            let request = self.request_for(takeover.message_index, continues);
-            let task = self.spawn_stream(ctx, &takeover.generation_id, request, None);
+            let prompt = self.request_for(takeover.message_index, continues);
+            let task = self.spawn_stream(ctx, &takeover.generation_id, prompt, None);
             let start = if continues {
                 Start::Continued
             } else {
@@ -205,6 +205,7 @@ impl SessionActor {
                     usage: None,
                     reason: FinishReason::Interrupted,
                     error: None,
+                    sources: Vec::new(),
                 },
             );
         }

@@ -1,0 +1,211 @@
+//! The indexer: a background task per replica that makes uploaded files
+//! usable, off the request path.
+//!
+//! A document's text is extracted, cut into overlapping chunks, embedded in
+//! batches and written to the vector index; an image is checked to decode.
+//! Its `status` then moves from `stored` to `indexed`, or to `failed` with
+//! a reason (no text layer, a corrupt file): never a crash, since a
+//! parser's panic is caught. A file is indexed once across replicas: the
+//! replica that claims it (see [`FileStore::claim_indexing`]) indexes it.
+//! The task is woken for each new upload, and every [`SWEEP_EVERY`] it
+//! looks for files still `stored` whose claim has expired: files left by a
+//! restart or a dead replica, or whose indexing met a backend that was
+//! down, are picked up again.
+//!
+//! [`FileStore::claim_indexing`]: sluice_backends::files::FileStore::claim_indexing
+
+use std::time::Duration;
+
+use sluice_backends::files::{FileRecord, IndexOutcome};
+use sluice_backends::objects::{file_key, read_all};
+use sluice_backends::vectors::Chunk;
+use sluice_backends::{BackendError, ErrorKind};
+use tokio::sync::mpsc;
+
+use super::Files;
+use super::extract::{self, CHUNK_CHARS, CHUNK_OVERLAP, MAX_PDF_BYTES, MAX_TEXT_BYTES};
+
+/// New files waiting for the indexer; past this the sweep finds them.
+pub const QUEUE: usize = 1024;
+
+/// How long a claim on a file lasts: a replica that dies while indexing
+/// leaves it to another after this.
+pub const CLAIM_TTL: Duration = Duration::from_secs(300);
+
+/// How often the indexer looks for files left unindexed.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(15);
+
+/// Files taken per sweep.
+const SWEEP_BATCH: usize = 32;
+
+/// Chunks embedded and written together.
+const EMBED_BATCH: usize = 64;
+
+/// Largest image accepted as one (bytes).
+pub const MAX_IMAGE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Why a file was not indexed.
+enum Failure {
+    /// The file itself is unusable: it fails, with this reason.
+    Unusable(String),
+    /// A backend failed; the file is tried again later.
+    Backend(BackendError),
+}
+
+impl From<BackendError> for Failure {
+    fn from(e: BackendError) -> Self {
+        Self::Backend(e)
+    }
+}
+
+/// Starts the indexer of `files`, fed new file ids by `queue`.
+pub fn spawn(files: Files, mut queue: mpsc::Receiver<String>) {
+    tokio::spawn(async move {
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            let ids = tokio::select! {
+                id = queue.recv() => match id {
+                    Some(id) => vec![id],
+                    None => return,
+                },
+                _ = sweep.tick() => match files.inner.backends.store.unindexed(SWEEP_BATCH).await {
+                    Ok(found) => found.into_iter().map(|f| f.id).collect(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot look for files to index");
+                        Vec::new()
+                    }
+                },
+            };
+            for id in ids {
+                files.index(&id).await;
+            }
+        }
+    });
+}
+
+impl Files {
+    /// Indexes one file if this replica can claim it.
+    async fn index(&self, id: &str) {
+        let inner = &self.inner;
+        let store = &inner.backends.store;
+        match store
+            .claim_indexing(id, &inner.config.replica_id, CLAIM_TTL)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(file = %id, error = %e, "cannot claim a file for indexing");
+                return;
+            }
+        }
+        let file = match store.get_file(id).await {
+            Ok(Some(file)) => file,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(file = %id, error = %e, "cannot read a file to index");
+                return;
+            }
+        };
+        let outcome = match self.index_file(&file).await {
+            Ok(chunks) => IndexOutcome::Indexed { chunks },
+            Err(Failure::Unusable(reason)) => IndexOutcome::Failed { reason },
+            Err(Failure::Backend(e)) if e.kind == ErrorKind::Unavailable => {
+                inner
+                    .metrics
+                    .indexing_total
+                    .with_label_values(&["retry"])
+                    .inc();
+                tracing::warn!(file = %id, error = %e, retry_in = ?CLAIM_TTL, "indexing met a backend that is down");
+                return;
+            }
+            Err(Failure::Backend(e)) => {
+                tracing::error!(file = %id, error = %e, "indexing failed");
+                IndexOutcome::Failed {
+                    reason: "the index refused the file's text".into(),
+                }
+            }
+        };
+        let label = match &outcome {
+            IndexOutcome::Indexed { .. } => "indexed",
+            IndexOutcome::Failed { .. } => "failed",
+        };
+        match store.finish_indexing(id, outcome.clone()).await {
+            Ok(true) => {
+                inner
+                    .metrics
+                    .indexing_total
+                    .with_label_values(&[label])
+                    .inc();
+                tracing::info!(file = %id, ?outcome, "file indexed");
+            }
+            // Deleted meanwhile: take back what was written.
+            Ok(false) => {
+                if let Err(e) = inner.backends.vectors.delete_file(&file.user_id, id).await {
+                    tracing::warn!(file = %id, error = %e, "chunks of a deleted file are left in the index");
+                }
+            }
+            Err(e) => tracing::warn!(file = %id, error = %e, "cannot record a file's indexing"),
+        }
+    }
+
+    /// Indexes `file`; the number of chunks written.
+    async fn index_file(&self, file: &FileRecord) -> Result<u32, Failure> {
+        let backends = &self.inner.backends;
+        if file.is_image() {
+            let bytes = read_all(&*backends.objects, &file_key(&file.id), MAX_IMAGE_BYTES)
+                .await?
+                .ok_or_else(|| Failure::Unusable("the file's bytes are missing".into()))?;
+            tokio::task::spawn_blocking(move || super::grounding::image_size(&bytes))
+                .await
+                .map_err(|_| Failure::Unusable("the image is malformed".into()))?
+                .map_err(Failure::Unusable)?;
+            return Ok(0);
+        }
+        let max = if file.content_type == "application/pdf" {
+            MAX_PDF_BYTES
+        } else {
+            MAX_TEXT_BYTES
+        };
+        if file.bytes > max {
+            return Err(Failure::Unusable(format!(
+                "the file is too large to index (over {} MiB)",
+                max >> 20
+            )));
+        }
+        let bytes = read_all(&*backends.objects, &file_key(&file.id), max)
+            .await?
+            .ok_or_else(|| Failure::Unusable("the file's bytes are missing".into()))?;
+        let content_type = file.content_type.clone();
+        let pieces = tokio::task::spawn_blocking(move || {
+            extract::text_of(&content_type, &bytes)
+                .map(|text| extract::chunks(&text, CHUNK_CHARS, CHUNK_OVERLAP))
+        })
+        .await
+        .map_err(|_| Failure::Unusable("the file could not be read".into()))?
+        .map_err(|e| Failure::Unusable(e.0))?;
+        let mut ordinal = 0u32;
+        for batch in pieces.chunks(EMBED_BATCH) {
+            let vectors = backends.embedder.embed(batch.to_vec()).await?;
+            let chunks = batch
+                .iter()
+                .zip(vectors)
+                .map(|(text, embedding)| {
+                    ordinal += 1;
+                    Chunk {
+                        file_id: file.id.clone(),
+                        ordinal: ordinal - 1,
+                        text: text.clone(),
+                        embedding,
+                    }
+                })
+                .collect();
+            backends.vectors.upsert(&file.user_id, chunks).await?;
+            self.inner
+                .metrics
+                .chunks_indexed_total
+                .inc_by(batch.len() as u64);
+        }
+        Ok(ordinal)
+    }
+}
