@@ -310,18 +310,118 @@ pub const VARS: &[Var] = &[
             Ok(())
         },
     },
-    unsupported("SLUICE_S3_ENDPOINT", &[], "S3/MinIO endpoint for uploads"),
-    unsupported("SLUICE_S3_BUCKET", &[], "S3 bucket"),
-    unsupported("SLUICE_S3_ACCESS_KEY", &[], "S3 access key"),
-    unsupported("SLUICE_S3_SECRET_KEY", &[], "S3 secret key"),
-    unsupported("SLUICE_S3_REGION", &[], "S3 region"),
-    unsupported(
-        "SLUICE_CHROMA_URL",
-        &["CHROMA_HOST", "CHROMA_PORT"],
-        "Chroma vector index",
-    ),
-    unsupported("SLUICE_EMBEDDING_MODEL", &[], "embeddings model"),
-    unsupported("SLUICE_MAX_UPLOAD_BYTES", &[], "upload size limit"),
+    Var {
+        name: "SLUICE_S3_ENDPOINT",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "S3/MinIO endpoint (http(s)://host:port) for uploaded files, path-style; \
+               unset: files under SLUICE_DATA_DIR/objects",
+        parse: |c, v| {
+            c.s3_endpoint = Some(http_url(v)?);
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_S3_BUCKET",
+        aliases: &[],
+        default: DefaultValue::Value("sluice"),
+        help: "S3 bucket, created at start if missing (3 to 63 of a-z 0-9 . -)",
+        parse: |c, v| {
+            let fine = (3..=63).contains(&v.len())
+                && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+            if !fine {
+                return Err("must be 3 to 63 lower-case letters, digits, '.' or '-'".into());
+            }
+            c.s3_bucket = v.to_owned();
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_S3_ACCESS_KEY",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "S3 access key id (required with SLUICE_S3_ENDPOINT)",
+        parse: |c, v| {
+            c.s3_access_key = Some(Secret::new(bounded_text(v, 256)?));
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_S3_SECRET_KEY",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "S3 secret access key (required with SLUICE_S3_ENDPOINT)",
+        parse: |c, v| {
+            c.s3_secret_key = Some(Secret::new(bounded_text(v, 256)?));
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_S3_REGION",
+        aliases: &[],
+        default: DefaultValue::Value("us-east-1"),
+        help: "S3 region",
+        parse: |c, v| {
+            c.s3_region = bounded_text(v, 64)?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_CHROMA_URL",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "Chroma vector index (http(s)://host:port, API v2); the seed's CHROMA_HOST and \
+               CHROMA_PORT are read too; unset: the embedded index in SLUICE_DATA_DIR",
+        parse: |c, v| {
+            c.chroma_url = Some(http_url(v)?);
+            Ok(())
+        },
+    },
+    Var {
+        name: "CHROMA_HOST",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "the seed deployment's Chroma host (with CHROMA_PORT; SLUICE_CHROMA_URL wins)",
+        parse: |c, v| {
+            let host = bounded_text(v, 253)?;
+            if host.contains(['/', '@', ' ']) {
+                return Err("must be a host name or address".into());
+            }
+            c.chroma_host = Some(host);
+            Ok(())
+        },
+    },
+    Var {
+        name: "CHROMA_PORT",
+        aliases: &[],
+        default: DefaultValue::Value("8000"),
+        help: "the seed deployment's Chroma port",
+        parse: |c, v| {
+            c.chroma_port = integer(v, 1, u16::MAX.into())? as u16;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_EMBEDDING_MODEL",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "embedding model asked of the provider's /embeddings (needs SLUICE_LLM_BASE_URL); \
+               unset or `local`: the built-in hashing embedder (no model; matches words, not meaning)",
+        parse: |c, v| {
+            c.embedding_model = (v != "local").then(|| bounded_text(v, 200)).transpose()?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_MAX_UPLOAD_BYTES",
+        aliases: &[],
+        default: DefaultValue::Value("104857600"),
+        help: "largest upload, in bytes (1 to 10 GiB)",
+        parse: |c, v| {
+            c.max_upload_bytes = integer(v, 1, 10 << 30)?;
+            Ok(())
+        },
+    },
     unsupported("SLUICE_RATE_LIMIT_RPM", &[], "per-user requests per minute"),
     unsupported("SLUICE_RATE_LIMIT_TPM", &[], "per-user tokens per minute"),
     unsupported(
@@ -430,6 +530,26 @@ pub struct Config {
     workers: Option<usize>,
     /// Demo model pace.
     pub demo_token_delay: Duration,
+    /// S3 endpoint; `None` means the embedded object store.
+    pub s3_endpoint: Option<String>,
+    /// S3 bucket.
+    pub s3_bucket: String,
+    /// S3 access key id.
+    pub s3_access_key: Option<Secret>,
+    /// S3 secret key.
+    pub s3_secret_key: Option<Secret>,
+    /// S3 region.
+    pub s3_region: String,
+    /// Chroma URL; `None` (and no `CHROMA_HOST`) means the embedded index.
+    chroma_url: Option<String>,
+    /// `CHROMA_HOST`.
+    chroma_host: Option<String>,
+    /// `CHROMA_PORT`.
+    chroma_port: u16,
+    /// The provider's embedding model; `None` means the local embedder.
+    pub embedding_model: Option<String>,
+    /// Largest upload, in bytes.
+    pub max_upload_bytes: u64,
     /// Tracing filter.
     pub log_level: String,
     /// Whether logs are JSON.
@@ -466,6 +586,16 @@ impl Config {
             demo_token_delay: Duration::ZERO,
             log_level: String::new(),
             log_json: false,
+            s3_endpoint: None,
+            s3_bucket: String::new(),
+            s3_access_key: None,
+            s3_secret_key: None,
+            s3_region: String::new(),
+            chroma_url: None,
+            chroma_host: None,
+            chroma_port: 0,
+            embedding_model: None,
+            max_upload_bytes: 0,
         }
     }
 
@@ -548,7 +678,37 @@ impl Config {
                 reason: "local mode (no SLUICE_JWT_SECRET) listens on loopback only".into(),
             });
         }
+        if self.s3_endpoint.is_some() && (self.s3_access_key.is_none() || self.s3_secret_key.is_none()) {
+            return Err(ConfigError {
+                name: "SLUICE_S3_ENDPOINT",
+                value: "[redacted]".into(),
+                reason: "needs SLUICE_S3_ACCESS_KEY and SLUICE_S3_SECRET_KEY".into(),
+            });
+        }
+        if self.embedding_model.is_some() && self.llm_base_url.is_none() {
+            return Err(ConfigError {
+                name: "SLUICE_EMBEDDING_MODEL",
+                value: self.embedding_model.clone().unwrap_or_default(),
+                reason: "asks the provider for embeddings, so it needs SLUICE_LLM_BASE_URL \
+                         (or leave it unset for the local embedder)"
+                    .into(),
+            });
+        }
         Ok(())
+    }
+
+    /// The Chroma URL: `SLUICE_CHROMA_URL`, else `http://CHROMA_HOST:CHROMA_PORT`.
+    pub fn chroma_url(&self) -> Option<String> {
+        self.chroma_url.clone().or_else(|| {
+            self.chroma_host.as_ref().map(|host| {
+                let host = if host.contains(':') && !host.starts_with('[') {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                };
+                format!("http://{host}:{}", self.chroma_port)
+            })
+        })
     }
 
     /// The default model: the configured one, else the demo model without a
@@ -761,6 +921,41 @@ mod tests {
     }
 
     #[test]
+    fn files_backends_are_configured_from_urls_and_the_seed_names() {
+        let c = config(&[]).unwrap();
+        assert!(c.s3_endpoint.is_none() && c.chroma_url().is_none() && c.embedding_model.is_none());
+        assert_eq!(c.max_upload_bytes, 100 << 20);
+        assert_eq!((c.s3_bucket.as_str(), c.s3_region.as_str()), ("sluice", "us-east-1"));
+        let c = config(&[
+            ("SLUICE_S3_ENDPOINT", "http://minio:9000/"),
+            ("SLUICE_S3_ACCESS_KEY", "ak"),
+            ("SLUICE_S3_SECRET_KEY", "sk"),
+            ("CHROMA_HOST", "chroma"),
+            ("CHROMA_PORT", "8001"),
+        ])
+        .unwrap();
+        assert_eq!(c.s3_endpoint.as_deref(), Some("http://minio:9000"));
+        assert_eq!(c.chroma_url().as_deref(), Some("http://chroma:8001"));
+        let c = config(&[("CHROMA_HOST", "::1"), ("SLUICE_CHROMA_URL", "http://c:1")]).unwrap();
+        assert_eq!(c.chroma_url().as_deref(), Some("http://c:1"));
+        assert_eq!(
+            config(&[("CHROMA_HOST", "::1")]).unwrap().chroma_url().as_deref(),
+            Some("http://[::1]:8000")
+        );
+        let c = config(&[
+            ("SLUICE_LLM_BASE_URL", "http://p/v1"),
+            ("SLUICE_EMBEDDING_MODEL", "text-embedding-3-small"),
+        ])
+        .unwrap();
+        assert_eq!(c.embedding_model.as_deref(), Some("text-embedding-3-small"));
+        assert!(config(&[("SLUICE_EMBEDDING_MODEL", "local")]).unwrap().embedding_model.is_none());
+        // A secret key is not repeated in the error about a missing one.
+        let err = config(&[("SLUICE_S3_ENDPOINT", "http://m:9000"), ("SLUICE_S3_SECRET_KEY", "s3cr3t")])
+            .unwrap_err();
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
     fn local_mode_refuses_non_loopback() {
         let err = config(&[("SLUICE_ADDR", "0.0.0.0:8080")]).unwrap_err();
         assert!(err.to_string().contains("local mode"), "{err}");
@@ -806,7 +1001,15 @@ mod tests {
             ("SLUICE_CONTINUATION", "maybe"),
             ("SLUICE_REPLICA_ID", "r 1"),
             ("SLUICE_S3_BUCKET", "b"),
-            ("CHROMA_HOST", "chroma"),
+            ("SLUICE_S3_BUCKET", "Upper"),
+            ("SLUICE_S3_ENDPOINT", "http://minio:9000"),
+            ("SLUICE_S3_ENDPOINT", "s3.example"),
+            ("CHROMA_HOST", "http://chroma"),
+            ("CHROMA_PORT", "0"),
+            ("SLUICE_EMBEDDING_MODEL", "text-embedding-3-small"),
+            ("SLUICE_MAX_UPLOAD_BYTES", "0"),
+            ("SLUICE_MAX_UPLOAD_BYTES", "-5"),
+            ("SLUICE_MAX_UPLOAD_BYTES", "1e9"),
             ("REDIS_URL", "http://127.0.0.1"),
             ("METRICS_PORT", "99999"),
             ("SLUICE_JWT_SECRET", "short"),

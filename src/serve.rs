@@ -8,7 +8,18 @@ use anyhow::Context;
 use sluice_actors::cluster::Cluster;
 use sluice_actors::deps::SessionDeps;
 use sluice_actors::supervisor::Health;
-use sluice_actors::{Metrics, Relay, Sessions};
+use sluice_actors::files::{FileBackends, FilesConfig};
+use sluice_actors::{Files, Metrics, Relay, Sessions};
+use sluice_backends::embed::Embedder;
+use sluice_backends::embed::local::LocalEmbedder;
+use sluice_backends::embed::provider::ProviderEmbedder;
+use sluice_backends::files::FileStore;
+use sluice_backends::objects::ObjectStore;
+use sluice_backends::objects::fs::FsObjectStore;
+use sluice_backends::objects::s3::{S3Config, S3ObjectStore};
+use sluice_backends::vectors::VectorIndex;
+use sluice_backends::vectors::chroma::ChromaIndex;
+use sluice_backends::vectors::redb::RedbVectorIndex;
 use sluice_backends::lease::redis::RedisLeases;
 use sluice_backends::llm::LlmProvider;
 use sluice_backends::llm::demo::DemoProvider;
@@ -16,7 +27,10 @@ use sluice_backends::llm::openai::{OpenAiConfig, OpenAiProvider};
 use sluice_backends::log::EventLog;
 use sluice_backends::log::memory::MemoryEventLog;
 use sluice_backends::log::redis::RedisEventLog;
-use sluice_backends::probe::{EventLogProbe, LlmProbe, Probe, RedisProbe, StoreProbe};
+use sluice_backends::probe::{
+    EmbedderProbe, EventLogProbe, LlmProbe, ObjectsProbe, Probe, RedisProbe, StoreProbe,
+    VectorsProbe,
+};
 use sluice_backends::redis::RedisConnections;
 use sluice_backends::store::SessionStore;
 use sluice_backends::store::postgres::PostgresSessionStore;
@@ -72,14 +86,17 @@ fn llm_provider(config: &Config) -> anyhow::Result<Arc<dyn LlmProvider>> {
     })
 }
 
-async fn session_store(config: &Config) -> anyhow::Result<Arc<dyn SessionStore>> {
+/// The session store, and the same database as the files' metadata store.
+async fn session_store(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn SessionStore>, Arc<dyn FileStore>)> {
     Ok(match &config.postgres_url {
         Some(url) => {
             let store = PostgresSessionStore::connect(url.expose(), POSTGRES_POOL_SIZE)
                 .await
                 .context("cannot open the PostgreSQL session store")?;
             tracing::info!("session store: PostgreSQL");
-            Arc::new(store)
+            (Arc::new(store.clone()), Arc::new(store))
         }
         None => {
             std::fs::create_dir_all(&config.data_dir).with_context(|| {
@@ -91,8 +108,95 @@ async fn session_store(config: &Config) -> anyhow::Result<Arc<dyn SessionStore>>
             let path = config.data_dir.join("sluice.redb");
             let store = RedbSessionStore::open(&path)?;
             tracing::info!(path = %path.display(), "session store: redb (embedded)");
+            (Arc::new(store.clone()), Arc::new(store))
+        }
+    })
+}
+
+/// Where files live: S3 and Chroma when configured, else under
+/// `SLUICE_DATA_DIR`; the embedder; and their probes, added to `probes`.
+/// S3 unreachable at start is not fatal (chat does not need it): the bucket
+/// is made once S3 answers, and `/ready` says it is down meanwhile.
+fn file_backends(
+    config: &Config,
+    llm: &Arc<dyn LlmProvider>,
+    store: Arc<dyn FileStore>,
+    probes: &mut Vec<Arc<dyn Probe>>,
+) -> anyhow::Result<FileBackends> {
+    let shared = config.redis_url.is_some();
+    let embedder: Arc<dyn Embedder> = match &config.embedding_model {
+        Some(model) => {
+            tracing::info!(%model, "embeddings: the provider's /embeddings");
+            Arc::new(ProviderEmbedder::new(llm.clone(), model.clone()))
+        }
+        None => {
+            tracing::warn!(
+                "embeddings: the LOCAL hashing embedder (no model; it matches words, not \
+                 meaning); set SLUICE_EMBEDDING_MODEL to use the provider's embeddings"
+            );
+            Arc::new(LocalEmbedder)
+        }
+    };
+    let objects: Arc<dyn ObjectStore> = match &config.s3_endpoint {
+        Some(endpoint) => {
+            let s3 = S3Config {
+                endpoint: endpoint.clone(),
+                bucket: config.s3_bucket.clone(),
+                region: config.s3_region.clone(),
+                access_key: config.s3_access_key.as_ref().map(|k| k.expose().to_owned()).unwrap_or_default(),
+                secret_key: config.s3_secret_key.as_ref().map(|k| k.expose().to_owned()).unwrap_or_default(),
+            };
+            let store = S3ObjectStore::new(&s3);
+            let region = s3.region.clone();
+            let ensure = store.clone();
+            tokio::spawn(async move {
+                loop {
+                    match ensure.ensure_bucket(&region).await {
+                        Ok(()) => break,
+                        Err(e) if e.is_retryable() => {
+                            tracing::warn!(error = %e, "object store: S3 does not answer yet; uploads wait for it");
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "object store: S3 refused Sluice (check the bucket and the keys)");
+                            break;
+                        }
+                    }
+                }
+            });
+            tracing::info!(endpoint = %crate::config::redact_url(endpoint), bucket = %s3.bucket, "object store: S3");
             Arc::new(store)
         }
+        None => {
+            if shared {
+                tracing::warn!("Redis without SLUICE_S3_ENDPOINT: uploads stay on this replica's disk, so run only one replica");
+            }
+            tracing::info!(dir = %config.data_dir.join("objects").display(), "object store: directory (embedded)");
+            Arc::new(FsObjectStore::open(&config.data_dir)?)
+        }
+    };
+    let vectors: Arc<dyn VectorIndex> = match config.chroma_url() {
+        Some(url) => {
+            tracing::info!(url = %crate::config::redact_url(&url), "vector index: Chroma");
+            Arc::new(ChromaIndex::new(&url, embedder.space())?)
+        }
+        None => {
+            if shared {
+                tracing::warn!("Redis without SLUICE_CHROMA_URL: the vector index is this replica's own file, so run only one replica");
+            }
+            let path = config.data_dir.join("vectors.redb");
+            tracing::info!(path = %path.display(), "vector index: redb (embedded)");
+            Arc::new(RedbVectorIndex::open(&path, embedder.space())?)
+        }
+    };
+    probes.push(Arc::new(ObjectsProbe(objects.clone())));
+    probes.push(Arc::new(VectorsProbe(vectors.clone())));
+    probes.push(Arc::new(EmbedderProbe(embedder.clone())));
+    Ok(FileBackends {
+        store,
+        objects,
+        vectors,
+        embedder,
     })
 }
 
@@ -140,7 +244,7 @@ async fn log_and_cluster(
 async fn serve(config: Config) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry)?;
-    let store = session_store(&config).await?;
+    let (store, file_store) = session_store(&config).await?;
 
     // Bound first, so that the default replica id names the real port.
     // Every listener is bound before anything starts, so an address in use
@@ -166,8 +270,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let llm = llm_provider(&config)?;
     probes.push(Arc::new(EventLogProbe(log.clone())));
     probes.push(Arc::new(LlmProbe(llm.clone())));
+    let file_backends = file_backends(&config, &llm, file_store, &mut probes)?;
+    let files = Files::start(
+        file_backends,
+        FilesConfig {
+            max_upload_bytes: config.max_upload_bytes,
+            spool_dir: config.data_dir.join("spool").join(&replica_id),
+            replica_id: replica_id.clone(),
+        },
+        metrics.clone(),
+    )
+    .context("cannot make the upload spool under SLUICE_DATA_DIR")?;
     let health = Health::start(probes, &metrics);
-    let relay = Relay::new(llm.clone(), config.llm_model(), metrics.clone());
+    let relay = Relay::new(llm.clone(), config.llm_model(), metrics.clone())
+        .with_embedding_model(config.embedding_model.clone());
     let deps = SessionDeps {
         store,
         log,
@@ -175,6 +291,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         config: config.session(replica_id.clone()),
         cluster,
+        files: files.clone(),
     };
     let arbiters = (0..config.workers())
         .map(|_| actix_rt::Arbiter::new().handle())
@@ -198,6 +315,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = AppState {
         sessions,
+        files,
         relay,
         health,
         metrics,

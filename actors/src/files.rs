@@ -94,6 +94,11 @@ impl Files {
         Ok(files)
     }
 
+    /// The largest upload, in bytes.
+    pub fn max_upload_bytes(&self) -> u64 {
+        self.inner.config.max_upload_bytes
+    }
+
     /// The backends.
     pub fn backends(&self) -> &FileBackends {
         &self.inner.backends
@@ -279,6 +284,21 @@ impl Files {
         }
         Ok(files)
     }
+}
+
+/// The bytes of a `data:` URL (`data:<type>;base64,<data>`).
+pub fn decode_data_url(url: &str) -> Result<Vec<u8>, SessionError> {
+    use base64::Engine;
+
+    let bad = |why: &str| SessionError::BadRequest(format!("an image_url data URL {why}"));
+    let rest = url.strip_prefix("data:").ok_or_else(|| bad("must start with data:"))?;
+    let (head, data) = rest.split_once(',').ok_or_else(|| bad("has no comma"))?;
+    if !head.ends_with(";base64") {
+        return Err(bad("must be base64 (data:<type>;base64,...)"));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|_| bad("is not valid base64"))
 }
 
 /// A files service on embedded backends under `dir`, for tests.

@@ -23,8 +23,13 @@ use crate::metrics::{GaugeGuard, Metrics};
 pub struct Relay {
     llm: Arc<dyn LlmProvider>,
     default_model: String,
+    /// The model `/v1/embeddings` asks for when a request names none.
+    embedding_model: Option<String>,
     metrics: Metrics,
 }
+
+/// Most inputs in one `/v1/embeddings` request (OpenAI's own limit).
+pub const MAX_EMBEDDING_INPUTS: usize = 2048;
 
 /// A relayed chat completion.
 pub enum Completion {
@@ -86,8 +91,54 @@ impl Relay {
         Self {
             llm,
             default_model,
+            embedding_model: None,
             metrics,
         }
+    }
+
+    /// The model `/v1/embeddings` asks for when a request names none.
+    pub fn with_embedding_model(mut self, model: Option<String>) -> Self {
+        self.embedding_model = model;
+        self
+    }
+
+    /// Relays an OpenAI `/v1/embeddings` request (an object with `input`:
+    /// a string or up to [`MAX_EMBEDDING_INPUTS`] of them, or token
+    /// arrays), naming the configured embedding model if it names none.
+    /// Without a provider, the local embedder answers.
+    pub async fn embeddings(&self, mut request: serde_json::Value) -> Result<serde_json::Value, SessionError> {
+        let Some(fields) = request.as_object_mut() else {
+            return Err(SessionError::BadRequest("the body must be a JSON object".into()));
+        };
+        let inputs = match fields.get("input") {
+            Some(serde_json::Value::String(_)) => 1,
+            Some(serde_json::Value::Array(items)) if !items.is_empty() => items.len(),
+            _ => {
+                return Err(SessionError::BadRequest(
+                    "input must be a string or a non-empty array".into(),
+                ));
+            }
+        };
+        if inputs > MAX_EMBEDDING_INPUTS {
+            return Err(SessionError::BadRequest(format!(
+                "input holds at most {MAX_EMBEDDING_INPUTS} items"
+            )));
+        }
+        match fields.get("model") {
+            Some(serde_json::Value::String(model)) if !model.is_empty() => {}
+            None => {
+                let model = self.embedding_model.clone().ok_or_else(|| {
+                    SessionError::BadRequest("model is required (no SLUICE_EMBEDDING_MODEL is set)".into())
+                })?;
+                fields.insert("model".into(), model.into());
+            }
+            Some(_) => return Err(SessionError::BadRequest("model must be a non-empty string".into())),
+        }
+        self.llm.embeddings(request).await.map_err(|e| {
+            tracing::warn!(error = %e, "provider failed (embeddings)");
+            count_error(&self.metrics, &e);
+            e.into()
+        })
     }
 
     /// Relays a chat completion. A streamed one waits for the provider's

@@ -230,6 +230,8 @@ impl Sessions {
         message: SendMessage,
     ) -> Result<SendAccepted, SessionError> {
         message.validate()?;
+        let mut message = message;
+        self.attach(user_id, id, &mut message).await?;
         self.call(
             user_id,
             id,
@@ -241,6 +243,43 @@ impl Sessions {
             },
         )
         .await
+    }
+
+    /// Stores a send's inline images as the user's files, attaches them,
+    /// and checks every attachment (see [`Files::check_attachments`]).
+    ///
+    /// [`Files::check_attachments`]: crate::files::Files::check_attachments
+    async fn attach(&self, user_id: &str, id: &str, message: &mut SendMessage) -> Result<(), SessionError> {
+        use crate::files::MAX_ATTACHMENTS;
+
+        if message.attachments.len() + message.images.len() > MAX_ATTACHMENTS {
+            return Err(SessionError::BadRequest(format!(
+                "at most {MAX_ATTACHMENTS} attachments per message (images included)"
+            )));
+        }
+        if !message.images.is_empty() {
+            // Nothing is stored for a send to a session that is not the user's.
+            match self.deps.store.get_session(id).await? {
+                Some(session) if session.user_id == user_id => {}
+                _ => return Err(SessionError::NotFound),
+            }
+        }
+        let files = &self.deps.files;
+        for (i, url) in std::mem::take(&mut message.images).into_iter().enumerate() {
+            let bytes = crate::files::decode_data_url(&url)?;
+            let file = files
+                .store_bytes(user_id, &format!("image-{}", i + 1), &bytes)
+                .await?;
+            if !file.is_image() {
+                files.delete(user_id, &file.id).await?;
+                return Err(SessionError::UnsupportedMedia(
+                    "an image_url part must hold a PNG, JPEG, GIF or WebP image".into(),
+                ));
+            }
+            message.attachments.push(file.id);
+        }
+        files.check_attachments(user_id, &message.attachments).await?;
+        Ok(())
     }
 
     /// Stops the running generation, if any.

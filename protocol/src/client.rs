@@ -69,6 +69,7 @@ mod tests {
                 content: "hi".into(),
                 attachments: vec![],
                 client_msg_id: Some("c1".into()),
+                images: vec![],
             })),
         );
     }

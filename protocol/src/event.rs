@@ -270,10 +270,31 @@ mod tests {
                         completion_tokens: 4,
                     }),
                     error: None,
+                    sources: vec![],
                 },
             },
             json!({"type": "generation_end", "seq": 9, "generation_id": "g", "message_id": "m",
                    "finish_reason": "stop", "usage": {"prompt_tokens": 3, "completion_tokens": 4}}),
+        );
+        check(
+            Event {
+                seq: 10,
+                body: EventBody::GenerationEnd {
+                    generation_id: "g".into(),
+                    message_id: "m".into(),
+                    finish_reason: FinishReason::Stop,
+                    usage: None,
+                    error: None,
+                    sources: vec![Source {
+                        file_id: "f".into(),
+                        filename: "a.pdf".into(),
+                        chunks: vec![3, 0],
+                    }],
+                },
+            },
+            json!({"type": "generation_end", "seq": 10, "generation_id": "g", "message_id": "m",
+                   "finish_reason": "stop",
+                   "sources": [{"file_id": "f", "filename": "a.pdf", "chunks": [3, 0]}]}),
         );
         check(
             Event {

@@ -94,7 +94,14 @@ pub struct CreateSession {
 }
 
 /// Body of `POST /v1/sessions/{id}/messages`, and the WS `send` frame's fields.
+///
+/// `content` is text, or an array of OpenAI content parts as clients of the
+/// chat-completions API write them: `text` parts (joined with line breaks
+/// into the message's text) and `image_url` parts whose URL is a `data:`
+/// URL (kept in [`images`](Self::images), stored as the user's files and
+/// attached before the message is saved).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawSendMessage")]
 pub struct SendMessage {
     /// The user's text.
     pub content: String,
@@ -104,6 +111,83 @@ pub struct SendMessage {
     /// Idempotency key: the same id twice makes one message and one generation.
     #[serde(default)]
     pub client_msg_id: Option<String>,
+    /// Images sent inline as `data:` URLs, not yet stored. Never on the
+    /// wire: read from `image_url` parts, and stored as attachments before
+    /// the send goes anywhere.
+    #[serde(skip_serializing)]
+    pub images: Vec<String>,
+}
+
+/// A send as it arrives, before its content parts are read.
+#[derive(Deserialize)]
+struct RawSendMessage {
+    content: RawContent,
+    #[serde(default)]
+    attachments: Vec<String>,
+    #[serde(default)]
+    client_msg_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawContent {
+    Text(String),
+    Parts(Vec<serde_json::Value>),
+}
+
+/// Most content parts in one message.
+pub const MAX_CONTENT_PARTS: usize = 64;
+
+impl TryFrom<RawSendMessage> for SendMessage {
+    type Error = String;
+
+    fn try_from(raw: RawSendMessage) -> Result<Self, String> {
+        let mut images = Vec::new();
+        let content = match raw.content {
+            RawContent::Text(text) => text,
+            RawContent::Parts(parts) => {
+                if parts.len() > MAX_CONTENT_PARTS {
+                    return Err(format!("content has more than {MAX_CONTENT_PARTS} parts"));
+                }
+                let mut texts = Vec::new();
+                for part in parts {
+                    match part["type"].as_str() {
+                        Some("text") => texts.push(
+                            part["text"]
+                                .as_str()
+                                .ok_or("a text part needs a string `text`")?
+                                .to_owned(),
+                        ),
+                        Some("image_url") => {
+                            let url = part["image_url"]["url"]
+                                .as_str()
+                                .or_else(|| part["image_url"].as_str())
+                                .ok_or("an image_url part needs `image_url.url`")?;
+                            if !url.starts_with("data:") {
+                                return Err("an image_url must be a data: URL here; upload the image \
+                                            with POST /v1/files and attach its id"
+                                    .into());
+                            }
+                            images.push(url.to_owned());
+                        }
+                        Some(other) => {
+                            return Err(format!(
+                                "content parts of type {other:?} are not accepted (text and image_url are)"
+                            ));
+                        }
+                        None => return Err("a content part needs a `type`".into()),
+                    }
+                }
+                texts.join("\n")
+            }
+        };
+        Ok(Self {
+            content,
+            attachments: raw.attachments,
+            client_msg_id: raw.client_msg_id,
+            images,
+        })
+    }
 }
 
 impl SendMessage {
@@ -117,7 +201,7 @@ impl SendMessage {
                 limit: MAX_MESSAGE_BYTES,
             });
         }
-        if self.content.trim().is_empty() && self.attachments.is_empty() {
+        if self.content.trim().is_empty() && self.attachments.is_empty() && self.images.is_empty() {
             return Err(crate::ProtocolError::Malformed(
                 "content must not be empty".into(),
             ));
@@ -164,6 +248,7 @@ mod tests {
             content: "x".repeat(crate::limits::MAX_MESSAGE_BYTES + 1),
             attachments: vec![],
             client_msg_id: None,
+            images: vec![],
         };
         assert!(matches!(
             big.validate(),
@@ -172,6 +257,31 @@ mod tests {
         let empty: SendMessage = serde_json::from_str(r#"{"content":"  "}"#).unwrap();
         assert!(empty.validate().is_err());
         assert!(serde_json::from_str::<SendMessage>(r#"{"content":3}"#).is_err());
+    }
+
+    #[test]
+    fn content_may_be_openai_content_parts() {
+        let m: SendMessage = serde_json::from_str(
+            r#"{"content":[{"type":"text","text":"what is"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}},{"type":"text","text":"this?"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(m.content, "what is\nthis?");
+        assert_eq!(m.images, ["data:image/png;base64,AAAA"]);
+        assert!(m.validate().is_ok());
+        let image_only: SendMessage = serde_json::from_str(
+            r#"{"content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}"#,
+        )
+        .unwrap();
+        assert!(image_only.validate().is_ok());
+        for bad in [
+            r#"{"content":[{"type":"image_url","image_url":{"url":"https://example.com/x.png"}}]}"#,
+            r#"{"content":[{"type":"audio","data":"x"}]}"#,
+            r#"{"content":[{"text":"no type"}]}"#,
+            r#"{"content":[{"type":"text","text":3}]}"#,
+            r#"{"content":{"type":"text"}}"#,
+        ] {
+            assert!(serde_json::from_str::<SendMessage>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

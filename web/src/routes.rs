@@ -1,5 +1,6 @@
 //! The routes, one file per surface.
 
+pub mod files;
 pub mod openai;
 pub mod ops;
 pub mod sessions;
@@ -39,6 +40,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/v1/chat/completions", "POST")
                 .route(web::post().to(openai::chat_completions)),
+        )
+        .service(
+            resource("/v1/files", "GET, POST")
+                .route(web::post().to(files::upload))
+                .route(web::get().to(files::list)),
+        )
+        .service(
+            resource("/v1/files/{id}", "GET, DELETE")
+                .route(web::get().to(files::get))
+                .route(web::delete().to(files::delete)),
+        )
+        .service(resource("/v1/files/{id}/content", "GET").route(web::get().to(files::content)))
+        .service(
+            resource("/v1/embeddings", "POST").route(web::post().to(openai::embeddings)),
         )
         .service(resource("/v1/models", "GET").route(web::get().to(openai::models)))
         .service(resource("/v1/models/{id}", "GET").route(web::get().to(openai::model)));

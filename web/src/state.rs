@@ -1,7 +1,7 @@
 //! What every handler can reach.
 
 use sluice_actors::supervisor::Health;
-use sluice_actors::{Metrics, Relay, Sessions};
+use sluice_actors::{Files, Metrics, Relay, Sessions};
 use tokio::sync::watch;
 
 /// Shared application state. Cloning is cheap. (How requests are
@@ -10,6 +10,8 @@ use tokio::sync::watch;
 pub struct AppState {
     /// The session layer.
     pub sessions: Sessions,
+    /// Uploaded files.
+    pub files: Files,
     /// The OpenAI-compatible relay.
     pub relay: Relay,
     /// The backends' supervisors, for `/ready`.

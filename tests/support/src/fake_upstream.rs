@@ -49,6 +49,7 @@ use crate::padded_token_text;
 #[derive(Default, Clone)]
 pub struct State {
     requests: Arc<Mutex<Vec<Value>>>,
+    embedding_requests: Arc<Mutex<Vec<Value>>>,
     failures: Arc<Mutex<HashMap<String, u32>>>,
     options: FakeOptions,
 }
@@ -152,6 +153,7 @@ fn server(addr: &str, state: State) -> std::io::Result<(actix_web::dev::Server, 
             .app_data(web::JsonConfig::default().limit(16 * 1024 * 1024))
             .route("/v1/chat/completions", web::post().to(completions))
             .route("/v1/models", web::get().to(models))
+            .route("/v1/embeddings", web::post().to(embeddings))
             .route("/_requests", web::get().to(requests))
     })
     .workers(1)
@@ -211,6 +213,11 @@ impl FakeUpstream {
     pub fn requests(&self) -> Vec<Value> {
         self.state.requests.lock().unwrap().clone()
     }
+
+    /// The `/v1/embeddings` request bodies received so far.
+    pub fn embedding_requests(&self) -> Vec<Value> {
+        self.state.embedding_requests.lock().unwrap().clone()
+    }
 }
 
 impl Drop for FakeUpstream {
@@ -222,6 +229,48 @@ impl Drop for FakeUpstream {
 
 async fn requests(state: web::Data<State>) -> HttpResponse {
     HttpResponse::Ok().json(state.requests.lock().unwrap().clone())
+}
+
+/// Dimensions of the fake's embeddings.
+pub const EMBEDDING_DIMS: usize = 64;
+
+/// The fake's embedding of a text: each lower-cased word hashed to one of
+/// [`EMBEDDING_DIMS`] dimensions, so texts sharing words are near.
+pub fn fake_embedding(text: &str) -> Vec<f32> {
+    let mut v = vec![0.0f32; EMBEDDING_DIMS];
+    for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() > 2) {
+        let hash = word
+            .to_lowercase()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        v[(hash % EMBEDDING_DIMS as u64) as usize] += 1.0;
+    }
+    v
+}
+
+/// `POST /v1/embeddings`: OpenAI's answer, with [`fake_embedding`]s. A
+/// model `fake-embed:status=N` answers status N instead.
+async fn embeddings(state: web::Data<State>, body: web::Json<Value>) -> HttpResponse {
+    state.embedding_requests.lock().unwrap().push(body.0.clone());
+    let model = body["model"].as_str().unwrap_or("fake-embed").to_owned();
+    if let Some(status) = Script::parse(&model).status {
+        return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+            .json(json!({"error": {"message": format!("fake failure {status}"), "type": "server_error", "param": null, "code": null}}));
+    }
+    let inputs: Vec<String> = match &body["input"] {
+        Value::String(text) => vec![text.clone()],
+        Value::Array(items) => items.iter().map(|i| i.as_str().unwrap_or_default().to_owned()).collect(),
+        _ => return HttpResponse::BadRequest().json(json!({"error": {"message": "input is required", "type": "invalid_request_error", "param": "input", "code": null}})),
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| json!({"object": "embedding", "index": i, "embedding": fake_embedding(text)}))
+        .collect();
+    HttpResponse::Ok().json(json!({
+        "object": "list", "data": data, "model": model,
+        "usage": {"prompt_tokens": inputs.len(), "total_tokens": inputs.len()},
+    }))
 }
 
 async fn models() -> HttpResponse {

@@ -73,6 +73,18 @@ fn model_object(id: &str) -> serde_json::Value {
     serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "sluice"})
 }
 
+/// `POST /v1/embeddings`, relayed to the provider (the local embedder
+/// answers when there is none).
+pub async fn embeddings(
+    state: web::Data<AppState>,
+    _user: User,
+    body: RawBody,
+) -> Result<HttpResponse, ApiError> {
+    let request: serde_json::Value = crate::body::parse_json(&body.0)?;
+    let answer = state.relay.embeddings(request).await?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
 /// `GET /v1/models`.
 pub async fn models(state: web::Data<AppState>, _user: User) -> HttpResponse {
     let data: Vec<_> = state

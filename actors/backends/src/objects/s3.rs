@@ -51,6 +51,13 @@ impl S3ObjectStore {
     /// missing. Fails if the endpoint cannot be reached or refuses the
     /// credentials.
     pub async fn connect(config: &S3Config) -> Result<Self, BackendError> {
+        let store = Self::new(config);
+        store.ensure_bucket(&config.region).await?;
+        Ok(store)
+    }
+
+    /// A client for `config`'s bucket, without a request yet.
+    pub fn new(config: &S3Config) -> Self {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
             .build_https();
@@ -72,15 +79,14 @@ impl S3ObjectStore {
                 "sluice",
             ))
             .build();
-        let store = Self {
+        Self {
             client: Client::from_conf(conf),
             bucket: config.bucket.clone(),
-        };
-        store.ensure_bucket(&config.region).await?;
-        Ok(store)
+        }
     }
 
-    async fn ensure_bucket(&self, region: &str) -> Result<(), BackendError> {
+    /// Creates the bucket if it is missing.
+    pub async fn ensure_bucket(&self, region: &str) -> Result<(), BackendError> {
         match self.client.head_bucket().bucket(&self.bucket).send().await {
             Ok(_) => return Ok(()),
             Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => {}
