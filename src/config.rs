@@ -328,7 +328,9 @@ pub const VARS: &[Var] = &[
         help: "S3 bucket, created at start if missing (3 to 63 of a-z 0-9 . -)",
         parse: |c, v| {
             let fine = (3..=63).contains(&v.len())
-                && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+                && v.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-'
+                });
             if !fine {
                 return Err("must be 3 to 63 lower-case letters, digits, '.' or '-'".into());
             }
@@ -678,7 +680,9 @@ impl Config {
                 reason: "local mode (no SLUICE_JWT_SECRET) listens on loopback only".into(),
             });
         }
-        if self.s3_endpoint.is_some() && (self.s3_access_key.is_none() || self.s3_secret_key.is_none()) {
+        if self.s3_endpoint.is_some()
+            && (self.s3_access_key.is_none() || self.s3_secret_key.is_none())
+        {
             return Err(ConfigError {
                 name: "SLUICE_S3_ENDPOINT",
                 value: "[redacted]".into(),
@@ -925,7 +929,10 @@ mod tests {
         let c = config(&[]).unwrap();
         assert!(c.s3_endpoint.is_none() && c.chroma_url().is_none() && c.embedding_model.is_none());
         assert_eq!(c.max_upload_bytes, 100 << 20);
-        assert_eq!((c.s3_bucket.as_str(), c.s3_region.as_str()), ("sluice", "us-east-1"));
+        assert_eq!(
+            (c.s3_bucket.as_str(), c.s3_region.as_str()),
+            ("sluice", "us-east-1")
+        );
         let c = config(&[
             ("SLUICE_S3_ENDPOINT", "http://minio:9000/"),
             ("SLUICE_S3_ACCESS_KEY", "ak"),
@@ -939,7 +946,10 @@ mod tests {
         let c = config(&[("CHROMA_HOST", "::1"), ("SLUICE_CHROMA_URL", "http://c:1")]).unwrap();
         assert_eq!(c.chroma_url().as_deref(), Some("http://c:1"));
         assert_eq!(
-            config(&[("CHROMA_HOST", "::1")]).unwrap().chroma_url().as_deref(),
+            config(&[("CHROMA_HOST", "::1")])
+                .unwrap()
+                .chroma_url()
+                .as_deref(),
             Some("http://[::1]:8000")
         );
         let c = config(&[
@@ -948,10 +958,18 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.embedding_model.as_deref(), Some("text-embedding-3-small"));
-        assert!(config(&[("SLUICE_EMBEDDING_MODEL", "local")]).unwrap().embedding_model.is_none());
+        assert!(
+            config(&[("SLUICE_EMBEDDING_MODEL", "local")])
+                .unwrap()
+                .embedding_model
+                .is_none()
+        );
         // A secret key is not repeated in the error about a missing one.
-        let err = config(&[("SLUICE_S3_ENDPOINT", "http://m:9000"), ("SLUICE_S3_SECRET_KEY", "s3cr3t")])
-            .unwrap_err();
+        let err = config(&[
+            ("SLUICE_S3_ENDPOINT", "http://m:9000"),
+            ("SLUICE_S3_SECRET_KEY", "s3cr3t"),
+        ])
+        .unwrap_err();
         assert!(!err.to_string().contains("s3cr3t"), "{err}");
     }
 

@@ -7,19 +7,13 @@ use std::time::Duration;
 use anyhow::Context;
 use sluice_actors::cluster::Cluster;
 use sluice_actors::deps::SessionDeps;
-use sluice_actors::supervisor::Health;
 use sluice_actors::files::{FileBackends, FilesConfig};
+use sluice_actors::supervisor::Health;
 use sluice_actors::{Files, Metrics, Relay, Sessions};
 use sluice_backends::embed::Embedder;
 use sluice_backends::embed::local::LocalEmbedder;
 use sluice_backends::embed::provider::ProviderEmbedder;
 use sluice_backends::files::FileStore;
-use sluice_backends::objects::ObjectStore;
-use sluice_backends::objects::fs::FsObjectStore;
-use sluice_backends::objects::s3::{S3Config, S3ObjectStore};
-use sluice_backends::vectors::VectorIndex;
-use sluice_backends::vectors::chroma::ChromaIndex;
-use sluice_backends::vectors::redb::RedbVectorIndex;
 use sluice_backends::lease::redis::RedisLeases;
 use sluice_backends::llm::LlmProvider;
 use sluice_backends::llm::demo::DemoProvider;
@@ -27,6 +21,9 @@ use sluice_backends::llm::openai::{OpenAiConfig, OpenAiProvider};
 use sluice_backends::log::EventLog;
 use sluice_backends::log::memory::MemoryEventLog;
 use sluice_backends::log::redis::RedisEventLog;
+use sluice_backends::objects::ObjectStore;
+use sluice_backends::objects::fs::FsObjectStore;
+use sluice_backends::objects::s3::{S3Config, S3ObjectStore};
 use sluice_backends::probe::{
     EmbedderProbe, EventLogProbe, LlmProbe, ObjectsProbe, Probe, RedisProbe, StoreProbe,
     VectorsProbe,
@@ -35,6 +32,9 @@ use sluice_backends::redis::RedisConnections;
 use sluice_backends::store::SessionStore;
 use sluice_backends::store::postgres::PostgresSessionStore;
 use sluice_backends::store::redb::RedbSessionStore;
+use sluice_backends::vectors::VectorIndex;
+use sluice_backends::vectors::chroma::ChromaIndex;
+use sluice_backends::vectors::redb::RedbVectorIndex;
 use sluice_web::ServerOptions;
 use sluice_web::auth::Auth;
 use sluice_web::state::AppState;
@@ -143,8 +143,16 @@ fn file_backends(
                 endpoint: endpoint.clone(),
                 bucket: config.s3_bucket.clone(),
                 region: config.s3_region.clone(),
-                access_key: config.s3_access_key.as_ref().map(|k| k.expose().to_owned()).unwrap_or_default(),
-                secret_key: config.s3_secret_key.as_ref().map(|k| k.expose().to_owned()).unwrap_or_default(),
+                access_key: config
+                    .s3_access_key
+                    .as_ref()
+                    .map(|k| k.expose().to_owned())
+                    .unwrap_or_default(),
+                secret_key: config
+                    .s3_secret_key
+                    .as_ref()
+                    .map(|k| k.expose().to_owned())
+                    .unwrap_or_default(),
             };
             let store = S3ObjectStore::new(&s3);
             let region = s3.region.clone();
@@ -169,7 +177,9 @@ fn file_backends(
         }
         None => {
             if shared {
-                tracing::warn!("Redis without SLUICE_S3_ENDPOINT: uploads stay on this replica's disk, so run only one replica");
+                tracing::warn!(
+                    "Redis without SLUICE_S3_ENDPOINT: uploads stay on this replica's disk, so run only one replica"
+                );
             }
             tracing::info!(dir = %config.data_dir.join("objects").display(), "object store: directory (embedded)");
             Arc::new(FsObjectStore::open(&config.data_dir)?)
@@ -182,7 +192,9 @@ fn file_backends(
         }
         None => {
             if shared {
-                tracing::warn!("Redis without SLUICE_CHROMA_URL: the vector index is this replica's own file, so run only one replica");
+                tracing::warn!(
+                    "Redis without SLUICE_CHROMA_URL: the vector index is this replica's own file, so run only one replica"
+                );
             }
             let path = config.data_dir.join("vectors.redb");
             tracing::info!(path = %path.display(), "vector index: redb (embedded)");

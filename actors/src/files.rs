@@ -291,7 +291,9 @@ pub fn decode_data_url(url: &str) -> Result<Vec<u8>, SessionError> {
     use base64::Engine;
 
     let bad = |why: &str| SessionError::BadRequest(format!("an image_url data URL {why}"));
-    let rest = url.strip_prefix("data:").ok_or_else(|| bad("must start with data:"))?;
+    let rest = url
+        .strip_prefix("data:")
+        .ok_or_else(|| bad("must start with data:"))?;
     let (head, data) = rest.split_once(',').ok_or_else(|| bad("has no comma"))?;
     if !head.ends_with(";base64") {
         return Err(bad("must be base64 (data:<type>;base64,...)"));

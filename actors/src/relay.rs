@@ -106,9 +106,14 @@ impl Relay {
     /// a string or up to [`MAX_EMBEDDING_INPUTS`] of them, or token
     /// arrays), naming the configured embedding model if it names none.
     /// Without a provider, the local embedder answers.
-    pub async fn embeddings(&self, mut request: serde_json::Value) -> Result<serde_json::Value, SessionError> {
+    pub async fn embeddings(
+        &self,
+        mut request: serde_json::Value,
+    ) -> Result<serde_json::Value, SessionError> {
         let Some(fields) = request.as_object_mut() else {
-            return Err(SessionError::BadRequest("the body must be a JSON object".into()));
+            return Err(SessionError::BadRequest(
+                "the body must be a JSON object".into(),
+            ));
         };
         let inputs = match fields.get("input") {
             Some(serde_json::Value::String(_)) => 1,
@@ -128,11 +133,17 @@ impl Relay {
             Some(serde_json::Value::String(model)) if !model.is_empty() => {}
             None => {
                 let model = self.embedding_model.clone().ok_or_else(|| {
-                    SessionError::BadRequest("model is required (no SLUICE_EMBEDDING_MODEL is set)".into())
+                    SessionError::BadRequest(
+                        "model is required (no SLUICE_EMBEDDING_MODEL is set)".into(),
+                    )
                 })?;
                 fields.insert("model".into(), model.into());
             }
-            Some(_) => return Err(SessionError::BadRequest("model must be a non-empty string".into())),
+            Some(_) => {
+                return Err(SessionError::BadRequest(
+                    "model must be a non-empty string".into(),
+                ));
+            }
         }
         self.llm.embeddings(request).await.map_err(|e| {
             tracing::warn!(error = %e, "provider failed (embeddings)");

@@ -249,7 +249,12 @@ impl Sessions {
     /// and checks every attachment (see [`Files::check_attachments`]).
     ///
     /// [`Files::check_attachments`]: crate::files::Files::check_attachments
-    async fn attach(&self, user_id: &str, id: &str, message: &mut SendMessage) -> Result<(), SessionError> {
+    async fn attach(
+        &self,
+        user_id: &str,
+        id: &str,
+        message: &mut SendMessage,
+    ) -> Result<(), SessionError> {
         use crate::files::MAX_ATTACHMENTS;
 
         if message.attachments.len() + message.images.len() > MAX_ATTACHMENTS {
@@ -278,7 +283,9 @@ impl Sessions {
             }
             message.attachments.push(file.id);
         }
-        files.check_attachments(user_id, &message.attachments).await?;
+        files
+            .check_attachments(user_id, &message.attachments)
+            .await?;
         Ok(())
     }
 

@@ -164,9 +164,11 @@ impl TryFrom<RawSendMessage> for SendMessage {
                                 .or_else(|| part["image_url"].as_str())
                                 .ok_or("an image_url part needs `image_url.url`")?;
                             if !url.starts_with("data:") {
-                                return Err("an image_url must be a data: URL here; upload the image \
+                                return Err(
+                                    "an image_url must be a data: URL here; upload the image \
                                             with POST /v1/files and attach its id"
-                                    .into());
+                                        .into(),
+                                );
                             }
                             images.push(url.to_owned());
                         }

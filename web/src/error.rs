@@ -88,7 +88,10 @@ impl ResponseError for ApiError {
         if matches!(self.code, ErrorCode::Overloaded | ErrorCode::RateLimited) {
             response.insert_header(("Retry-After", RETRY_AFTER_SECONDS));
         }
-        if matches!(self.code, ErrorCode::RequestTimeout | ErrorCode::PayloadTooLarge) {
+        if matches!(
+            self.code,
+            ErrorCode::RequestTimeout | ErrorCode::PayloadTooLarge
+        ) {
             // The rest of the body may never come: nothing more is read
             // from this connection.
             response.force_close();
@@ -105,7 +108,9 @@ impl From<SessionError> for ApiError {
         };
         let message = match &e {
             SessionError::NotFound => "no such session".to_owned(),
-            SessionError::FileNotFound(id) => format!("no such file: {}", id.chars().take(100).collect::<String>()),
+            SessionError::FileNotFound(id) => {
+                format!("no such file: {}", id.chars().take(100).collect::<String>())
+            }
             other => other.to_string(),
         };
         Self {

@@ -52,9 +52,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::delete().to(files::delete)),
         )
         .service(resource("/v1/files/{id}/content", "GET").route(web::get().to(files::content)))
-        .service(
-            resource("/v1/embeddings", "POST").route(web::post().to(openai::embeddings)),
-        )
+        .service(resource("/v1/embeddings", "POST").route(web::post().to(openai::embeddings)))
         .service(resource("/v1/models", "GET").route(web::get().to(openai::models)))
         .service(resource("/v1/models/{id}", "GET").route(web::get().to(openai::model)));
 }

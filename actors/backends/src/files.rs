@@ -6,10 +6,13 @@
 //! - `list_files` is the user's files newest first (ids are UUIDv7), paged
 //!   by `before` (an id).
 //! - **Indexing runs once per file across replicas.** `claim_indexing`
-//!   succeeds for one caller at a time: only for a file still `stored`,
-//!   and only if no other claim on it is younger than `ttl`. A replica that
-//!   dies mid-indexing leaves a claim that expires, and the file is picked
-//!   up again (`unindexed` lists it once its claim has expired).
+//!   succeeds for one holder at a time: only for a file still `stored`,
+//!   and only if no other holder's claim on it is younger than `ttl`. A
+//!   replica that dies mid-indexing leaves a claim that expires (or that
+//!   the replica, restarted under the same name, takes back at once), and
+//!   the file is picked up again (`unindexed` lists it once its claim has
+//!   expired). `release_indexing` gives a claim up early (indexing met a
+//!   backend that was down: the next sweep tries again).
 //! - `finish_indexing` records the outcome, and says whether the file still
 //!   exists: an indexer that finds it deleted meanwhile removes what it
 //!   wrote.
@@ -116,6 +119,13 @@ pub trait FileStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> BoxFuture<'static, Result<bool, BackendError>>;
 
+    /// Gives up `holder`'s claim on the file, so it can be claimed at once.
+    fn release_indexing(
+        &self,
+        id: &str,
+        holder: &str,
+    ) -> BoxFuture<'static, Result<(), BackendError>>;
+
     /// Records how indexing ended; false if the file no longer exists.
     fn finish_indexing(
         &self,
@@ -123,9 +133,14 @@ pub trait FileStore: Send + Sync + 'static {
         outcome: IndexOutcome,
     ) -> BoxFuture<'static, Result<bool, BackendError>>;
 
-    /// Up to `limit` files still `stored` whose claim (if any) has expired,
-    /// oldest first: what a replica picks up at start and from time to time.
-    fn unindexed(&self, limit: usize) -> BoxFuture<'static, Result<Vec<FileRecord>, BackendError>>;
+    /// Up to `limit` files still `stored` that `holder` may claim (no
+    /// claim, an expired one, or its own), oldest first: what a replica
+    /// picks up at start and from time to time.
+    fn unindexed(
+        &self,
+        holder: &str,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<FileRecord>, BackendError>>;
 }
 
 /// The conformance suite every [`FileStore`] must pass.
@@ -179,7 +194,7 @@ pub(crate) mod conformance {
 
         // Everything stored waits for indexing, oldest first.
         assert_eq!(
-            ids(store.unindexed(10).await.unwrap()),
+            ids(store.unindexed("r9", 10).await.unwrap()),
             ["f1", "f2", "f3", "f4"]
         );
 
@@ -189,11 +204,34 @@ pub(crate) mod conformance {
         assert!(store.claim_indexing("f1", "r1", long).await.unwrap());
         assert!(!store.claim_indexing("f1", "r2", long).await.unwrap());
         assert!(!store.claim_indexing("nope", "r2", long).await.unwrap());
-        assert_eq!(ids(store.unindexed(10).await.unwrap()), ["f2", "f3", "f4"]);
+        assert_eq!(
+            ids(store.unindexed("r9", 10).await.unwrap()),
+            ["f2", "f3", "f4"]
+        );
+        // The same holder (restarted) sees its claim and takes it back.
+        assert_eq!(
+            ids(store.unindexed("r1", 10).await.unwrap()),
+            ["f1", "f2", "f3", "f4"]
+        );
+        assert!(store.claim_indexing("f1", "r1", long).await.unwrap());
+        // A released claim is free at once; another holder's release is not.
+        assert!(store.claim_indexing("f4", "r1", long).await.unwrap());
+        store.release_indexing("f4", "r2").await.unwrap();
+        assert!(!store.claim_indexing("f4", "r2", long).await.unwrap());
+        store.release_indexing("f4", "r1").await.unwrap();
+        assert_eq!(
+            ids(store.unindexed("r9", 10).await.unwrap()),
+            ["f2", "f3", "f4"]
+        );
+        assert!(store.claim_indexing("f4", "r2", long).await.unwrap());
+        store.release_indexing("f4", "r2").await.unwrap();
         let short = Duration::from_millis(50);
         assert!(store.claim_indexing("f2", "r1", short).await.unwrap());
         tokio::time::sleep(Duration::from_millis(120)).await;
-        assert_eq!(ids(store.unindexed(10).await.unwrap()), ["f2", "f3", "f4"]);
+        assert_eq!(
+            ids(store.unindexed("r9", 10).await.unwrap()),
+            ["f2", "f3", "f4"]
+        );
         assert!(store.claim_indexing("f2", "r2", long).await.unwrap());
 
         // Outcomes; a finished file is never claimed again.
@@ -223,7 +261,7 @@ pub(crate) mod conformance {
         assert_eq!(f2.status, FileStatus::Failed);
         assert_eq!(f2.error.as_deref(), Some("no text"));
         assert!(!store.claim_indexing("f1", "r3", short).await.unwrap());
-        assert_eq!(ids(store.unindexed(10).await.unwrap()), ["f3", "f4"]);
+        assert_eq!(ids(store.unindexed("r9", 10).await.unwrap()), ["f3", "f4"]);
 
         // Delete; finishing a deleted file says so.
         assert!(store.delete_file("f3").await.unwrap());

@@ -59,12 +59,40 @@ pub fn image_size(bytes: &[u8]) -> Result<(u32, u32), String> {
         .map_err(|e| format!("the image cannot be read: {e}"))
 }
 
+/// Most pixels a side of an image decoded to check it.
+const MAX_DECODED_SIDE: u32 = 16_384;
+
+/// Most memory one image's decoding may take.
+const MAX_DECODE_ALLOC: u64 = 512 * 1024 * 1024;
+
+/// Decodes an image whole, within bounds, to prove it is not corrupt or
+/// truncated; its width and height, or why it cannot be used.
+pub fn check_image(bytes: &[u8]) -> Result<(u32, u32), String> {
+    let image = decode(bytes)?;
+    Ok((image.width(), image.height()))
+}
+
+/// Decodes an image, refusing one whose size or memory is over the bounds
+/// (a decompression bomb).
+fn decode(bytes: &[u8]) -> Result<image::DynamicImage, String> {
+    let mut reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("the image cannot be read: {e}"))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_DECODED_SIDE);
+    limits.max_image_height = Some(MAX_DECODED_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_ALLOC);
+    reader.limits(limits);
+    reader
+        .decode()
+        .map_err(|e| format!("the image cannot be decoded: {e}"))
+}
+
 /// An image as a data URL, scaled down if it is too large to send as it is.
 fn data_url(content_type: &str, bytes: Vec<u8>) -> Result<String, String> {
     let (width, height) = image_size(&bytes)?;
     let (content_type, bytes) = if bytes.len() > MAX_INLINE_BYTES || width.max(height) > MAX_SIDE {
-        let decoded = image::load_from_memory(&bytes)
-            .map_err(|e| format!("the image cannot be decoded: {e}"))?;
+        let decoded = decode(&bytes)?;
         let scaled = decoded.resize(MAX_SIDE, MAX_SIDE, image::imageops::FilterType::Triangle);
         let mut out = Cursor::new(Vec::new());
         let (format, mime) = if scaled.color().has_alpha() {
@@ -342,6 +370,9 @@ mod tests {
         assert_eq!(image_size(&bytes).unwrap(), (MAX_SIDE, MAX_SIDE / 4));
 
         assert!(data_url("image/png", b"\x89PNG\r\n\x1a\nbroken".to_vec()).is_err());
+        let whole = png(20, 20);
+        assert_eq!(check_image(&whole).unwrap(), (20, 20));
+        assert!(check_image(&whole[..whole.len() - 20]).is_err());
     }
 
     #[test]

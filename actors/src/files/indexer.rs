@@ -68,7 +68,7 @@ pub fn spawn(files: Files, mut queue: mpsc::Receiver<String>) {
                     Some(id) => vec![id],
                     None => return,
                 },
-                _ = sweep.tick() => match files.inner.backends.store.unindexed(SWEEP_BATCH).await {
+                _ = sweep.tick() => match files.inner.backends.store.unindexed(&files.inner.config.replica_id, SWEEP_BATCH).await {
                     Ok(found) => found.into_iter().map(|f| f.id).collect(),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot look for files to index");
@@ -156,7 +156,7 @@ impl Files {
             let bytes = read_all(&*backends.objects, &file_key(&file.id), MAX_IMAGE_BYTES)
                 .await?
                 .ok_or_else(|| Failure::Unusable("the file's bytes are missing".into()))?;
-            tokio::task::spawn_blocking(move || super::grounding::image_size(&bytes))
+            tokio::task::spawn_blocking(move || super::grounding::check_image(&bytes))
                 .await
                 .map_err(|_| Failure::Unusable("the image is malformed".into()))?
                 .map_err(Failure::Unusable)?;

@@ -238,20 +238,29 @@ pub const EMBEDDING_DIMS: usize = 64;
 /// [`EMBEDDING_DIMS`] dimensions, so texts sharing words are near.
 pub fn fake_embedding(text: &str) -> Vec<f32> {
     let mut v = vec![0.0f32; EMBEDDING_DIMS];
-    for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() > 2) {
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.len() > 2)
+    {
         let hash = word
             .to_lowercase()
             .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
         v[(hash % EMBEDDING_DIMS as u64) as usize] += 1.0;
     }
     v
 }
 
 /// `POST /v1/embeddings`: OpenAI's answer, with [`fake_embedding`]s. A
-/// model `fake-embed:status=N` answers status N instead.
+/// model scripted `fake:status=N` answers status N instead.
 async fn embeddings(state: web::Data<State>, body: web::Json<Value>) -> HttpResponse {
-    state.embedding_requests.lock().unwrap().push(body.0.clone());
+    state
+        .embedding_requests
+        .lock()
+        .unwrap()
+        .push(body.0.clone());
     let model = body["model"].as_str().unwrap_or("fake-embed").to_owned();
     if let Some(status) = Script::parse(&model).status {
         return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())

@@ -55,6 +55,21 @@ impl Harness {
         self.sluice = self.builder.start();
     }
 
+    /// Kills `sluice` and starts it again on the same data directory, with
+    /// `env` changed.
+    pub fn restart_with(&mut self, env: &[(&str, &str)]) {
+        self.sluice.kill();
+        for (k, v) in env {
+            self.builder.set_env(k, *v);
+        }
+        self.sluice = self.builder.start();
+    }
+
+    /// The data directory `sluice` runs on.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._data.path()
+    }
+
     /// `http://addr{path}`.
     pub fn url(&self, path: &str) -> String {
         self.sluice.url(path)

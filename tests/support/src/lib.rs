@@ -5,6 +5,7 @@
 //! - [`process`]: starts the real `sluice` binary on port 0 and stops it.
 //! - [`chroma`]: a throwaway Chroma server (PyPI `chromadb`).
 //! - [`client`]: WebSocket and SSE clients that read Sluice frames.
+//! - [`files`]: uploads, and PDF fixtures.
 //! - [`harness`]: a fake upstream plus a `sluice` pointed at it.
 //! - [`nginx`]: nginx in front of Sluice, from the repository template.
 //! - [`postgres`]: a throwaway PostgreSQL server.
@@ -18,6 +19,7 @@ pub mod chroma;
 pub mod client;
 pub mod cluster;
 pub mod fake_upstream;
+pub mod files;
 pub mod harness;
 pub mod nginx;
 pub mod postgres;

@@ -43,8 +43,13 @@ impl SluiceBuilder {
 
     /// Sets an environment variable.
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
-        self.env.insert(key.to_owned(), value.into());
+        self.set_env(key, value);
         self
+    }
+
+    /// Sets an environment variable of a builder kept for restarts.
+    pub fn set_env(&mut self, key: &str, value: impl Into<String>) {
+        self.env.insert(key.to_owned(), value.into());
     }
 
     /// Starts the process and waits for its `listening` line.

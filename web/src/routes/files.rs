@@ -90,7 +90,11 @@ pub async fn upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit.saturating_add(FRAMING_BYTES)) {
-        state.metrics.uploads_total.with_label_values(&["too_large"]).inc();
+        state
+            .metrics
+            .uploads_total
+            .with_label_values(&["too_large"])
+            .inc();
         return Err(ApiError::new(
             ErrorCode::PayloadTooLarge,
             format!("the upload is over the limit of {limit} bytes"),
@@ -153,7 +157,9 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_PAGE}")));
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {MAX_PAGE}"
+        )));
     }
     let mut files = state
         .files
@@ -211,7 +217,10 @@ pub async fn content(
         .content_type(content_type)
         .insert_header(disposition)
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .insert_header((header::CONTENT_SECURITY_POLICY, "sandbox; default-src 'none'"))
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "sandbox; default-src 'none'",
+        ))
         .no_chunking(object.len)
         .streaming(body))
 }

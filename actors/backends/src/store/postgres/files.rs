@@ -124,12 +124,34 @@ impl FileStore for PostgresSessionStore {
                     "UPDATE files SET claimed_by = $2,
                          claimed_until = now() + $3 * interval '1 millisecond'
                      WHERE id = $1 AND status = 'stored'
-                       AND (claimed_until IS NULL OR claimed_until <= now())",
+                       AND (claimed_until IS NULL OR claimed_until <= now() OR claimed_by = $2)",
                     &[&id, &holder, &(ttl.as_millis() as f64)],
                 )
                 .await
                 .map_err(err)?;
             Ok(claimed > 0)
+        })
+    }
+
+    fn release_indexing(
+        &self,
+        id: &str,
+        holder: &str,
+    ) -> BoxFuture<'static, Result<(), BackendError>> {
+        let pool = self.pool.clone();
+        let id = id.to_owned();
+        let holder = holder.to_owned();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            client
+                .execute(
+                    "UPDATE files SET claimed_by = NULL, claimed_until = NULL
+                     WHERE id = $1 AND claimed_by = $2",
+                    &[&id, &holder],
+                )
+                .await
+                .map_err(err)?;
+            Ok(())
         })
     }
 
@@ -161,16 +183,21 @@ impl FileStore for PostgresSessionStore {
         })
     }
 
-    fn unindexed(&self, limit: usize) -> BoxFuture<'static, Result<Vec<FileRecord>, BackendError>> {
+    fn unindexed(
+        &self,
+        holder: &str,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<FileRecord>, BackendError>> {
         let pool = self.pool.clone();
+        let holder = holder.to_owned();
         Box::pin(async move {
             let client = pool.get().await.map_err(pool_err)?;
             let rows = client
                 .query(
                     "SELECT * FROM files WHERE status = 'stored'
-                       AND (claimed_until IS NULL OR claimed_until <= now())
+                       AND (claimed_until IS NULL OR claimed_until <= now() OR claimed_by = $2)
                      ORDER BY id LIMIT $1",
-                    &[&(limit as i64)],
+                    &[&(limit as i64), &holder],
                 )
                 .await
                 .map_err(err)?;

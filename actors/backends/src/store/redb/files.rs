@@ -14,9 +14,10 @@ use crate::files::{FileRecord, FileStore, IndexOutcome};
 pub(super) const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
 /// (user id, file id) → (): the per-user index, ordered by file id.
 pub(super) const USER_FILES: TableDefinition<(&str, &str), ()> = TableDefinition::new("user_files");
-/// file id → until when (Unix ms) it is claimed for indexing, 0 if not:
-/// the files still `stored`, oldest first.
-pub(super) const UNINDEXED: TableDefinition<&str, u64> = TableDefinition::new("unindexed");
+/// file id → (until when (Unix ms) it is claimed for indexing, 0 if not;
+/// by whom): the files still `stored`, oldest first.
+pub(super) const UNINDEXED: TableDefinition<&str, (u64, &str)> =
+    TableDefinition::new("unindexed_claims");
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -40,7 +41,7 @@ impl FileStore for RedbSessionStore {
                     .map_err(err)?;
                 if file.status == FileStatus::Stored {
                     let mut unindexed = txn.open_table(UNINDEXED).map_err(err)?;
-                    unindexed.insert(file.id.as_str(), 0).map_err(err)?;
+                    unindexed.insert(file.id.as_str(), (0, "")).map_err(err)?;
                 }
             }
             txn.commit().map_err(err)
@@ -115,28 +116,55 @@ impl FileStore for RedbSessionStore {
     fn claim_indexing(
         &self,
         id: &str,
-        _holder: &str,
+        holder: &str,
         ttl: Duration,
     ) -> BoxFuture<'static, Result<bool, BackendError>> {
         let id = id.to_owned();
+        let holder = holder.to_owned();
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
             let claimed = {
                 let mut unindexed = txn.open_table(UNINDEXED).map_err(err)?;
                 let now = now_ms();
                 let free = match unindexed.get(id.as_str()).map_err(err)? {
-                    Some(until) => until.value() <= now,
+                    Some(claim) => {
+                        let (until, by) = claim.value();
+                        until <= now || by == holder
+                    }
                     None => false,
                 };
                 if free {
                     unindexed
-                        .insert(id.as_str(), now + ttl.as_millis() as u64)
+                        .insert(id.as_str(), (now + ttl.as_millis() as u64, holder.as_str()))
                         .map_err(err)?;
                 }
                 free
             };
             txn.commit().map_err(err)?;
             Ok(claimed)
+        })
+    }
+
+    fn release_indexing(
+        &self,
+        id: &str,
+        holder: &str,
+    ) -> BoxFuture<'static, Result<(), BackendError>> {
+        let id = id.to_owned();
+        let holder = holder.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut unindexed = txn.open_table(UNINDEXED).map_err(err)?;
+                let mine = unindexed
+                    .get(id.as_str())
+                    .map_err(err)?
+                    .is_some_and(|claim| claim.value().1 == holder);
+                if mine {
+                    unindexed.insert(id.as_str(), (0, "")).map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)
         })
     }
 
@@ -182,7 +210,12 @@ impl FileStore for RedbSessionStore {
         })
     }
 
-    fn unindexed(&self, limit: usize) -> BoxFuture<'static, Result<Vec<FileRecord>, BackendError>> {
+    fn unindexed(
+        &self,
+        holder: &str,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<FileRecord>, BackendError>> {
+        let holder = holder.to_owned();
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let unindexed = txn.open_table(UNINDEXED).map_err(err)?;
@@ -193,8 +226,9 @@ impl FileStore for RedbSessionStore {
                 if out.len() == limit {
                     break;
                 }
-                let (id, until) = entry.map_err(err)?;
-                if until.value() > now {
+                let (id, claim) = entry.map_err(err)?;
+                let (until, by) = claim.value();
+                if until > now && by != holder {
                     continue;
                 }
                 if let Some(bytes) = files.get(id.value()).map_err(err)? {
