@@ -36,7 +36,7 @@ pub enum Completion {
     /// `stream: false`: the provider's `chat.completion` object.
     Whole(serde_json::Value),
     /// `stream: true`: the chunks, from the first.
-    Stream(ChunkStream),
+    Stream(Box<ChunkStream>),
 }
 
 /// The chunks of a streamed completion, in batches of what arrived
@@ -190,14 +190,14 @@ impl Relay {
         if first.view.content().is_some_and(|c| !c.is_empty()) {
             tokens.inc();
         }
-        Ok(Completion::Stream(ChunkStream {
+        Ok(Completion::Stream(Box::new(ChunkStream {
             first: Some(vec![Ok(first.raw)]),
             // Chunks that arrive together leave in one write.
             rest: ready_batches(upstream, CHUNK_BATCHING),
             tokens,
             metrics: metrics.clone(),
             _live: GaugeGuard::new(metrics.live_connections.with_label_values(&["openai"])),
-        }))
+        })))
     }
 
     /// The models `GET /v1/models` lists.

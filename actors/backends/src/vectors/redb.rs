@@ -67,7 +67,7 @@ fn decode(bytes: &[u8]) -> Result<(&str, impl Iterator<Item = f32> + '_), Backen
     let text = bytes.get(4..4 + len).ok_or_else(corrupt)?;
     let text = std::str::from_utf8(text).map_err(|_| corrupt())?;
     let vector = &bytes[4 + len..];
-    if vector.len() % 4 != 0 {
+    if !vector.len().is_multiple_of(4) {
         return Err(corrupt());
     }
     Ok((
