@@ -140,6 +140,31 @@ def test_models(client):
     assert client.models.retrieve("fake:tokens=25").id == "fake:tokens=25"
 
 
+def test_files(client):
+    text = b"The pilot boat leaves at dawn from quay seven.\n"
+    created = client.files.create(file=("pilot.md", text), purpose="assistants")
+    assert created.id and created.filename == "pilot.md", created
+    assert created.bytes == len(text), created
+    assert client.files.retrieve(created.id).id == created.id
+    assert created.id in [f.id for f in client.files.list().data]
+    assert client.files.content(created.id).read() == text
+    deleted = client.files.delete(created.id)
+    assert deleted.deleted and deleted.id == created.id, deleted
+    try:
+        client.files.retrieve(created.id)
+    except openai.NotFoundError as e:
+        assert e.code == "not_found", e.body
+    else:
+        raise AssertionError("a deleted file was found")
+
+
+def test_embeddings(client):
+    result = client.embeddings.create(model="fake-embed", input=["pilot boat", "quay seven"])
+    assert len(result.data) == 2, result
+    assert len(result.data[0].embedding) > 0
+    assert [d.index for d in result.data] == [0, 1]
+
+
 class Cluster:
     """An already running cluster (scripts/cluster), in local mode."""
 
@@ -160,7 +185,8 @@ def main():
             token = mint("sdk-user") if jwt else "local"
             client = OpenAI(base_url=procs.base_url, api_key=token, max_retries=0)
             tests = [test_streaming, test_streaming_usage, test_non_streaming_and_default_model,
-                     test_upstream_error_is_raised, test_provider_refusal_is_raised_as_such, test_models]
+                     test_upstream_error_is_raised, test_provider_refusal_is_raised_as_such, test_models,
+                     test_files, test_embeddings]
             for test in tests:
                 name = f"{test.__name__}[{mode}]"
                 try:
