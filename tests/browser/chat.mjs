@@ -83,6 +83,27 @@ try {
     await page.reload();
     await page.click("#sessions li >> text=hello from the browser");
     await page.waitForFunction(() => document.querySelectorAll(".msg").length === 4);
+  });
+
+  await check("files attach with progress, a thumbnail and their indexing status, and the answer names its sources", async () => {
+    // A 1x1 PNG and a text document.
+    const png = Buffer.from("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==", "base64");
+    await page.setInputFiles("#file", [
+      { name: "ferry.md", mimeType: "text/markdown", buffer: Buffer.from("# Ferry\n\nThe night ferry to Tallinn leaves from terminal D at 23:15.\n") },
+      { name: "dot.png", mimeType: "image/png", buffer: png },
+    ]);
+    await page.waitForFunction(() => [...document.querySelectorAll("#attachments .file .state")].map((s) => s.textContent).join() === "indexed,indexed", null, { timeout: 30000 });
+    assert(await page.locator("#attachments .file img").count() === 1, "no thumbnail");
+    assert(await page.locator("#attachments progress").count() === 0, "a progress bar was left");
+    await page.fill("#input", "When does the night ferry to Tallinn leave?");
+    await page.press("#input", "Enter");
+    await finished(2);
+    const sources = await answers.nth(2).locator(".sources").textContent();
+    assert(sources.includes("ferry.md"), sources);
+    const user = page.locator(".msg.user").nth(2);
+    await page.waitForFunction(() => document.querySelectorAll(".msg.user")[2]?.querySelectorAll(".files .file").length === 2);
+    assert(await user.locator(".files img").count() === 1, "no image in the sent message");
+    assert(await page.locator("#attachments .file").count() === 0, "attachments were not cleared");
     await page.screenshot({ path: join(target, "browser-chat.png") });
   });
 } finally {
