@@ -212,6 +212,17 @@ async fn images_reach_the_provider_as_image_url_parts_and_large_ones_are_scaled_
     let last = &request["messages"].as_array().unwrap().last().unwrap()["content"];
     assert_eq!(last[1]["image_url"]["url"], inline);
 
+    // A retry of the same send (same client_msg_id) stores its image once.
+    let retried = json!({"content": [{"type": "text", "text": "Once"}, {"type": "image_url", "image_url": {"url": inline}}], "client_msg_id": "retry-1"});
+    let first: Value = send(&h, &session, retried.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    settled_answer(&h.http, &base, &session).await;
+    let again: Value = send(&h, &session, retried).await.json().await.unwrap();
+    assert_eq!(first, again);
+
     // A remote URL, or a data URL that is not an image, is refused.
     for content in [
         json!([{"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest"}}]),
@@ -224,7 +235,7 @@ async fn images_reach_the_provider_as_image_url_parts_and_large_ones_are_scaled_
         assert!(body["error"]["message"].is_string());
     }
     let files: Value = h.get_json(&h.url("/v1/files")).await;
-    assert_eq!(files["data"].as_array().unwrap().len(), 3, "{files}");
+    assert_eq!(files["data"].as_array().unwrap().len(), 4, "{files}");
 }
 
 #[tokio::test]

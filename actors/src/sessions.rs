@@ -268,6 +268,15 @@ impl Sessions {
                 Some(session) if session.user_id == user_id => {}
                 _ => return Err(SessionError::NotFound),
             }
+            // A retry of a send that was saved is answered as the first was
+            // (by the actor): its images are not stored a second time.
+            if let Some(key) = &message.client_msg_id {
+                let saved = self.deps.store.messages(id).await?;
+                if saved.iter().any(|m| m.client_msg_id.as_ref() == Some(key)) {
+                    message.images.clear();
+                    return Ok(());
+                }
+            }
         }
         let files = &self.deps.files;
         for (i, url) in std::mem::take(&mut message.images).into_iter().enumerate() {

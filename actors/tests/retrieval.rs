@@ -21,7 +21,11 @@ const TOP3_FLOOR: f64 = 0.75;
 
 /// The documents ranked for `question`, best first, without repeats.
 async fn ranked(index: &RedbVectorIndex, question: &str) -> Vec<String> {
-    let query = LocalEmbedder.embed(vec![question.to_owned()]).await.unwrap().remove(0);
+    let query = LocalEmbedder
+        .embed(vec![question.to_owned()])
+        .await
+        .unwrap()
+        .remove(0);
     let hits = index.search("reader", query, None, 20).await.unwrap();
     let mut docs: Vec<String> = Vec::new();
     for hit in hits {
@@ -34,7 +38,10 @@ async fn ranked(index: &RedbVectorIndex, question: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn the_right_document_is_usually_in_the_top_three() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/retrieval.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/retrieval.json"
+    );
     let corpus: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let index = RedbVectorIndex::open(&dir.path().join("vectors.redb"), SPACE).unwrap();
@@ -42,7 +49,11 @@ async fn the_right_document_is_usually_in_the_top_three() {
     assert!(documents.len() >= 20);
     for document in documents {
         let name = document["name"].as_str().unwrap();
-        let pieces = chunks(document["text"].as_str().unwrap(), CHUNK_CHARS, CHUNK_OVERLAP);
+        let pieces = chunks(
+            document["text"].as_str().unwrap(),
+            CHUNK_CHARS,
+            CHUNK_OVERLAP,
+        );
         let vectors = LocalEmbedder.embed(pieces.clone()).await.unwrap();
         let batch = pieces
             .into_iter()
@@ -62,7 +73,10 @@ async fn the_right_document_is_usually_in_the_top_three() {
     let (mut top1, mut top3) = (0, 0);
     let mut misses: HashMap<String, Vec<String>> = HashMap::new();
     for question in questions {
-        let (q, doc) = (question["q"].as_str().unwrap(), question["doc"].as_str().unwrap());
+        let (q, doc) = (
+            question["q"].as_str().unwrap(),
+            question["doc"].as_str().unwrap(),
+        );
         let found = ranked(&index, q).await;
         if found.first().map(String::as_str) == Some(doc) {
             top1 += 1;
