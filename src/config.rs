@@ -796,6 +796,10 @@ fn bounded_text(text: &str, max: usize) -> Result<String, String> {
 }
 
 fn replica_id(text: &str) -> Result<String, String> {
+    // It names this replica's spool directory, so `.` and `..` are out.
+    if text.chars().all(|c| c == '.') {
+        return Err("must not be only dots".into());
+    }
     let allowed = |c: char| c.is_ascii_alphanumeric() || "._:-".contains(c);
     if text.len() > MAX_REPLICA_ID_BYTES || !text.chars().all(allowed) {
         return Err(format!(
@@ -1018,6 +1022,7 @@ mod tests {
             ("SLUICE_LOG_LEVEL", "sluice=loud"),
             ("SLUICE_CONTINUATION", "maybe"),
             ("SLUICE_REPLICA_ID", "r 1"),
+            ("SLUICE_REPLICA_ID", ".."),
             ("SLUICE_S3_BUCKET", "b"),
             ("SLUICE_S3_BUCKET", "Upper"),
             ("SLUICE_S3_ENDPOINT", "http://minio:9000"),

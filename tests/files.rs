@@ -223,6 +223,18 @@ async fn images_reach_the_provider_as_image_url_parts_and_large_ones_are_scaled_
     let again: Value = send(&h, &session, retried).await.json().await.unwrap();
     assert_eq!(first, again);
 
+    // A send that fails after its inline image was taken keeps nothing:
+    // an unknown attachment beside it (named in the answer).
+    let response = send(
+        &h,
+        &session,
+        json!({"content": [{"type": "image_url", "image_url": {"url": inline}}], "attachments": ["no-such-file"]}),
+    )
+    .await;
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "no such file: no-such-file");
+
     // A remote URL, or a data URL that is not an image, is refused.
     for content in [
         json!([{"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest"}}]),
@@ -385,6 +397,38 @@ async fn refused_and_aborted_uploads_leave_nothing_behind() {
         .await
         .unwrap();
     expect(400, "bad_request")(no_file).await;
+    // Errors after the file's field: nothing of the file is kept.
+    let two_files = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"one".to_vec()).file_name("a.txt"),
+        )
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"two".to_vec()).file_name("b.txt"),
+        );
+    let response = h
+        .http
+        .post(h.url("/v1/files"))
+        .multipart(two_files)
+        .send()
+        .await
+        .unwrap();
+    expect(400, "bad_request")(response).await;
+    let bad_purpose = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"one".to_vec()).file_name("a.txt"),
+        )
+        .text("purpose", "x".repeat(500));
+    let response = h
+        .http
+        .post(h.url("/v1/files"))
+        .multipart(bad_purpose)
+        .send()
+        .await
+        .unwrap();
+    expect(400, "bad_request")(response).await;
     let not_multipart = h
         .http
         .post(h.url("/v1/files"))

@@ -38,6 +38,30 @@ fn borrowed(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
+/// Every chunk in Chroma, over all its collections.
+async fn chroma_chunks(chroma: &TestChroma) -> u64 {
+    let http = reqwest::Client::new();
+    let base = format!(
+        "{}/api/v2/tenants/default_tenant/databases/default_database/collections",
+        chroma.url()
+    );
+    let collections: Value = http.get(&base).send().await.unwrap().json().await.unwrap();
+    let mut total = 0;
+    for collection in collections.as_array().unwrap() {
+        let id = collection["id"].as_str().unwrap();
+        let count: Value = http
+            .get(format!("{base}/{id}/count"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        total += count.as_u64().unwrap();
+    }
+    total
+}
+
 async fn metric_sum(c: &TestCluster, line: &str) -> u64 {
     let mut sum = 0;
     for i in 0..c.replicas.len() {
@@ -132,6 +156,10 @@ async fn files_uploaded_on_one_replica_ground_answers_on_another_and_are_indexed
     );
 
     // Deleted through replica 1: gone from the bucket, the index and the list.
+    let deleted_chunks = settled_file(&c.http, &r0, None, &ids[4]).await["chunks"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(chroma_chunks(&chroma).await, chunks);
     let response = c
         .http
         .delete(c.url(1, &format!("/v1/files/{}", ids[4])))
@@ -139,6 +167,7 @@ async fn files_uploaded_on_one_replica_ground_answers_on_another_and_are_indexed
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    assert_eq!(chroma_chunks(&chroma).await, chunks - deleted_chunks);
     assert!(!s3.bucket_dir(BUCKET).join("files").join(&ids[4]).exists());
     let listed: Value = c
         .http
@@ -206,6 +235,16 @@ async fn with_s3_or_chroma_down_ready_says_which_files_answer_503_and_chat_goes_
     let id = file["id"].as_str().unwrap().to_owned();
     settled_file(&h.http, &base, None, &id).await;
     let session = h.create_session("fake:tokens=3").await;
+    // The conversation has a document from before the outage.
+    let response = h
+        .http
+        .post(h.url(&format!("/v1/sessions/{session}/messages")))
+        .json(&json!({"content": "Who is the dock master?", "attachments": [id]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    settled_answer(&h.http, &base, &session).await;
 
     s3.stop();
     ready_says(&h, "objects", "down").await;
@@ -238,6 +277,8 @@ async fn with_s3_or_chroma_down_ready_says_which_files_answer_503_and_chat_goes_
         .await
         .unwrap();
     assert_overloaded(response).await;
+    // Chat goes on, in a conversation whose earlier message has a document:
+    // its passages are left out while the index is down.
     assert_eq!(
         h.send(&session, "another plain question", None)
             .await
@@ -248,6 +289,8 @@ async fn with_s3_or_chroma_down_ready_says_which_files_answer_503_and_chat_goes_
         settled_answer(&h.http, &base, &session).await["status"],
         "complete"
     );
+    let prompt = h.upstream.requests().last().unwrap()["messages"].to_string();
+    assert!(!prompt.contains("Ingrid"), "{prompt}");
     // The replica itself stays ready: chat does not need them.
     assert_eq!(
         h.http.get(h.url("/ready")).send().await.unwrap().status(),

@@ -46,6 +46,19 @@ pub enum SessionError {
 }
 
 impl SessionError {
+    /// What a client is told: the error's text, except a bug's, whose
+    /// details stay in the log (they may name files, keys or hosts).
+    pub fn client_message(&self) -> String {
+        match self {
+            Self::NotFound => "no such session".into(),
+            Self::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                "internal error".into()
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// The protocol error code for this error.
     pub fn code(&self) -> ErrorCode {
         match self {

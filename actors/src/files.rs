@@ -29,7 +29,7 @@ use sluice_protocol::FileStatus;
 use tokio::sync::mpsc;
 
 use crate::{Metrics, SessionError};
-use upload::{Spooled, TextCheck, Upload};
+use upload::{Sealed, Spooled, TextCheck, Upload};
 
 /// Most files attached to one message.
 pub const MAX_ATTACHMENTS: usize = 16;
@@ -130,14 +130,14 @@ impl Files {
         })
     }
 
-    /// Stores bytes already in memory (an image sent inline as a data URL)
-    /// as the user's file, like an upload.
-    pub async fn store_bytes(
+    /// Takes bytes already in memory (an image sent inline as a data URL)
+    /// like an upload: checked and typed, not stored yet.
+    pub async fn seal_bytes(
         &self,
         user_id: &str,
         filename: &str,
         bytes: &[u8],
-    ) -> Result<FileRecord, SessionError> {
+    ) -> Result<Sealed, SessionError> {
         let mut upload = self.begin_upload(user_id, filename, "vision")?;
         upload.write(bytes).await?;
         upload.finish().await
@@ -243,20 +243,32 @@ impl Files {
     }
 
     /// Deletes the user's file: its chunks, its bytes, then its row, so a
-    /// failure part way leaves the row, and the delete can be retried.
+    /// failure part way leaves the row, and the delete can be retried. An
+    /// indexer working on the file meanwhile may write chunks after the
+    /// first removal; they go with a second one once the row is gone (and
+    /// an indexer that finds the row gone removes its own).
     pub async fn delete(&self, user_id: &str, id: &str) -> Result<(), SessionError> {
         let file = self.get(user_id, id).await?;
         let backends = &self.inner.backends;
-        backends.vectors.delete_file(&file.user_id, id).await?;
+        if !file.is_image() {
+            backends.vectors.delete_file(&file.user_id, id).await?;
+        }
         backends.objects.delete(&file_key(id)).await?;
         backends.store.delete_file(id).await?;
+        if file.status == FileStatus::Stored && !file.is_image() {
+            if let Err(e) = backends.vectors.delete_file(&file.user_id, id).await {
+                tracing::warn!(file = %id, error = %e, "chunks of a deleted file may be left in the index");
+            }
+        }
         Ok(())
     }
 
     /// The user's files named as a message's attachments, checked: each
-    /// must be the user's (else [`SessionError::FileNotFound`] naming it),
-    /// at most [`MAX_ATTACHMENTS`], and the backends a generation will read
-    /// them from must answer (else `overloaded`).
+    /// must be the user's (else [`SessionError::FileNotFound`] naming every
+    /// one that is not), at most [`MAX_ATTACHMENTS`], and the backends a
+    /// generation will read them from must answer (else `overloaded`). The
+    /// embedder is not asked here: the provider's is checked every 30 s,
+    /// not at every send.
     pub async fn check_attachments(
         &self,
         user_id: &str,
@@ -268,11 +280,27 @@ impl Files {
             )));
         }
         let mut files: Vec<FileRecord> = Vec::with_capacity(ids.len());
+        let mut missing: Vec<&str> = Vec::new();
         for id in ids {
-            if files.iter().any(|f| &f.id == id) {
+            if files.iter().any(|f| &f.id == id) || missing.contains(&id.as_str()) {
                 continue;
             }
-            files.push(self.get(user_id, id).await?);
+            match self.get(user_id, id).await {
+                Ok(file) => files.push(file),
+                Err(SessionError::FileNotFound(_)) => missing.push(id),
+                Err(e) => return Err(e),
+            }
+        }
+        if !missing.is_empty() {
+            // Named, each clipped: the ids are the client's own strings.
+            let named: Vec<String> = missing
+                .iter()
+                .map(|id| match id.char_indices().nth(64) {
+                    Some((cut, _)) => format!("{}…", &id[..cut]),
+                    None => (*id).to_owned(),
+                })
+                .collect();
+            return Err(SessionError::FileNotFound(named.join(", ")));
         }
         let backends = &self.inner.backends;
         if files.iter().any(FileRecord::is_image) {
@@ -280,7 +308,6 @@ impl Files {
         }
         if files.iter().any(|f| !f.is_image()) {
             backends.vectors.ping().await?;
-            backends.embedder.check().await?;
         }
         Ok(files)
     }

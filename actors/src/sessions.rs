@@ -231,22 +231,29 @@ impl Sessions {
     ) -> Result<SendAccepted, SessionError> {
         message.validate()?;
         let mut message = message;
-        self.attach(user_id, id, &mut message).await?;
-        self.call(
-            user_id,
-            id,
-            || session::Send {
-                message: message.clone(),
-            },
-            || Op::Send {
-                message: message.clone(),
-            },
-        )
-        .await
+        let stored = self.attach(user_id, id, &mut message).await?;
+        let sent = self
+            .call(
+                user_id,
+                id,
+                || session::Send {
+                    message: message.clone(),
+                },
+                || Op::Send {
+                    message: message.clone(),
+                },
+            )
+            .await;
+        if sent.is_err() {
+            self.forget(user_id, &stored).await;
+        }
+        sent
     }
 
     /// Stores a send's inline images as the user's files, attaches them,
-    /// and checks every attachment (see [`Files::check_attachments`]).
+    /// and checks every attachment (see [`Files::check_attachments`]); the
+    /// ids of the files it stored. Every image is checked before any is
+    /// stored, and if anything fails after, they are deleted again.
     ///
     /// [`Files::check_attachments`]: crate::files::Files::check_attachments
     async fn attach(
@@ -254,7 +261,7 @@ impl Sessions {
         user_id: &str,
         id: &str,
         message: &mut SendMessage,
-    ) -> Result<(), SessionError> {
+    ) -> Result<Vec<String>, SessionError> {
         use crate::files::MAX_ATTACHMENTS;
 
         if message.attachments.len() + message.images.len() > MAX_ATTACHMENTS {
@@ -262,40 +269,75 @@ impl Sessions {
                 "at most {MAX_ATTACHMENTS} attachments per message (images included)"
             )));
         }
-        if !message.images.is_empty() {
-            // Nothing is stored for a send to a session that is not the user's.
-            match self.deps.store.get_session(id).await? {
-                Some(session) if session.user_id == user_id => {}
-                _ => return Err(SessionError::NotFound),
-            }
-            // A retry of a send that was saved is answered as the first was
-            // (by the actor): its images are not stored a second time.
-            if let Some(key) = &message.client_msg_id {
-                let saved = self.deps.store.messages(id).await?;
-                if saved.iter().any(|m| m.client_msg_id.as_ref() == Some(key)) {
-                    message.images.clear();
-                    return Ok(());
+        let images = self.inline_images(user_id, id, message).await?;
+        let files = &self.deps.files;
+        let mut stored = Vec::new();
+        for image in images {
+            match image.store().await {
+                Ok(file) => stored.push(file.id),
+                Err(e) => {
+                    self.forget(user_id, &stored).await;
+                    return Err(e);
                 }
             }
         }
-        let files = &self.deps.files;
-        for (i, url) in std::mem::take(&mut message.images).into_iter().enumerate() {
-            let bytes = crate::files::decode_data_url(&url)?;
-            let file = files
-                .store_bytes(user_id, &format!("image-{}", i + 1), &bytes)
+        message.attachments.extend(stored.iter().cloned());
+        if let Err(e) = files.check_attachments(user_id, &message.attachments).await {
+            self.forget(user_id, &stored).await;
+            return Err(e);
+        }
+        Ok(stored)
+    }
+
+    /// A send's inline images, each decoded and checked to be an image,
+    /// none stored yet; none for a session that is not the user's, or for a
+    /// retry of a send already saved (answered as the first was).
+    async fn inline_images(
+        &self,
+        user_id: &str,
+        id: &str,
+        message: &mut SendMessage,
+    ) -> Result<Vec<crate::files::upload::Sealed>, SessionError> {
+        let urls = std::mem::take(&mut message.images);
+        if urls.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.deps.store.get_session(id).await? {
+            Some(session) if session.user_id == user_id => {}
+            _ => return Err(SessionError::NotFound),
+        }
+        if let Some(key) = &message.client_msg_id {
+            let saved = self.deps.store.messages(id).await?;
+            if saved.iter().any(|m| m.client_msg_id.as_ref() == Some(key)) {
+                return Ok(Vec::new());
+            }
+        }
+        let mut images = Vec::with_capacity(urls.len());
+        for (i, url) in urls.iter().enumerate() {
+            let bytes = crate::files::decode_data_url(url)?;
+            let image = self
+                .deps
+                .files
+                .seal_bytes(user_id, &format!("image-{}", i + 1), &bytes)
                 .await?;
-            if !file.is_image() {
-                files.delete(user_id, &file.id).await?;
+            if !image.content_type().starts_with("image/") {
                 return Err(SessionError::UnsupportedMedia(
                     "an image_url part must hold a PNG, JPEG, GIF or WebP image".into(),
                 ));
             }
-            message.attachments.push(file.id);
+            images.push(image);
         }
-        files
-            .check_attachments(user_id, &message.attachments)
-            .await?;
-        Ok(())
+        Ok(images)
+    }
+
+    /// Deletes files a failed send stored (best effort: what cannot be
+    /// deleted now stays, the user's, listed).
+    async fn forget(&self, user_id: &str, ids: &[String]) {
+        for file_id in ids {
+            if let Err(e) = self.deps.files.delete(user_id, file_id).await {
+                tracing::warn!(file = %file_id, error = %e, "an image of a failed send is left stored");
+            }
+        }
     }
 
     /// Stops the running generation, if any.

@@ -108,9 +108,6 @@ impl From<SessionError> for ApiError {
         };
         let message = match &e {
             SessionError::NotFound => "no such session".to_owned(),
-            SessionError::FileNotFound(id) => {
-                format!("no such file: {}", id.chars().take(100).collect::<String>())
-            }
             other => other.to_string(),
         };
         Self {

@@ -6,13 +6,18 @@
 //! - `list_files` is the user's files newest first (ids are UUIDv7), paged
 //!   by `before` (an id).
 //! - **Indexing runs once per file across replicas.** `claim_indexing`
-//!   succeeds for one holder at a time: only for a file still `stored`,
-//!   and only if no other holder's claim on it is younger than `ttl`. A
-//!   replica that dies mid-indexing leaves a claim that expires (or that
-//!   the replica, restarted under the same name, takes back at once), and
-//!   the file is picked up again (`unindexed` lists it once its claim has
-//!   expired). `release_indexing` gives a claim up early (indexing met a
-//!   backend that was down: the next sweep tries again).
+//!   takes a file still `stored` whose claim (if any) has expired, for one
+//!   holder (a replica) for `ttl`, and counts the attempt: it answers the
+//!   attempt's number, from 1, so an indexer can give up on a file whose
+//!   every attempt died with its replica (a parser that crashes it). The
+//!   holder renews the claim while it works (`renew_indexing`, false once
+//!   the claim is no longer its own or the file is gone); a replica that
+//!   dies leaves a claim that expires, and the file is picked up again.
+//!   `release_indexing` sets the claim to expire after `retry_after` (a
+//!   backend was down: try again later), and `release_claims_of` expires
+//!   every claim of a holder at once (a replica restarting gives up what
+//!   its previous life held). `unindexed` lists the files that can be
+//!   claimed now.
 //! - `finish_indexing` records the outcome, and says whether the file still
 //!   exists: an indexer that finds it deleted meanwhile removes what it
 //!   wrote.
@@ -110,21 +115,34 @@ pub trait FileStore: Send + Sync + 'static {
     /// Deletes the file's row; false if there was none.
     fn delete_file(&self, id: &str) -> BoxFuture<'static, Result<bool, BackendError>>;
 
-    /// Takes the file for indexing for `ttl`, for `holder`: true if this
-    /// caller may index it now (see the module's rule).
+    /// Takes the file for indexing for `ttl`, for `holder`, if it can be
+    /// claimed now: the attempt's number (from 1), or `None`.
     fn claim_indexing(
+        &self,
+        id: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'static, Result<Option<u32>, BackendError>>;
+
+    /// Extends `holder`'s claim by `ttl` from now; false if the claim is
+    /// not its own any more or the file is gone or finished.
+    fn renew_indexing(
         &self,
         id: &str,
         holder: &str,
         ttl: Duration,
     ) -> BoxFuture<'static, Result<bool, BackendError>>;
 
-    /// Gives up `holder`'s claim on the file, so it can be claimed at once.
+    /// Lets `holder`'s claim on the file expire after `retry_after`.
     fn release_indexing(
         &self,
         id: &str,
         holder: &str,
+        retry_after: Duration,
     ) -> BoxFuture<'static, Result<(), BackendError>>;
+
+    /// Lets every claim of `holder` expire now.
+    fn release_claims_of(&self, holder: &str) -> BoxFuture<'static, Result<(), BackendError>>;
 
     /// Records how indexing ended; false if the file no longer exists.
     fn finish_indexing(
@@ -133,14 +151,10 @@ pub trait FileStore: Send + Sync + 'static {
         outcome: IndexOutcome,
     ) -> BoxFuture<'static, Result<bool, BackendError>>;
 
-    /// Up to `limit` files still `stored` that `holder` may claim (no
-    /// claim, an expired one, or its own), oldest first: what a replica
-    /// picks up at start and from time to time.
-    fn unindexed(
-        &self,
-        holder: &str,
-        limit: usize,
-    ) -> BoxFuture<'static, Result<Vec<FileRecord>, BackendError>>;
+    /// Up to `limit` files still `stored` that can be claimed now (no
+    /// claim, or an expired one), oldest first: what a replica picks up at
+    /// start and from time to time.
+    fn unindexed(&self, limit: usize) -> BoxFuture<'static, Result<Vec<FileRecord>, BackendError>>;
 }
 
 /// The conformance suite every [`FileStore`] must pass.
@@ -194,45 +208,78 @@ pub(crate) mod conformance {
 
         // Everything stored waits for indexing, oldest first.
         assert_eq!(
-            ids(store.unindexed("r9", 10).await.unwrap()),
+            ids(store.unindexed(10).await.unwrap()),
             ["f1", "f2", "f3", "f4"]
         );
 
         // One claim at a time; a claimed file is not listed until its
-        // claim expires; an expired claim can be taken again.
+        // claim expires; an expired claim can be taken again, and each
+        // claim is counted.
         let long = Duration::from_secs(600);
-        assert!(store.claim_indexing("f1", "r1", long).await.unwrap());
-        assert!(!store.claim_indexing("f1", "r2", long).await.unwrap());
-        assert!(!store.claim_indexing("nope", "r2", long).await.unwrap());
         assert_eq!(
-            ids(store.unindexed("r9", 10).await.unwrap()),
-            ["f2", "f3", "f4"]
+            store.claim_indexing("f1", "r1", long).await.unwrap(),
+            Some(1)
         );
-        // The same holder (restarted) sees its claim and takes it back.
+        assert_eq!(store.claim_indexing("f1", "r2", long).await.unwrap(), None);
+        assert_eq!(store.claim_indexing("f1", "r1", long).await.unwrap(), None);
         assert_eq!(
-            ids(store.unindexed("r1", 10).await.unwrap()),
-            ["f1", "f2", "f3", "f4"]
+            store.claim_indexing("nope", "r2", long).await.unwrap(),
+            None
         );
-        assert!(store.claim_indexing("f1", "r1", long).await.unwrap());
-        // A released claim is free at once; another holder's release is not.
-        assert!(store.claim_indexing("f4", "r1", long).await.unwrap());
-        store.release_indexing("f4", "r2").await.unwrap();
-        assert!(!store.claim_indexing("f4", "r2", long).await.unwrap());
-        store.release_indexing("f4", "r1").await.unwrap();
-        assert_eq!(
-            ids(store.unindexed("r9", 10).await.unwrap()),
-            ["f2", "f3", "f4"]
-        );
-        assert!(store.claim_indexing("f4", "r2", long).await.unwrap());
-        store.release_indexing("f4", "r2").await.unwrap();
+        assert_eq!(ids(store.unindexed(10).await.unwrap()), ["f2", "f3", "f4"]);
         let short = Duration::from_millis(50);
-        assert!(store.claim_indexing("f2", "r1", short).await.unwrap());
-        tokio::time::sleep(Duration::from_millis(120)).await;
         assert_eq!(
-            ids(store.unindexed("r9", 10).await.unwrap()),
-            ["f2", "f3", "f4"]
+            store.claim_indexing("f2", "r1", short).await.unwrap(),
+            Some(1)
         );
-        assert!(store.claim_indexing("f2", "r2", long).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(ids(store.unindexed(10).await.unwrap()), ["f2", "f3", "f4"]);
+        assert_eq!(
+            store.claim_indexing("f2", "r2", long).await.unwrap(),
+            Some(2)
+        );
+        assert!(!store.renew_indexing("f2", "r1", long).await.unwrap());
+        assert!(store.renew_indexing("f2", "r2", long).await.unwrap());
+
+        // Released: free after the delay; another holder's release does nothing.
+        assert_eq!(
+            store.claim_indexing("f4", "r1", long).await.unwrap(),
+            Some(1)
+        );
+        store
+            .release_indexing("f4", "r2", Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(store.claim_indexing("f4", "r2", long).await.unwrap(), None);
+        store.release_indexing("f4", "r1", long).await.unwrap();
+        assert_eq!(store.claim_indexing("f4", "r2", long).await.unwrap(), None);
+        store
+            .release_indexing("f4", "r1", Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.claim_indexing("f4", "r2", long).await.unwrap(),
+            Some(2)
+        );
+        // A restarting replica lets all its claims go at once.
+        store.release_claims_of("r2").await.unwrap();
+        assert_eq!(ids(store.unindexed(10).await.unwrap()), ["f2", "f3", "f4"]);
+        assert_eq!(
+            store.claim_indexing("f4", "r3", long).await.unwrap(),
+            Some(3)
+        );
+        store.release_claims_of("r3").await.unwrap();
+
+        // Many replicas at once: exactly one gets the claim.
+        let claims = futures::future::join_all(
+            (0..8).map(|i| store.claim_indexing("f3", &format!("c{i}"), long)),
+        )
+        .await;
+        let won = claims
+            .into_iter()
+            .filter(|c| c.as_ref().unwrap().is_some())
+            .count();
+        assert_eq!(won, 1);
 
         // Outcomes; a finished file is never claimed again.
         assert!(
@@ -260,10 +307,13 @@ pub(crate) mod conformance {
         let f2 = store.get_file("f2").await.unwrap().unwrap();
         assert_eq!(f2.status, FileStatus::Failed);
         assert_eq!(f2.error.as_deref(), Some("no text"));
-        assert!(!store.claim_indexing("f1", "r3", short).await.unwrap());
-        assert_eq!(ids(store.unindexed("r9", 10).await.unwrap()), ["f3", "f4"]);
+        assert_eq!(store.claim_indexing("f1", "r3", short).await.unwrap(), None);
+        assert!(!store.renew_indexing("f1", "r1", long).await.unwrap());
+        assert_eq!(ids(store.unindexed(10).await.unwrap()), ["f4"]);
 
-        // Delete; finishing a deleted file says so.
+        // Delete; renewing or finishing a deleted file says so.
+        assert!(store.delete_file("f4").await.unwrap());
+        assert!(!store.renew_indexing("f3", "nobody", long).await.unwrap());
         assert!(store.delete_file("f3").await.unwrap());
         assert!(!store.delete_file("f3").await.unwrap());
         assert!(store.get_file("f3").await.unwrap().is_none());

@@ -9,8 +9,10 @@ pub const CHUNK_CHARS: usize = 1000;
 /// sentence cut at a boundary is whole in one of the two.
 pub const CHUNK_OVERLAP: usize = 200;
 
-/// Largest text file indexed (bytes): past it, indexing fails with a reason.
-pub const MAX_TEXT_BYTES: u64 = 32 * 1024 * 1024;
+/// Most text indexed from one file (bytes; a text file's size, or a PDF's
+/// extracted text): past it, indexing fails with a reason. About 20,000
+/// chunks.
+pub const MAX_TEXT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Largest PDF indexed (bytes): the parser holds the whole document.
 pub const MAX_PDF_BYTES: u64 = 64 * 1024 * 1024;
@@ -36,6 +38,12 @@ pub fn text_of(content_type: &str, bytes: &[u8]) -> Result<String, Unreadable> {
         String::from_utf8(bytes.to_vec())
             .map_err(|_| Unreadable("the file is not valid UTF-8 text".into()))?
     };
+    if text.len() as u64 > MAX_TEXT_BYTES {
+        return Err(Unreadable(format!(
+            "the file holds over {} MiB of text, more than is indexed",
+            MAX_TEXT_BYTES >> 20
+        )));
+    }
     if text.trim().is_empty() {
         return Err(Unreadable(if content_type == "application/pdf" {
             "the PDF has no text layer (a scanned document?); nothing to search".into()

@@ -157,19 +157,27 @@ impl Files {
                 }
             }
         }
-        self.add_images(&mut request, attachments, &files).await?;
+        // Attachments of the message being answered must work; older ones
+        // are left out while their backend is down, so a conversation that
+        // once had a file does not stop when S3 or Chroma does.
+        let current = request.messages.iter().rposition(|m| m["role"] == "user");
+        self.add_images(&mut request, attachments, &files, current)
+            .await?;
         let sources = self
-            .add_excerpts(user_id, &mut request, attachments, &mut files)
+            .add_excerpts(user_id, &mut request, attachments, &mut files, current)
             .await?;
         Ok((request, sources))
     }
 
-    /// Turns the messages with image attachments into content parts.
+    /// Turns the messages with image attachments into content parts. An
+    /// image that cannot be read fails the prompt only if it is attached to
+    /// the message at `current`.
     async fn add_images(
         &self,
         request: &mut ChatRequest,
         attachments: &[(usize, Vec<String>)],
         files: &HashMap<String, FileRecord>,
+        current: Option<usize>,
     ) -> Result<(), SessionError> {
         let mut budget = MAX_IMAGES;
         for (index, ids) in attachments.iter().rev() {
@@ -183,30 +191,23 @@ impl Files {
                 continue;
             }
             budget -= images.len();
-            let message = &mut request.messages[*index];
-            let text = message_text(message);
+            let text = message_text(&request.messages[*index]);
             let mut parts = Vec::new();
             if !text.is_empty() {
                 parts.push(json!({"type": "text", "text": text}));
             }
             for image in images {
-                let bytes = read_all(
-                    &*self.inner.backends.objects,
-                    &file_key(&image.id),
-                    MAX_IMAGE_BYTES,
-                )
-                .await?
-                .ok_or_else(|| {
-                    SessionError::Internal(format!("the bytes of file {} are missing", image.id))
-                })?;
-                let content_type = image.content_type.clone();
-                let url = tokio::task::spawn_blocking(move || data_url(&content_type, bytes))
-                    .await
-                    .map_err(|e| SessionError::Internal(format!("image task failed: {e}")))?
-                    .map_err(SessionError::BadRequest)?;
-                parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
+                match self.image_url(image).await {
+                    Ok(url) => parts.push(json!({"type": "image_url", "image_url": {"url": url}})),
+                    Err(e) if Some(*index) == current => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(file = %image.id, error = %e, "an earlier message's image is left out");
+                    }
+                }
             }
-            message["content"] = Value::Array(parts);
+            if parts.iter().any(|p| p["type"] == "image_url") {
+                request.messages[*index]["content"] = Value::Array(parts);
+            }
             if budget == 0 {
                 break;
             }
@@ -214,16 +215,36 @@ impl Files {
         Ok(())
     }
 
-    /// Searches the attached documents with the last user message and puts
-    /// the best chunks before it.
+    /// An image as a data URL, scaled down if need be.
+    async fn image_url(&self, image: &FileRecord) -> Result<String, SessionError> {
+        let bytes = read_all(
+            &*self.inner.backends.objects,
+            &file_key(&image.id),
+            MAX_IMAGE_BYTES,
+        )
+        .await?
+        .ok_or_else(|| {
+            SessionError::Internal(format!("the bytes of file {} are missing", image.id))
+        })?;
+        let content_type = image.content_type.clone();
+        tokio::task::spawn_blocking(move || data_url(&content_type, bytes))
+            .await
+            .map_err(|e| SessionError::Internal(format!("image task failed: {e}")))?
+            .map_err(SessionError::BadRequest)
+    }
+
+    /// Searches the attached documents with the last user message (at
+    /// `current`) and puts the best chunks before it. A failed search fails
+    /// the prompt only if that message attaches a document itself.
     async fn add_excerpts(
         &self,
         user_id: &str,
         request: &mut ChatRequest,
         attachments: &[(usize, Vec<String>)],
         files: &mut HashMap<String, FileRecord>,
+        current: Option<usize>,
     ) -> Result<Vec<Source>, SessionError> {
-        let Some(last_user) = request.messages.iter().rposition(|m| m["role"] == "user") else {
+        let Some(last_user) = current else {
             return Ok(Vec::new());
         };
         let documents: Vec<String> = files
@@ -246,11 +267,21 @@ impl Files {
             })
             .cloned()
             .collect();
+        let attaches_documents = attachments.iter().any(|(index, ids)| {
+            *index == last_user
+                && ids
+                    .iter()
+                    .any(|id| files.get(id).is_some_and(|f| !f.is_image()))
+        });
         self.wait_indexed(user_id, &fresh, files).await?;
         let question: String = message_text(&request.messages[last_user])
             .chars()
             .take(MAX_QUERY_CHARS)
             .collect();
+        if question.trim().is_empty() {
+            // Nothing to search with (a message of attachments only).
+            return Ok(Vec::new());
+        }
         let metrics = &self.inner.metrics;
         let backends = &self.inner.backends;
         let searched = async {
@@ -270,7 +301,11 @@ impl Files {
             Ok(hits) => hits,
             Err(e) => {
                 metrics.retrievals_total.with_label_values(&["error"]).inc();
-                return Err(e.into());
+                if attaches_documents {
+                    return Err(e.into());
+                }
+                tracing::warn!(error = %e, "earlier messages' documents are left out");
+                return Ok(Vec::new());
             }
         };
         let hits: Vec<_> = hits.into_iter().filter(|h| h.score >= MIN_SCORE).collect();
@@ -323,11 +358,19 @@ impl Files {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let mut still = Vec::new();
             for id in waiting {
-                let file = self.get(user_id, &id).await?;
-                if file.status == FileStatus::Stored {
-                    still.push(id.clone());
+                match self.get(user_id, &id).await {
+                    Ok(file) => {
+                        if file.status == FileStatus::Stored {
+                            still.push(id.clone());
+                        }
+                        files.insert(id, file);
+                    }
+                    // Deleted meanwhile: left out.
+                    Err(SessionError::FileNotFound(_)) => {
+                        files.remove(&id);
+                    }
+                    Err(e) => return Err(e),
                 }
-                files.insert(id, file);
             }
             waiting = still;
         }

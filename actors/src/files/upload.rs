@@ -40,6 +40,31 @@ pub struct Upload {
     pub(super) text: TextCheck,
 }
 
+/// An upload received whole and accepted, not stored yet: the caller
+/// stores it once the rest of its request is read and fine. Dropping it
+/// deletes its temp file.
+pub struct Sealed {
+    files: Files,
+    user_id: String,
+    filename: String,
+    purpose: String,
+    spooled: Spooled,
+}
+
+impl Sealed {
+    /// Its type, as decided from its bytes.
+    pub fn content_type(&self) -> &str {
+        &self.spooled.content_type
+    }
+
+    /// Stores it: its bytes, then its row.
+    pub async fn store(self) -> Result<sluice_backends::files::FileRecord, SessionError> {
+        self.files
+            .store_spooled(self.user_id, self.filename, self.purpose, self.spooled)
+            .await
+    }
+}
+
 /// A finished upload's spooled bytes and what is known of them.
 pub(super) struct Spooled {
     pub temp: tempfile::TempPath,
@@ -79,8 +104,9 @@ impl Upload {
             .map_err(|e| SessionError::Internal(format!("cannot spool the upload: {e}")))
     }
 
-    /// The whole file has arrived: decides its type, then stores it.
-    pub async fn finish(mut self) -> Result<sluice_backends::files::FileRecord, SessionError> {
+    /// The whole file has arrived: decides its type; nothing is stored
+    /// until [`Sealed::store`].
+    pub async fn finish(mut self) -> Result<Sealed, SessionError> {
         self.out
             .flush()
             .await
@@ -100,15 +126,18 @@ impl Upload {
                 return Err(SessionError::UnsupportedMedia(reason));
             }
         };
-        let spooled = Spooled {
-            temp: self.temp,
-            len: self.len,
-            sha256: hex(&self.hasher.finalize()),
-            content_type,
-        };
-        self.files
-            .store_spooled(self.user_id, self.filename, self.purpose, spooled)
-            .await
+        Ok(Sealed {
+            spooled: Spooled {
+                temp: self.temp,
+                len: self.len,
+                sha256: hex(&self.hasher.finalize()),
+                content_type,
+            },
+            files: self.files,
+            user_id: self.user_id,
+            filename: self.filename,
+            purpose: self.purpose,
+        })
     }
 }
 

@@ -373,7 +373,7 @@ impl SessionActor {
                     }
                     return send(Step::Failed(EventError {
                         code: e.code(),
-                        message: e.to_string(),
+                        message: e.client_message(),
                     }));
                 }
             };

@@ -101,10 +101,10 @@ pub async fn upload(
         ));
     }
     let mut purpose = String::from("assistants");
-    let mut stored = None;
+    let mut sealed = None;
     while let Some(mut field) = next(&mut form).await? {
         match field.name() {
-            Some("file") if stored.is_none() => {
+            Some("file") if sealed.is_none() => {
                 let filename = field
                     .content_disposition()
                     .and_then(|d| d.get_filename())
@@ -114,7 +114,7 @@ pub async fn upload(
                 while let Some(piece) = next(&mut field).await? {
                     upload.write(&piece).await?;
                 }
-                stored = Some(upload.finish().await?);
+                sealed = Some(upload.finish().await?);
             }
             Some("file") => return Err(ApiError::bad_request("one file per upload")),
             Some("purpose") => {
@@ -134,8 +134,13 @@ pub async fn upload(
             }
         }
     }
-    match stored {
-        Some(file) => Ok(HttpResponse::Created().json(file.to_object())),
+    // Stored only once the whole body was read and found fine: an error
+    // after the file's field leaves nothing behind either.
+    match sealed {
+        Some(upload) => {
+            let file = upload.store().await?;
+            Ok(HttpResponse::Created().json(file.to_object()))
+        }
         None => Err(ApiError::bad_request(
             "the multipart body has no field named `file`",
         )),

@@ -362,7 +362,7 @@ impl Handler<CommandDone> for WsConnection {
     fn handle(&mut self, done: CommandDone, ctx: &mut Self::Context) {
         match done {
             CommandDone::Quiet => {}
-            CommandDone::Failed(e) => self.send_error(ctx, e.code(), e.to_string()),
+            CommandDone::Failed(e) => self.send_error(ctx, e.code(), e.client_message()),
             // A later `resume` replaces this one; its subscription drops.
             CommandDone::Resumed { number, .. } | CommandDone::ResumeFailed { number, .. }
                 if number != self.resumes => {}
@@ -370,7 +370,7 @@ impl Handler<CommandDone> for WsConnection {
             CommandDone::ResumeFailed { error, .. } => {
                 // The old subscription is gone: without a new one the
                 // connection would stay open and silent.
-                self.send_error(ctx, error.code(), error.to_string());
+                self.send_error(ctx, error.code(), error.client_message());
                 Self::close(
                     ctx,
                     CloseCode::Again,

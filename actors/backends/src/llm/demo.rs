@@ -132,16 +132,23 @@ impl LlmProvider for DemoProvider {
         &self,
         request: serde_json::Value,
     ) -> BoxFuture<'static, Result<serde_json::Value, LlmError>> {
-        let answer = crate::embed::local::embeddings_response(&request).map_err(|message| {
-            LlmError::Refused(super::Refusal {
-                status: 400,
-                message,
-                kind: Some("invalid_request_error".into()),
-                code: None,
-                param: Some("input".into()),
+        Box::pin(async move {
+            // Thousands of inputs are CPU work: off the async threads.
+            let answer = tokio::task::spawn_blocking(move || {
+                crate::embed::local::embeddings_response(&request)
             })
-        });
-        Box::pin(async move { answer })
+            .await
+            .map_err(|e| LlmError::Upstream(format!("embedding task failed: {e}")))?;
+            answer.map_err(|message| {
+                LlmError::Refused(super::Refusal {
+                    status: 400,
+                    message,
+                    kind: Some("invalid_request_error".into()),
+                    code: None,
+                    param: Some("input".into()),
+                })
+            })
+        })
     }
 
     fn models(&self) -> Vec<String> {

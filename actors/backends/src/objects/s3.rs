@@ -24,6 +24,13 @@ use crate::{Backend, BackendError};
 /// Longest wait for a connection to the S3 endpoint.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Longest wait for S3 to start answering a request it has received.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest one attempt at a request may take, body included (a 100 MiB
+/// upload at 1 MiB/s fits).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Where and how to reach the bucket.
 #[derive(Debug, Clone)]
 pub struct S3Config {
@@ -63,6 +70,8 @@ impl S3ObjectStore {
             .build_https();
         let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
             .build();
         let conf = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())

@@ -84,7 +84,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
         chunks integer NOT NULL DEFAULT 0,
         created_at timestamptz NOT NULL,
         claimed_by text,
-        claimed_until timestamptz
+        claimed_until timestamptz,
+        index_attempts integer NOT NULL DEFAULT 0
     );
     CREATE INDEX files_by_user ON files (user_id, id DESC);
     CREATE INDEX files_unindexed ON files (id) WHERE status = 'stored';",

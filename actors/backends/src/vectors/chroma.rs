@@ -104,7 +104,11 @@ impl Inner {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, Failure> {
-        let response = request.send().await.map_err(unavailable)?;
+        // The error without its URL: it names internal hosts and collections.
+        let response = request
+            .send()
+            .await
+            .map_err(|e| unavailable(e.without_url()))?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {

@@ -112,24 +112,49 @@ impl FileStore for PostgresSessionStore {
         id: &str,
         holder: &str,
         ttl: Duration,
-    ) -> BoxFuture<'static, Result<bool, BackendError>> {
+    ) -> BoxFuture<'static, Result<Option<u32>, BackendError>> {
         let pool = self.pool.clone();
         let id = id.to_owned();
         let holder = holder.to_owned();
         Box::pin(async move {
             let client = pool.get().await.map_err(pool_err)?;
             // One UPDATE: its row lock makes the check and the claim one step.
-            let claimed = client
-                .execute(
+            let row = client
+                .query_opt(
                     "UPDATE files SET claimed_by = $2,
-                         claimed_until = now() + $3 * interval '1 millisecond'
+                         claimed_until = now() + $3 * interval '1 millisecond',
+                         index_attempts = index_attempts + 1
                      WHERE id = $1 AND status = 'stored'
-                       AND (claimed_until IS NULL OR claimed_until <= now() OR claimed_by = $2)",
+                       AND (claimed_until IS NULL OR claimed_until <= now())
+                     RETURNING index_attempts",
                     &[&id, &holder, &(ttl.as_millis() as f64)],
                 )
                 .await
                 .map_err(err)?;
-            Ok(claimed > 0)
+            Ok(row.map(|r| r.get::<_, i32>(0) as u32))
+        })
+    }
+
+    fn renew_indexing(
+        &self,
+        id: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'static, Result<bool, BackendError>> {
+        let pool = self.pool.clone();
+        let id = id.to_owned();
+        let holder = holder.to_owned();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let renewed = client
+                .execute(
+                    "UPDATE files SET claimed_until = now() + $3 * interval '1 millisecond'
+                     WHERE id = $1 AND status = 'stored' AND claimed_by = $2",
+                    &[&id, &holder, &(ttl.as_millis() as f64)],
+                )
+                .await
+                .map_err(err)?;
+            Ok(renewed > 0)
         })
     }
 
@@ -137,6 +162,7 @@ impl FileStore for PostgresSessionStore {
         &self,
         id: &str,
         holder: &str,
+        retry_after: Duration,
     ) -> BoxFuture<'static, Result<(), BackendError>> {
         let pool = self.pool.clone();
         let id = id.to_owned();
@@ -145,9 +171,26 @@ impl FileStore for PostgresSessionStore {
             let client = pool.get().await.map_err(pool_err)?;
             client
                 .execute(
-                    "UPDATE files SET claimed_by = NULL, claimed_until = NULL
+                    "UPDATE files SET claimed_until = now() + $3 * interval '1 millisecond'
                      WHERE id = $1 AND claimed_by = $2",
-                    &[&id, &holder],
+                    &[&id, &holder, &(retry_after.as_millis() as f64)],
+                )
+                .await
+                .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn release_claims_of(&self, holder: &str) -> BoxFuture<'static, Result<(), BackendError>> {
+        let pool = self.pool.clone();
+        let holder = holder.to_owned();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            client
+                .execute(
+                    "UPDATE files SET claimed_until = now()
+                     WHERE status = 'stored' AND claimed_by = $1",
+                    &[&holder],
                 )
                 .await
                 .map_err(err)?;
@@ -183,21 +226,16 @@ impl FileStore for PostgresSessionStore {
         })
     }
 
-    fn unindexed(
-        &self,
-        holder: &str,
-        limit: usize,
-    ) -> BoxFuture<'static, Result<Vec<FileRecord>, BackendError>> {
+    fn unindexed(&self, limit: usize) -> BoxFuture<'static, Result<Vec<FileRecord>, BackendError>> {
         let pool = self.pool.clone();
-        let holder = holder.to_owned();
         Box::pin(async move {
             let client = pool.get().await.map_err(pool_err)?;
             let rows = client
                 .query(
                     "SELECT * FROM files WHERE status = 'stored'
-                       AND (claimed_until IS NULL OR claimed_until <= now() OR claimed_by = $2)
+                       AND (claimed_until IS NULL OR claimed_until <= now())
                      ORDER BY id LIMIT $1",
-                    &[&(limit as i64), &holder],
+                    &[&(limit as i64)],
                 )
                 .await
                 .map_err(err)?;

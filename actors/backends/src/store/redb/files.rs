@@ -14,10 +14,11 @@ use crate::files::{FileRecord, FileStore, IndexOutcome};
 pub(super) const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
 /// (user id, file id) → (): the per-user index, ordered by file id.
 pub(super) const USER_FILES: TableDefinition<(&str, &str), ()> = TableDefinition::new("user_files");
-/// file id → (until when (Unix ms) it is claimed for indexing, 0 if not;
-/// by whom): the files still `stored`, oldest first.
-pub(super) const UNINDEXED: TableDefinition<&str, (u64, &str)> =
-    TableDefinition::new("unindexed_claims");
+/// file id → its claim for indexing: (until when, in Unix ms, 0 if never
+/// claimed; by whom, empty if never; attempts so far). The files still
+/// `stored`, oldest first.
+pub(super) const UNINDEXED: TableDefinition<&str, (u64, &str, u32)> =
+    TableDefinition::new("indexing_claims");
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -41,7 +42,9 @@ impl FileStore for RedbSessionStore {
                     .map_err(err)?;
                 if file.status == FileStatus::Stored {
                     let mut unindexed = txn.open_table(UNINDEXED).map_err(err)?;
-                    unindexed.insert(file.id.as_str(), (0, "")).map_err(err)?;
+                    unindexed
+                        .insert(file.id.as_str(), (0, "", 0))
+                        .map_err(err)?;
                 }
             }
             txn.commit().map_err(err)
@@ -118,50 +121,65 @@ impl FileStore for RedbSessionStore {
         id: &str,
         holder: &str,
         ttl: Duration,
+    ) -> BoxFuture<'static, Result<Option<u32>, BackendError>> {
+        let id = id.to_owned();
+        let holder = holder.to_owned();
+        self.update_claim(id, move |now, (until, _, attempts)| {
+            (until <= now).then(|| {
+                (
+                    (now + ttl.as_millis() as u64, holder.clone(), attempts + 1),
+                    attempts + 1,
+                )
+            })
+        })
+    }
+
+    fn renew_indexing(
+        &self,
+        id: &str,
+        holder: &str,
+        ttl: Duration,
     ) -> BoxFuture<'static, Result<bool, BackendError>> {
         let id = id.to_owned();
         let holder = holder.to_owned();
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
-            let claimed = {
-                let mut unindexed = txn.open_table(UNINDEXED).map_err(err)?;
-                let now = now_ms();
-                let free = match unindexed.get(id.as_str()).map_err(err)? {
-                    Some(claim) => {
-                        let (until, by) = claim.value();
-                        until <= now || by == holder
-                    }
-                    None => false,
-                };
-                if free {
-                    unindexed
-                        .insert(id.as_str(), (now + ttl.as_millis() as u64, holder.as_str()))
-                        .map_err(err)?;
-                }
-                free
-            };
-            txn.commit().map_err(err)?;
-            Ok(claimed)
-        })
+        let renewed = self.update_claim(id, move |now, (_, by, attempts)| {
+            (by == holder).then(|| ((now + ttl.as_millis() as u64, by, attempts), ()))
+        });
+        Box::pin(async move { Ok(renewed.await?.is_some()) })
     }
 
     fn release_indexing(
         &self,
         id: &str,
         holder: &str,
+        retry_after: Duration,
     ) -> BoxFuture<'static, Result<(), BackendError>> {
         let id = id.to_owned();
+        let holder = holder.to_owned();
+        let released = self.update_claim(id, move |now, (_, by, attempts)| {
+            (by == holder).then(|| ((now + retry_after.as_millis() as u64, by, attempts), ()))
+        });
+        Box::pin(async move { released.await.map(drop) })
+    }
+
+    fn release_claims_of(&self, holder: &str) -> BoxFuture<'static, Result<(), BackendError>> {
         let holder = holder.to_owned();
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
             {
                 let mut unindexed = txn.open_table(UNINDEXED).map_err(err)?;
-                let mine = unindexed
-                    .get(id.as_str())
-                    .map_err(err)?
-                    .is_some_and(|claim| claim.value().1 == holder);
-                if mine {
-                    unindexed.insert(id.as_str(), (0, "")).map_err(err)?;
+                let mut mine = Vec::new();
+                for entry in unindexed.iter().map_err(err)? {
+                    let (id, claim) = entry.map_err(err)?;
+                    let (_, by, attempts) = claim.value();
+                    if by == holder {
+                        mine.push((id.value().to_owned(), attempts));
+                    }
+                }
+                for (id, attempts) in mine {
+                    unindexed
+                        .insert(id.as_str(), (0, holder.as_str(), attempts))
+                        .map_err(err)?;
                 }
             }
             txn.commit().map_err(err)
@@ -210,12 +228,7 @@ impl FileStore for RedbSessionStore {
         })
     }
 
-    fn unindexed(
-        &self,
-        holder: &str,
-        limit: usize,
-    ) -> BoxFuture<'static, Result<Vec<FileRecord>, BackendError>> {
-        let holder = holder.to_owned();
+    fn unindexed(&self, limit: usize) -> BoxFuture<'static, Result<Vec<FileRecord>, BackendError>> {
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let unindexed = txn.open_table(UNINDEXED).map_err(err)?;
@@ -227,8 +240,7 @@ impl FileStore for RedbSessionStore {
                     break;
                 }
                 let (id, claim) = entry.map_err(err)?;
-                let (until, by) = claim.value();
-                if until > now && by != holder {
+                if claim.value().0 > now {
                     continue;
                 }
                 if let Some(bytes) = files.get(id.value()).map_err(err)? {
@@ -236,6 +248,39 @@ impl FileStore for RedbSessionStore {
                 }
             }
             Ok(out)
+        })
+    }
+}
+
+impl RedbSessionStore {
+    /// Changes a stored file's claim in one write transaction: `change`
+    /// gets the time (Unix ms) and the claim (until, holder, attempts), and
+    /// answers the new claim with a result, or `None` to leave it.
+    fn update_claim<T: Send + 'static>(
+        &self,
+        id: String,
+        change: impl FnOnce(u64, (u64, String, u32)) -> Option<((u64, String, u32), T)> + Send + 'static,
+    ) -> BoxFuture<'static, Result<Option<T>, BackendError>> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            let answer = {
+                let mut unindexed = txn.open_table(UNINDEXED).map_err(err)?;
+                let claim = unindexed.get(id.as_str()).map_err(err)?.map(|c| {
+                    let (until, by, attempts) = c.value();
+                    (until, by.to_owned(), attempts)
+                });
+                match claim.and_then(|claim| change(now_ms(), claim)) {
+                    Some(((until, by, attempts), answer)) => {
+                        unindexed
+                            .insert(id.as_str(), (until, by.as_str(), attempts))
+                            .map_err(err)?;
+                        Some(answer)
+                    }
+                    None => None,
+                }
+            };
+            txn.commit().map_err(err)?;
+            Ok(answer)
         })
     }
 }
