@@ -255,10 +255,11 @@ impl Files {
         }
         backends.objects.delete(&file_key(id)).await?;
         backends.store.delete_file(id).await?;
-        if file.status == FileStatus::Stored && !file.is_image() {
-            if let Err(e) = backends.vectors.delete_file(&file.user_id, id).await {
-                tracing::warn!(file = %id, error = %e, "chunks of a deleted file may be left in the index");
-            }
+        if file.status == FileStatus::Stored
+            && !file.is_image()
+            && let Err(e) = backends.vectors.delete_file(&file.user_id, id).await
+        {
+            tracing::warn!(file = %id, error = %e, "chunks of a deleted file may be left in the index");
         }
         Ok(())
     }
