@@ -69,4 +69,4 @@ for backends in embedded real; do
   echo "{\"scenario\":\"ingest-pdf/$backends\",\"result\":$(python3 bench/files.py ingest "$sluice" "$work/pdf")}"
   stop_sluice
 done
-echo "retrieval: $(cargo test --quiet -p sluice-actors --test retrieval -- --nocapture 2>/dev/null | grep '^retrieval')"
+echo "retrieval: $(cargo test --quiet -p sluice-actors --test retrieval -- --nocapture 2>&1 | grep '^retrieval')"

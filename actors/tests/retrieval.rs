@@ -88,14 +88,14 @@ async fn the_right_document_is_usually_in_the_top_three() {
         }
     }
     let n = questions.len();
-    println!(
+    eprintln!(
         "retrieval (local embedder, {} documents, {n} questions): top-1 {top1}/{n} ({:.0} %), top-3 {top3}/{n} ({:.0} %)",
         documents.len(),
         100.0 * top1 as f64 / n as f64,
         100.0 * top3 as f64 / n as f64
     );
     for (q, found) in &misses {
-        println!("  missed: {q:?} -> {found:?}");
+        eprintln!("  missed: {q:?} -> {found:?}");
     }
     assert!(
         top3 as f64 / n as f64 >= TOP3_FLOOR,
