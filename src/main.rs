@@ -1,10 +1,12 @@
 //! `sluice`: the real-time streaming server for AI chat agents.
 //!
-//! With no subcommand it serves; `sluice token` mints a JWT for a user.
+//! With no subcommand it serves; `sluice token` mints a JWT for a user;
+//! `sluice extract-text` is the indexer's sandbox for parsing a PDF.
 //! Everything else lives in the library crates; this binary parses the
 //! command line, loads the configuration, starts telemetry and runs.
 
 mod config;
+mod extract;
 mod serve;
 mod telemetry;
 mod token;
@@ -39,6 +41,13 @@ enum Command {
         #[arg(long, default_value = "24h")]
         ttl: String,
     },
+    /// Internal: reads a document on stdin and writes its text on stdout,
+    /// within memory and CPU limits (the indexer runs it per PDF).
+    #[command(hide = true)]
+    ExtractText {
+        /// The document's type.
+        content_type: String,
+    },
 }
 
 /// A configuration error exits with this status (as clap does for a bad
@@ -47,6 +56,9 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::ExtractText { content_type }) = &cli.command {
+        return extract::run(content_type);
+    }
     let config = match config::Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -57,6 +69,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => telemetry::init(&config).and_then(|()| serve::run(config)),
         Command::Token { sub, ttl } => token::print(&config, &sub, &ttl),
+        Command::ExtractText { .. } => unreachable!("handled before the configuration"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

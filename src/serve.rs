@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sluice_actors::cluster::Cluster;
 use sluice_actors::deps::SessionDeps;
+use sluice_actors::files::extract::Extractor;
 use sluice_actors::files::{FileBackends, FilesConfig};
 use sluice_actors::supervisor::Health;
 use sluice_actors::{Files, Metrics, Relay, Sessions};
@@ -289,6 +290,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             max_upload_bytes: config.max_upload_bytes,
             spool_dir: config.data_dir.join("spool").join(&replica_id),
             replica_id: replica_id.clone(),
+            // PDFs are parsed by this binary in a child process it limits.
+            extractor: match std::env::current_exe() {
+                Ok(program) => Extractor::Process(program),
+                Err(e) => anyhow::bail!("cannot find this program to parse PDFs with: {e}"),
+            },
         },
         metrics.clone(),
     )

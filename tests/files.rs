@@ -132,9 +132,22 @@ async fn a_documents_best_passage_reaches_the_provider_and_the_answer_names_its_
     let text = request["messages"].to_string();
     assert!(text.contains("Nordic Lift"), "{text}");
 
+    // A request that shares no words with the file it attaches ("summarize
+    // this") still gets the file's passages.
+    let other = h.create_session("fake:tokens=3").await;
+    send(
+        &h,
+        &other,
+        json!({"content": "Summarize this for me.", "attachments": [file_id]}),
+    )
+    .await;
+    settled_answer(&h.http, &base, &other).await;
+    let text = last_chat_request(&h)["messages"].to_string();
+    assert!(text.contains("[handbook.md, part"), "{text}");
+
     let metrics = h.metrics().await;
     assert!(
-        metrics.contains("sluice_retrievals_total{outcome=\"hits\"} 2"),
+        metrics.contains("sluice_retrievals_total{outcome=\"hits\"} 3"),
         "{metrics}"
     );
     assert!(metrics.contains("sluice_indexing_total{outcome=\"indexed\"} 1"));
@@ -290,6 +303,39 @@ async fn pdfs_are_read_from_their_text_layer_and_unreadable_files_fail_with_a_re
         assert_eq!(file["status"], "failed", "{file}");
         assert!(!file["error"].as_str().unwrap().is_empty());
     }
+    // A 900 KB PDF whose page is one content stream, listed four times,
+    // that inflates to 900 MB: parsed in a child process that may use 1 GiB,
+    // it fails there, and the server's own memory does not grow.
+    let pid = h.sluice.pid();
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .unwrap()
+            .to_owned();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            / 1024
+    };
+    let before = rss();
+    let bomb = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/pdf-bomb.pdf"
+    ))
+    .unwrap();
+    let bomb = uploaded(&h.http, &base, None, "bomb.pdf", bomb).await;
+    let bomb = settled_file(&h.http, &base, None, bomb["id"].as_str().unwrap()).await;
+    assert_eq!(bomb["status"], "failed", "{bomb}");
+    assert!(bomb["error"].as_str().unwrap().contains("within"), "{bomb}");
+    assert!(
+        rss() < before + 200,
+        "the server's peak memory grew from {before} MiB to {} MiB",
+        rss()
+    );
 
     let session = h.create_session("fake:tokens=3").await;
     let response = send(

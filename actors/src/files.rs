@@ -6,6 +6,8 @@
 //! - [`indexer`]: the background task that extracts, chunks, embeds and
 //!   indexes documents, once per file across replicas.
 //! - [`extract`]: a document's text and its chunks.
+//! - [`images`]: an image checked and, when too large to send, scaled down,
+//!   once, at indexing.
 //! - [`grounding`]: a generation's prompt with its attachments: images as
 //!   `image_url` parts, and the best chunks of the attached documents.
 //!
@@ -14,6 +16,7 @@
 
 pub mod extract;
 pub mod grounding;
+pub mod images;
 pub mod indexer;
 pub mod upload;
 
@@ -43,6 +46,8 @@ pub struct FilesConfig {
     pub spool_dir: PathBuf,
     /// This replica's name (it holds indexing claims).
     pub replica_id: String,
+    /// Where PDFs are parsed.
+    pub extractor: extract::Extractor,
 }
 
 /// The backends files live in.
@@ -253,6 +258,9 @@ impl Files {
         if !file.is_image() {
             backends.vectors.delete_file(&file.user_id, id).await?;
         }
+        if file.is_image() {
+            backends.objects.delete(&images::sent_key(id)).await?;
+        }
         backends.objects.delete(&file_key(id)).await?;
         backends.store.delete_file(id).await?;
         if file.status == FileStatus::Stored
@@ -349,6 +357,7 @@ pub(crate) fn for_tests(dir: &std::path::Path) -> Files {
         max_upload_bytes: 1 << 20,
         spool_dir: dir.join("spool"),
         replica_id: "test".into(),
+        extractor: extract::Extractor::InProcess,
     };
     Files::start(backends, config, Metrics::unregistered()).unwrap()
 }

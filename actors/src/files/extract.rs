@@ -17,6 +17,103 @@ pub const MAX_TEXT_BYTES: u64 = 16 * 1024 * 1024;
 /// Largest PDF indexed (bytes): the parser holds the whole document.
 pub const MAX_PDF_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Address space a PDF's parsing process may use (bytes).
+pub const EXTRACT_MEMORY_BYTES: u64 = 1 << 30;
+
+/// CPU time a PDF's parsing process may use (seconds).
+pub const EXTRACT_CPU_SECONDS: u64 = 60;
+
+/// Wall-clock time a PDF's parsing process may take.
+pub const EXTRACT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The parsing process's exit status for a file it could not read (its
+/// reason on stdout).
+pub const UNREADABLE: u8 = 3;
+
+/// Where a PDF is parsed.
+#[derive(Debug, Clone)]
+pub enum Extractor {
+    /// In this process, on the blocking pool: for tests, and for text,
+    /// which cannot blow up.
+    InProcess,
+    /// In a child process, `PROGRAM extract-text TYPE` (the `sluice`
+    /// binary), which limits its own memory and CPU: a PDF that would
+    /// decompress gigabytes or crash the parser kills only the child.
+    Process(std::path::PathBuf),
+}
+
+/// The text of a document, extracted as `extractor` says for a PDF.
+pub async fn document_text(
+    extractor: &Extractor,
+    content_type: &str,
+    bytes: Vec<u8>,
+) -> Result<String, Unreadable> {
+    if let Extractor::Process(program) = extractor
+        && content_type == "application/pdf"
+    {
+        return in_child(program, content_type, bytes).await;
+    }
+    let content_type = content_type.to_owned();
+    tokio::task::spawn_blocking(move || text_of(&content_type, &bytes))
+        .await
+        .map_err(|_| Unreadable("the file could not be read".into()))?
+}
+
+/// The parsing in a child process (see [`Extractor::Process`]).
+async fn in_child(
+    program: &std::path::Path,
+    content_type: &str,
+    bytes: Vec<u8>,
+) -> Result<String, Unreadable> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut child = tokio::process::Command::new(program)
+        .args(["extract-text", content_type])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Unreadable(format!("the PDF reader could not start: {e}")))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = child.stdout.take().expect("piped");
+    let feed = async move {
+        // A child that died early closes its end; its status says why.
+        let _ = stdin.write_all(&bytes).await;
+    };
+    let read = async move {
+        let mut out = Vec::new();
+        let _ = (&mut stdout)
+            .take(MAX_TEXT_BYTES + 1024)
+            .read_to_end(&mut out)
+            .await;
+        out
+    };
+    let run = async {
+        let ((), out) = tokio::join!(feed, read);
+        let status = child.wait().await;
+        (out, status)
+    };
+    let (out, status) = tokio::time::timeout(EXTRACT_TIMEOUT, run)
+        .await
+        .map_err(|_| {
+            Unreadable(format!(
+                "reading the PDF took longer than {} s",
+                EXTRACT_TIMEOUT.as_secs()
+            ))
+        })?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    match status.ok().and_then(|s| s.code()) {
+        Some(0) => Ok(text),
+        Some(code) if code == i32::from(UNREADABLE) => Err(Unreadable(text)),
+        _ => Err(Unreadable(format!(
+            "the PDF could not be read within {} MiB of memory and {} s of CPU",
+            EXTRACT_MEMORY_BYTES >> 20,
+            EXTRACT_CPU_SECONDS
+        ))),
+    }
+}
+
 /// Why a file's text could not be had: said to the user as the file's
 /// `error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

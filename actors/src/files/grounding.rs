@@ -2,8 +2,8 @@
 //!
 //! - **Images** become OpenAI `image_url` content parts of the message they
 //!   were attached to, as data URLs, so the provider needs no access to the
-//!   bucket. An image over [`MAX_INLINE_BYTES`] or [`MAX_SIDE`] pixels a
-//!   side is scaled down first. The newest [`MAX_IMAGES`] images of the
+//!   bucket: the version made at indexing ([`super::images`]), scaled down
+//!   if the original was too large. The newest [`MAX_IMAGES`] images of the
 //!   conversation are sent.
 //! - **Documents** attached anywhere in the conversation are searched with
 //!   the user's last message, and the best [`TOP_K`] chunks go into a
@@ -14,7 +14,6 @@
 //! The files used come back as [`Source`]s, for `generation_end.sources`.
 
 use std::collections::HashMap;
-use std::io::Cursor;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -26,95 +25,25 @@ use sluice_protocol::event::Source;
 use sluice_protocol::openai::ChatRequest;
 
 use super::Files;
-use super::indexer::MAX_IMAGE_BYTES;
+use super::images::{MAX_INLINE_BYTES, sent_key};
 use crate::SessionError;
 
 /// Images sent with one request, newest first.
 pub const MAX_IMAGES: usize = 8;
 
-/// Longest side of an image as sent, in pixels.
-pub const MAX_SIDE: u32 = 2048;
-
-/// Largest image sent as it is; a larger one is scaled down and re-encoded.
-pub const MAX_INLINE_BYTES: usize = 4 * 1024 * 1024;
-
 /// Chunks of the attached documents put into the prompt.
 pub const TOP_K: usize = 5;
 
-/// Least similarity for a chunk to count as relevant.
+/// Least similarity for a chunk of an earlier message's document to count
+/// as relevant (the message being answered gets its documents' best
+/// chunks whatever their score: "summarize this" shares no words with it).
 const MIN_SCORE: f32 = 0.05;
 
-/// Longest wait for documents attached to the last message to be indexed.
+/// Longest wait for files attached to the last message to be indexed.
 pub const INDEX_WAIT: Duration = Duration::from_secs(60);
 
 /// Longest question embedded, in characters.
 const MAX_QUERY_CHARS: usize = 2000;
-
-/// The width and height of an image, or why it cannot be read.
-pub fn image_size(bytes: &[u8]) -> Result<(u32, u32), String> {
-    image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("the image cannot be read: {e}"))?
-        .into_dimensions()
-        .map_err(|e| format!("the image cannot be read: {e}"))
-}
-
-/// Most pixels a side of an image decoded to check it.
-const MAX_DECODED_SIDE: u32 = 16_384;
-
-/// Most memory one image's decoding may take.
-const MAX_DECODE_ALLOC: u64 = 512 * 1024 * 1024;
-
-/// Decodes an image whole, within bounds, to prove it is not corrupt or
-/// truncated; its width and height, or why it cannot be used.
-pub fn check_image(bytes: &[u8]) -> Result<(u32, u32), String> {
-    let image = decode(bytes)?;
-    Ok((image.width(), image.height()))
-}
-
-/// Decodes an image, refusing one whose size or memory is over the bounds
-/// (a decompression bomb).
-fn decode(bytes: &[u8]) -> Result<image::DynamicImage, String> {
-    let mut reader = image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("the image cannot be read: {e}"))?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_DECODED_SIDE);
-    limits.max_image_height = Some(MAX_DECODED_SIDE);
-    limits.max_alloc = Some(MAX_DECODE_ALLOC);
-    reader.limits(limits);
-    reader
-        .decode()
-        .map_err(|e| format!("the image cannot be decoded: {e}"))
-}
-
-/// An image as a data URL, scaled down if it is too large to send as it is.
-fn data_url(content_type: &str, bytes: Vec<u8>) -> Result<String, String> {
-    let (width, height) = image_size(&bytes)?;
-    let (content_type, bytes) = if bytes.len() > MAX_INLINE_BYTES || width.max(height) > MAX_SIDE {
-        let decoded = decode(&bytes)?;
-        let scaled = decoded.resize(MAX_SIDE, MAX_SIDE, image::imageops::FilterType::Triangle);
-        let mut out = Cursor::new(Vec::new());
-        let (format, mime) = if scaled.color().has_alpha() {
-            (image::ImageFormat::Png, "image/png")
-        } else {
-            (image::ImageFormat::Jpeg, "image/jpeg")
-        };
-        let scaled = if format == image::ImageFormat::Jpeg {
-            image::DynamicImage::ImageRgb8(scaled.to_rgb8())
-        } else {
-            scaled
-        };
-        scaled
-            .write_to(&mut out, format)
-            .map_err(|e| format!("the image cannot be re-encoded: {e}"))?;
-        (mime, out.into_inner())
-    } else {
-        (content_type, bytes)
-    };
-    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
-    Ok(format!("data:{content_type};base64,{encoded}"))
-}
 
 /// The text of a request message's content (a string, or text parts).
 fn message_text(message: &Value) -> String {
@@ -161,6 +90,19 @@ impl Files {
         // are left out while their backend is down, so a conversation that
         // once had a file does not stop when S3 or Chroma does.
         let current = request.messages.iter().rposition(|m| m["role"] == "user");
+        // Files attached to this very message may still be indexing.
+        let fresh: Vec<String> = attachments
+            .iter()
+            .filter(|(index, _)| Some(*index) == current)
+            .flat_map(|(_, ids)| ids.iter())
+            .filter(|id| {
+                files
+                    .get(*id)
+                    .is_some_and(|f| f.status == FileStatus::Stored)
+            })
+            .cloned()
+            .collect();
+        self.wait_indexed(user_id, &fresh, &mut files).await?;
         self.add_images(&mut request, attachments, &files, current)
             .await?;
         let sources = self
@@ -215,22 +157,28 @@ impl Files {
         Ok(())
     }
 
-    /// An image as a data URL, scaled down if need be.
+    /// An indexed image as a data URL: its version for sending if it has
+    /// one, else the original, which was small enough.
     async fn image_url(&self, image: &FileRecord) -> Result<String, SessionError> {
-        let bytes = read_all(
-            &*self.inner.backends.objects,
-            &file_key(&image.id),
-            MAX_IMAGE_BYTES,
-        )
-        .await?
-        .ok_or_else(|| {
-            SessionError::Internal(format!("the bytes of file {} are missing", image.id))
-        })?;
-        let content_type = image.content_type.clone();
-        tokio::task::spawn_blocking(move || data_url(&content_type, bytes))
-            .await
-            .map_err(|e| SessionError::Internal(format!("image task failed: {e}")))?
-            .map_err(SessionError::BadRequest)
+        if image.status != FileStatus::Indexed {
+            return Err(SessionError::Overloaded(format!(
+                "the image {} is still being processed; send again in a moment",
+                image.filename
+            )));
+        }
+        let objects = &*self.inner.backends.objects;
+        let missing =
+            || SessionError::Internal(format!("the bytes of file {} are missing", image.id));
+        let bytes = match read_all(objects, &sent_key(&image.id), MAX_INLINE_BYTES as u64).await? {
+            Some(scaled) => scaled,
+            None => read_all(objects, &file_key(&image.id), MAX_INLINE_BYTES as u64)
+                .await?
+                .ok_or_else(missing)?,
+        };
+        let content_type =
+            infer::get(&bytes).map_or(image.content_type.as_str(), |t| t.mime_type());
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        Ok(format!("data:{content_type};base64,{encoded}"))
     }
 
     /// Searches the attached documents with the last user message (at
@@ -255,25 +203,14 @@ impl Files {
         if documents.is_empty() {
             return Ok(Vec::new());
         }
-        // Documents attached to this very message may still be indexing.
-        let fresh: Vec<String> = attachments
+        // The documents of the message being answered.
+        let own: Vec<&String> = attachments
             .iter()
             .filter(|(index, _)| *index == last_user)
             .flat_map(|(_, ids)| ids.iter())
-            .filter(|id| {
-                files
-                    .get(*id)
-                    .is_some_and(|f| f.status == FileStatus::Stored && !f.is_image())
-            })
-            .cloned()
+            .filter(|id| files.get(*id).is_some_and(|f| !f.is_image()))
             .collect();
-        let attaches_documents = attachments.iter().any(|(index, ids)| {
-            *index == last_user
-                && ids
-                    .iter()
-                    .any(|id| files.get(id).is_some_and(|f| !f.is_image()))
-        });
-        self.wait_indexed(user_id, &fresh, files).await?;
+        let attaches_documents = !own.is_empty();
         let question: String = message_text(&request.messages[last_user])
             .chars()
             .take(MAX_QUERY_CHARS)
@@ -308,7 +245,10 @@ impl Files {
                 return Ok(Vec::new());
             }
         };
-        let hits: Vec<_> = hits.into_iter().filter(|h| h.score >= MIN_SCORE).collect();
+        let hits: Vec<_> = hits
+            .into_iter()
+            .filter(|h| h.score >= MIN_SCORE || own.contains(&&h.file_id))
+            .collect();
         if hits.is_empty() {
             metrics.retrievals_total.with_label_values(&["empty"]).inc();
             return Ok(Vec::new());
@@ -381,42 +321,6 @@ impl Files {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn png(width: u32, height: u32) -> Vec<u8> {
-        let image = image::RgbImage::from_fn(width, height, |x, y| {
-            image::Rgb([(x % 256) as u8, (y % 256) as u8, 7])
-        });
-        let mut out = Cursor::new(Vec::new());
-        image.write_to(&mut out, image::ImageFormat::Png).unwrap();
-        out.into_inner()
-    }
-
-    fn decoded(url: &str) -> (String, Vec<u8>) {
-        let (head, data) = url.split_once(";base64,").unwrap();
-        let mime = head.strip_prefix("data:").unwrap().to_owned();
-        (
-            mime,
-            base64::engine::general_purpose::STANDARD
-                .decode(data)
-                .unwrap(),
-        )
-    }
-
-    #[test]
-    fn small_images_go_as_they_are_and_large_ones_are_scaled_down() {
-        let small = png(40, 30);
-        let (mime, bytes) = decoded(&data_url("image/png", small.clone()).unwrap());
-        assert_eq!((mime.as_str(), bytes), ("image/png", small));
-
-        let (mime, bytes) = decoded(&data_url("image/png", png(4000, 1000)).unwrap());
-        assert_eq!(mime, "image/jpeg");
-        assert_eq!(image_size(&bytes).unwrap(), (MAX_SIDE, MAX_SIDE / 4));
-
-        assert!(data_url("image/png", b"\x89PNG\r\n\x1a\nbroken".to_vec()).is_err());
-        let whole = png(20, 20);
-        assert_eq!(check_image(&whole).unwrap(), (20, 20));
-        assert!(check_image(&whole[..whole.len() - 20]).is_err());
-    }
 
     #[test]
     fn message_text_reads_strings_and_text_parts() {

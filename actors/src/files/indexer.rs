@@ -195,24 +195,53 @@ impl Files {
         }
     }
 
+    /// Checks an image and stores its version for sending if it needs one
+    /// (see [`super::images`]).
+    async fn prepare_image(&self, file: &FileRecord) -> Result<(), Failure> {
+        use std::io::Write;
+
+        let objects = &self.inner.backends.objects;
+        if file.bytes > MAX_IMAGE_BYTES {
+            return Err(Failure::Unusable(format!(
+                "images over {} MiB cannot be used",
+                MAX_IMAGE_BYTES >> 20
+            )));
+        }
+        let bytes = read_all(&**objects, &file_key(&file.id), MAX_IMAGE_BYTES)
+            .await?
+            .ok_or_else(|| Failure::Unusable("the file's bytes are missing".into()))?;
+        let prepared = tokio::task::spawn_blocking(move || super::images::prepare(&bytes))
+            .await
+            .map_err(|_| Failure::Unusable("the image is malformed".into()))?
+            .map_err(Failure::Unusable)?;
+        let Some((scaled, content_type)) = prepared else {
+            return Ok(());
+        };
+        let spool = &self.inner.config.spool_dir;
+        let staged = tempfile::NamedTempFile::new_in(spool)
+            .and_then(|mut f| f.write_all(&scaled).map(|()| f))
+            .map_err(|e| {
+                Failure::Backend(BackendError::unavailable(
+                    sluice_backends::Backend::Objects,
+                    e,
+                ))
+            })?;
+        objects
+            .put_file(
+                &super::images::sent_key(&file.id),
+                staged.path(),
+                scaled.len() as u64,
+                content_type,
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Indexes `file`; the number of chunks written.
     async fn index_file(&self, file: &FileRecord) -> Result<u32, Failure> {
         let backends = &self.inner.backends;
         if file.is_image() {
-            if file.bytes > MAX_IMAGE_BYTES {
-                return Err(Failure::Unusable(format!(
-                    "images over {} MiB cannot be used",
-                    MAX_IMAGE_BYTES >> 20
-                )));
-            }
-            let bytes = read_all(&*backends.objects, &file_key(&file.id), MAX_IMAGE_BYTES)
-                .await?
-                .ok_or_else(|| Failure::Unusable("the file's bytes are missing".into()))?;
-            tokio::task::spawn_blocking(move || super::grounding::check_image(&bytes))
-                .await
-                .map_err(|_| Failure::Unusable("the image is malformed".into()))?
-                .map_err(Failure::Unusable)?;
-            return Ok(0);
+            return self.prepare_image(file).await.map(|()| 0);
         }
         let max = if file.content_type == "application/pdf" {
             MAX_PDF_BYTES
@@ -228,14 +257,13 @@ impl Files {
         let bytes = read_all(&*backends.objects, &file_key(&file.id), max)
             .await?
             .ok_or_else(|| Failure::Unusable("the file's bytes are missing".into()))?;
-        let content_type = file.content_type.clone();
-        let pieces = tokio::task::spawn_blocking(move || {
-            extract::text_of(&content_type, &bytes)
-                .map(|text| extract::chunks(&text, CHUNK_CHARS, CHUNK_OVERLAP))
-        })
-        .await
-        .map_err(|_| Failure::Unusable("the file could not be read".into()))?
-        .map_err(|e| Failure::Unusable(e.0))?;
+        let text = extract::document_text(&self.inner.config.extractor, &file.content_type, bytes)
+            .await
+            .map_err(|e| Failure::Unusable(e.0))?;
+        let pieces =
+            tokio::task::spawn_blocking(move || extract::chunks(&text, CHUNK_CHARS, CHUNK_OVERLAP))
+                .await
+                .map_err(|_| Failure::Unusable("the file could not be read".into()))?;
         let holder = self.inner.config.replica_id.as_str();
         let mut ordinal = 0u32;
         for batch in pieces.chunks(EMBED_BATCH) {

@@ -143,14 +143,18 @@ where
             );
             (message, service.raw().status().is_server_error())
         }
+        // Not the error's own text: it quotes the endpoint and the
+        // request, which a client told `overloaded` has no business seeing.
         other => {
-            let transport = matches!(
-                other,
-                SdkError::ResponseError(_)
-                    | SdkError::DispatchFailure(_)
-                    | SdkError::TimeoutError(_)
-            );
-            (DisplayErrorContext(other).to_string(), transport)
+            tracing::debug!(error = %DisplayErrorContext(other), "S3 request failed");
+            match other {
+                SdkError::TimeoutError(_) => ("S3 did not answer in time".to_owned(), true),
+                SdkError::DispatchFailure(_) => ("S3 cannot be reached".to_owned(), true),
+                SdkError::ResponseError(_) => {
+                    ("S3 sent an answer that cannot be read".to_owned(), true)
+                }
+                _ => ("the S3 request could not be made".to_owned(), false),
+            }
         }
     };
     if server_side {
