@@ -105,7 +105,8 @@ impl Relay {
     /// Relays an OpenAI `/v1/embeddings` request (an object with `input`:
     /// a string or up to [`MAX_EMBEDDING_INPUTS`] of them, or token
     /// arrays), naming the configured embedding model if it names none.
-    /// Without a provider, the local embedder answers.
+    /// Without a provider, the local embedder answers (a request without
+    /// `model` still needs `SLUICE_EMBEDDING_MODEL`).
     pub async fn embeddings(
         &self,
         mut request: serde_json::Value,

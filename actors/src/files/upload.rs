@@ -215,7 +215,9 @@ pub fn content_type(head: &[u8], is_text: bool, filename: &str) -> Result<String
         if BINARY_TYPES.contains(&mime) {
             return Ok(mime.to_owned());
         }
-        if !(is_text && kind.matcher_type() == infer::MatcherType::Text) {
+        // Some signatures are a few letters ("BM", "ID3"): a file that is
+        // all UTF-8 text is text, whatever it starts with.
+        if !is_text {
             return Err(format!(
                 "files of type {mime} are not accepted (text, Markdown, source code, PDF, PNG, JPEG, GIF and WebP are)"
             ));
@@ -270,6 +272,8 @@ mod tests {
         // A zip (or an .exe) named .txt is refused.
         assert!(content_type(b"PK\x03\x04\x14\0\0\0", false, "a.txt").is_err());
         assert!(content_type(b"MZ\x90\0\x03\0\0\0", false, "a.txt").is_err());
+        // Text that starts like a signature is still text.
+        assert_eq!(content_type(b"BMW service log", true, "cars.txt").unwrap(), "text/plain");
         // Binary bytes with no known magic are refused.
         assert!(content_type(&[1, 2, 3, 0, 5], false, "a.txt").is_err());
     }

@@ -1,9 +1,9 @@
 //! The embedded object store: each object a file under
 //! `SLUICE_DATA_DIR/objects`, named by its key.
 //!
-//! A put copies the upload into `staging/` beside it, syncs it, and renames
+//! A put copies the upload into `objects-staging/` beside it, syncs it, and renames
 //! it into place, so an object is whole or absent, even after a crash;
-//! whatever a crash leaves in `staging/` is removed at the next open.
+//! whatever a crash leaves in `objects-staging/` is removed at the next open.
 //! Serves one replica: several replicas need S3.
 
 use std::io::ErrorKind as IoKind;
