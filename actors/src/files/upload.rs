@@ -273,7 +273,10 @@ mod tests {
         assert!(content_type(b"PK\x03\x04\x14\0\0\0", false, "a.txt").is_err());
         assert!(content_type(b"MZ\x90\0\x03\0\0\0", false, "a.txt").is_err());
         // Text that starts like a signature is still text.
-        assert_eq!(content_type(b"BMW service log", true, "cars.txt").unwrap(), "text/plain");
+        assert_eq!(
+            content_type(b"BMW service log", true, "cars.txt").unwrap(),
+            "text/plain"
+        );
         // Binary bytes with no known magic are refused.
         assert!(content_type(&[1, 2, 3, 0, 5], false, "a.txt").is_err());
     }
