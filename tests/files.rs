@@ -525,6 +525,38 @@ async fn refused_and_aborted_uploads_leave_nothing_behind() {
     uploaded(&h.http, &base, None, "ok.txt", b"fits".to_vec()).await;
 }
 
+/// A client dripping its upload a byte at a time, never stalling for the
+/// 10 s that count as stalled, is cut off once its pace falls behind.
+#[tokio::test]
+async fn an_upload_dripped_a_byte_at_a_time_is_cut_off() {
+    let h = Harness::start(BIN);
+    let mut stream = tokio::net::TcpStream::connect(h.sluice.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/files HTTP/1.1\r\nHost: {}\r\nContent-Type: multipart/form-data; boundary=XX\r\n\
+         Content-Length: 100000\r\n\r\n--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\r\n",
+        h.sluice.addr
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    // Read while dripping, so the answer is taken before the server's
+    // close could reset the connection.
+    let drip = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            if writer.write_all(b"x").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(90), reader.read_to_end(&mut answer)).await;
+    drip.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("slower than"), "{answer}");
+    assert_eq!(stored_files(&h), Vec::<String>::new());
+}
+
 fn mint(secret: &str, sub: &str) -> String {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

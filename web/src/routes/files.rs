@@ -4,7 +4,8 @@
 //! (and optionally OpenAI's `purpose`). Its bytes go to a temp file as
 //! they arrive, so a large upload never sits in memory; each piece must
 //! arrive within [`BODY_TIMEOUT`] of the last (a stalled upload is
-//! `408`), and the whole file within `SLUICE_MAX_UPLOAD_BYTES` (`413`,
+//! `408`), past [`PACE_GRACE`] the upload must average [`MIN_PACE`] (`408`
+//! too), and the whole file within `SLUICE_MAX_UPLOAD_BYTES` (`413`,
 //! refused from its `Content-Length` before anything is read when that
 //! says so already). Nothing is stored until the file is whole and its
 //! type accepted.
@@ -47,6 +48,46 @@ fn stalled() -> ApiError {
 
 fn unreadable(e: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(format!("cannot read the multipart body: {e}"))
+}
+
+/// Time an upload may take before its pace is checked.
+const PACE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Slowest average pace an upload may keep past [`PACE_GRACE`] (bytes a
+/// second): a client dripping a byte every few seconds would otherwise hold
+/// a connection and a spool file for as long as it likes.
+const MIN_PACE: u64 = 8 * 1024;
+
+/// An upload's average pace, checked as its pieces arrive.
+struct Pace {
+    started: std::time::Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    fn new() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Counts `bytes` more; refuses an upload slower than [`MIN_PACE`] on
+    /// average once past [`PACE_GRACE`].
+    fn arrived(&mut self, bytes: usize) -> Result<(), ApiError> {
+        self.bytes += bytes as u64;
+        let elapsed = self.started.elapsed();
+        if elapsed > PACE_GRACE && (self.bytes as f64) < MIN_PACE as f64 * elapsed.as_secs_f64() {
+            return Err(ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the upload is arriving slower than {} KiB/s",
+                    MIN_PACE / 1024
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The next item of a multipart stream, within [`BODY_TIMEOUT`].
@@ -102,7 +143,9 @@ pub async fn upload(
     }
     let mut purpose = String::from("assistants");
     let mut sealed = None;
+    let mut pace = Pace::new();
     while let Some(mut field) = next(&mut form).await? {
+        pace.arrived(0)?;
         match field.name() {
             Some("file") if sealed.is_none() => {
                 let filename = field
@@ -112,6 +155,7 @@ pub async fn upload(
                     .to_owned();
                 let mut upload = state.files.begin_upload(&user.0, &filename, &purpose)?;
                 while let Some(piece) = next(&mut field).await? {
+                    pace.arrived(piece.len())?;
                     upload.write(&piece).await?;
                 }
                 sealed = Some(upload.finish().await?);
