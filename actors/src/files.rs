@@ -104,11 +104,6 @@ impl Files {
         self.inner.config.max_upload_bytes
     }
 
-    /// The backends.
-    pub fn backends(&self) -> &FileBackends {
-        &self.inner.backends
-    }
-
     /// Starts receiving an upload for `user_id`.
     pub fn begin_upload(
         &self,

@@ -19,3 +19,12 @@ pub fn now_rfc3339() -> String {
 pub fn now_unix() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
+
+/// Sorts after every id Sluice generates (UUIDs are hex digits and
+/// dashes): the open end of a range of ids in an embedded table.
+pub const ID_MAX: &str = "~";
+
+/// Bytes as lower-case hex (a digest, for names and records).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -34,6 +34,16 @@ pub struct ProbeReport {
     pub reconnects: u64,
 }
 
+/// A check that only says up or down, as a probe's answer.
+fn answered<E: std::fmt::Display + 'static>(
+    check: BoxFuture<'static, Result<(), E>>,
+) -> BoxFuture<'static, Result<ProbeReport, String>> {
+    Box::pin(async move {
+        check.await.map_err(|e| e.to_string())?;
+        Ok(ProbeReport::default())
+    })
+}
+
 /// One checked backend.
 pub trait Probe: Send + Sync + 'static {
     /// The role (`store`, `redis`, `event_log`, `llm`): the key in `/ready`
@@ -123,11 +133,7 @@ impl Probe for EventLogProbe {
     }
 
     fn check(&self) -> BoxFuture<'static, Result<ProbeReport, String>> {
-        let log = self.0.clone();
-        Box::pin(async move {
-            log.ping().await.map_err(|e| e.to_string())?;
-            Ok(ProbeReport::default())
-        })
+        answered(self.0.ping())
     }
 }
 
@@ -146,11 +152,7 @@ impl Probe for LlmProbe {
     }
 
     fn check(&self) -> BoxFuture<'static, Result<ProbeReport, String>> {
-        let llm = self.0.clone();
-        Box::pin(async move {
-            llm.check().await.map_err(|e| e.to_string())?;
-            Ok(ProbeReport::default())
-        })
+        answered(self.0.check())
     }
 
     fn interval(&self) -> Duration {
@@ -181,11 +183,7 @@ impl Probe for ObjectsProbe {
     }
 
     fn check(&self) -> BoxFuture<'static, Result<ProbeReport, String>> {
-        let check = self.0.ping();
-        Box::pin(async move {
-            check.await.map_err(|e| e.to_string())?;
-            Ok(ProbeReport::default())
-        })
+        answered(self.0.ping())
     }
 
     fn required(&self) -> bool {
@@ -206,11 +204,7 @@ impl Probe for VectorsProbe {
     }
 
     fn check(&self) -> BoxFuture<'static, Result<ProbeReport, String>> {
-        let check = self.0.ping();
-        Box::pin(async move {
-            check.await.map_err(|e| e.to_string())?;
-            Ok(ProbeReport::default())
-        })
+        answered(self.0.ping())
     }
 
     fn required(&self) -> bool {
@@ -232,11 +226,7 @@ impl Probe for EmbedderProbe {
     }
 
     fn check(&self) -> BoxFuture<'static, Result<ProbeReport, String>> {
-        let check = self.0.check();
-        Box::pin(async move {
-            check.await.map_err(|e| e.to_string())?;
-            Ok(ProbeReport::default())
-        })
+        answered(self.0.check())
     }
 
     fn interval(&self) -> Duration {

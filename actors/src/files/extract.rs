@@ -120,13 +120,6 @@ async fn in_child(
 #[error("{0}")]
 pub struct Unreadable(pub String);
 
-/// Whether a file of this type is searched (its text indexed).
-pub fn is_document(content_type: &str) -> bool {
-    content_type == "application/pdf"
-        || content_type.starts_with("text/")
-        || content_type == "application/json"
-}
-
 /// The text of a document's bytes.
 pub fn text_of(content_type: &str, bytes: &[u8]) -> Result<String, Unreadable> {
     let text = if content_type == "application/pdf" {

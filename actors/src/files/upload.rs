@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
+use sluice_backends::ids::hex;
 use tokio::io::AsyncWriteExt;
 
 use super::Files;
@@ -139,10 +140,6 @@ impl Upload {
             purpose: self.purpose,
         })
     }
-}
-
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A file name as kept: its last path segment, without control

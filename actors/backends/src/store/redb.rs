@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{MessageRecord, SessionRecord, SessionStore};
+use crate::ids::ID_MAX;
 use crate::{Backend, BackendError, ErrorKind};
 
 /// session id → JSON [`SessionRecord`].
@@ -26,9 +27,6 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const USER_SESSIONS: TableDefinition<(&str, &str), ()> = TableDefinition::new("user_sessions");
 /// (session id, message id) → JSON [`MessageRecord`].
 const MESSAGES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("messages");
-
-/// Sorts after every id Sluice generates (UUIDs are hex digits and dashes).
-const ID_MAX: &str = "~";
 
 /// Most saves committed in one transaction.
 const MAX_GROUP: usize = 1024;

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{Chunk, Hit, VectorIndex};
+use crate::ids::hex;
 use crate::{Backend, BackendError};
 
 /// Longest wait for a connection to Chroma.
@@ -65,10 +66,6 @@ impl From<BackendError> for Failure {
 
 fn unavailable(e: impl std::fmt::Display) -> BackendError {
     BackendError::unavailable(Backend::Vectors, e)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl ChromaIndex {

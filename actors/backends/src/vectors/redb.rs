@@ -17,13 +17,11 @@ use futures::future::BoxFuture;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
 use super::{Chunk, Hit, VectorIndex};
+use crate::ids::ID_MAX;
 use crate::{Backend, BackendError, ErrorKind};
 
 /// (space, user, file, ordinal) → text length (u32 LE), text, vector (f32 LE).
 const CHUNKS: TableDefinition<(&str, &str, &str, u32), &[u8]> = TableDefinition::new("chunks");
-
-/// Sorts after every file id Sluice generates.
-const ID_MAX: &str = "~";
 
 /// The redb vector index. Cloning shares the database.
 #[derive(Clone)]

@@ -6,9 +6,10 @@ use futures::future::BoxFuture;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use sluice_protocol::FileStatus;
 
-use super::{ID_MAX, RedbSessionStore, decode, encode, err};
+use super::{RedbSessionStore, decode, encode, err};
 use crate::BackendError;
 use crate::files::{FileRecord, FileStore, IndexOutcome};
+use crate::ids::ID_MAX;
 
 /// file id → JSON [`FileRecord`].
 pub(super) const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
