@@ -424,6 +424,58 @@ pub const VARS: &[Var] = &[
             Ok(())
         },
     },
+    Var {
+        name: "SLUICE_AGENT_MAX_STEPS",
+        aliases: &[],
+        default: DefaultValue::Value("8"),
+        help: "most provider requests in one answer of the agent; the last may not call tools (1 to 64)",
+        parse: |c, v| {
+            c.agent_max_steps = integer(v, 1, 64)? as u32;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_TOOL_TIMEOUT_SECONDS",
+        aliases: &[],
+        default: DefaultValue::Value("30"),
+        help: "longest a tool call may run; the model is then told it timed out (0.1 to 3600)",
+        parse: |c, v| {
+            c.tool_timeout = seconds(v, 0.1, 3600.0)?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_TOOLS",
+        aliases: &[],
+        default: DefaultValue::Value("all"),
+        help: "the tools of a session that names none: `all`, `none`, or names separated by commas \
+               (calculator, current_time, search_files; an MCP server's as <server>__<tool>)",
+        parse: |c, v| {
+            c.default_tools = tool_names(v)?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_MCP_SERVERS",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "MCP servers whose tools the agent may call (streamable HTTP), separated by commas, \
+               each `name=url` (the name prefixes its tools: <name>__<tool>) or just the url",
+        parse: |c, v| {
+            c.mcp_servers = mcp_servers(v)?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_MCP_TOKENS",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "bearer tokens for MCP servers, separated by commas, each `name=token`",
+        parse: |c, v| {
+            c.mcp_tokens = mcp_tokens(v)?;
+            Ok(())
+        },
+    },
     unsupported("SLUICE_RATE_LIMIT_RPM", &[], "per-user requests per minute"),
     unsupported("SLUICE_RATE_LIMIT_TPM", &[], "per-user tokens per minute"),
     unsupported(
@@ -552,6 +604,16 @@ pub struct Config {
     pub embedding_model: Option<String>,
     /// Largest upload, in bytes.
     pub max_upload_bytes: u64,
+    /// Most provider requests in one answer of the agent.
+    pub agent_max_steps: u32,
+    /// Longest a tool call may run.
+    pub tool_timeout: Duration,
+    /// The tools of a session that names none (`None`: all).
+    pub default_tools: Option<Vec<String>>,
+    /// MCP servers: (name, url).
+    pub mcp_servers: Vec<(String, String)>,
+    /// Bearer tokens of MCP servers, by name.
+    pub mcp_tokens: Vec<(String, Secret)>,
     /// Tracing filter.
     pub log_level: String,
     /// Whether logs are JSON.
@@ -598,6 +660,11 @@ impl Config {
             chroma_port: 0,
             embedding_model: None,
             max_upload_bytes: 0,
+            agent_max_steps: 0,
+            tool_timeout: Duration::ZERO,
+            default_tools: None,
+            mcp_servers: Vec::new(),
+            mcp_tokens: Vec::new(),
         }
     }
 
@@ -742,6 +809,7 @@ impl Config {
             shutdown_grace: self.shutdown_grace,
             temperature: self.llm_temperature,
             continuation: self.continuation,
+            agent_max_steps: self.agent_max_steps,
         }
     }
 }
@@ -749,7 +817,7 @@ impl Config {
 /// Whether a variable's value is a secret: never repeated in an error, and
 /// taken as it is (spaces may be part of it).
 fn is_secret(name: &str) -> bool {
-    name.contains("SECRET") || name.contains("KEY")
+    name.contains("SECRET") || name.contains("KEY") || name.ends_with("_TOKENS")
 }
 
 /// Whether a variable's value may hold a secret (a URL's password): never
@@ -810,6 +878,112 @@ fn replica_id(text: &str) -> Result<String, String> {
 }
 
 /// A whole number from `min` to `max`.
+/// Most MCP servers.
+const MAX_MCP_SERVERS: usize = 16;
+
+/// The built-in tools' names (SLUICE_TOOLS may name them, or MCP tools).
+const BUILTIN_TOOLS: &[&str] = &["calculator", "current_time", "search_files"];
+
+/// `all` (None), `none` (an empty list), or tool names separated by commas:
+/// built-ins, or an MCP server's tools (`<server>__<tool>`).
+fn tool_names(text: &str) -> Result<Option<Vec<String>>, String> {
+    match text {
+        "all" => return Ok(None),
+        "none" => return Ok(Some(Vec::new())),
+        _ => {}
+    }
+    let names: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let known = |n: &str| {
+        BUILTIN_TOOLS.contains(&n)
+            || n.split_once("__")
+                .is_some_and(|(s, t)| server_name(s).is_ok() && !t.is_empty())
+    };
+    if names.is_empty() {
+        return Err("must be all, none, or tool names separated by commas".into());
+    }
+    match names.iter().find(|n| !known(n) || n.len() > 128) {
+        Some(unknown) => Err(format!(
+            "names an unknown tool {unknown:?} (built-ins: {}; MCP tools: <server>__<tool>)",
+            BUILTIN_TOOLS.join(", ")
+        )),
+        None => Ok(Some(names)),
+    }
+}
+
+/// An MCP server's name: 1 to 32 letters, digits, `_` or `-`, without `__`
+/// (which joins it to its tools' names).
+fn server_name(name: &str) -> Result<(), String> {
+    let ok = (1..=32).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && !name.contains("__");
+    ok.then_some(()).ok_or_else(|| {
+        format!("{name:?} is not a server name (1 to 32 letters, digits, _ or -, without __)")
+    })
+}
+
+/// MCP servers separated by commas, each `name=url` or a url (named by its
+/// host).
+fn mcp_servers(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut servers: Vec<(String, String)> = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, url) = match entry.split_once('=') {
+            Some((name, url)) if !name.contains("://") => (name.trim().to_owned(), url.trim()),
+            _ => {
+                let host = entry
+                    .split_once("://")
+                    .map_or(entry, |(_, rest)| rest)
+                    .split(['/', ':', '@'])
+                    .next()
+                    .unwrap_or_default();
+                let name: String = host
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                    .take(32)
+                    .collect();
+                (name, entry)
+            }
+        };
+        server_name(&name)?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
+            return Err(format!("server {name:?} needs an http:// or https:// url"));
+        }
+        if servers.iter().any(|(n, _)| *n == name) {
+            return Err(format!("names the server {name:?} twice"));
+        }
+        servers.push((name, url.trim_end_matches('/').to_owned()));
+    }
+    if servers.is_empty() || servers.len() > MAX_MCP_SERVERS {
+        return Err(format!("must list 1 to {MAX_MCP_SERVERS} servers"));
+    }
+    Ok(servers)
+}
+
+/// Bearer tokens of MCP servers, separated by commas, each `name=token`.
+fn mcp_tokens(text: &str) -> Result<Vec<(String, Secret)>, String> {
+    let mut tokens = Vec::new();
+    for entry in text.split(',').filter(|e| !e.trim().is_empty()) {
+        let Some((name, token)) = entry.split_once('=') else {
+            return Err("each entry must be name=token".into());
+        };
+        let name = name.trim();
+        server_name(name)?;
+        if token.is_empty() || token.bytes().any(|b| b.is_ascii_control()) {
+            return Err(format!(
+                "the token of {name:?} is empty or holds control characters"
+            ));
+        }
+        tokens.push((name.to_owned(), Secret::new(token.to_owned())));
+    }
+    Ok(tokens)
+}
+
 fn integer(text: &str, min: u64, max: u64) -> Result<u64, String> {
     text.parse::<u64>()
         .ok()

@@ -10,7 +10,8 @@ use sluice_actors::deps::SessionDeps;
 use sluice_actors::files::extract::Extractor;
 use sluice_actors::files::{FileBackends, FilesConfig};
 use sluice_actors::supervisor::Health;
-use sluice_actors::{Files, Metrics, Relay, Sessions};
+use sluice_actors::tools::mcp::{self, McpServer};
+use sluice_actors::{Files, Metrics, Relay, Sessions, Tools};
 use sluice_backends::embed::Embedder;
 use sluice_backends::embed::local::LocalEmbedder;
 use sluice_backends::embed::provider::ProviderEmbedder;
@@ -52,6 +53,51 @@ const PROVIDER_RETRIES: u32 = 2;
 
 /// The first of those attempts waits this long; each later one twice as long.
 const PROVIDER_BACKOFF: Duration = Duration::from_millis(250);
+
+/// The agent's tools: the built-ins, and a task per MCP server that keeps
+/// its tools listed.
+fn tools(config: &Config, metrics: &Metrics) -> anyhow::Result<Tools> {
+    if let Some((name, _)) = config
+        .mcp_tokens
+        .iter()
+        .find(|(name, _)| !config.mcp_servers.iter().any(|(n, _)| n == name))
+    {
+        anyhow::bail!(
+            "SLUICE_MCP_TOKENS has a token for {name:?}, which SLUICE_MCP_SERVERS does not name"
+        );
+    }
+    let servers: Vec<McpServer> = config
+        .mcp_servers
+        .iter()
+        .map(|(name, url)| McpServer {
+            name: name.clone(),
+            url: url.clone(),
+            token: config
+                .mcp_tokens
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, token)| token.clone()),
+        })
+        .collect();
+    let tools = Tools::new(
+        Tools::builtins(),
+        servers.iter().map(McpServer::prefix).collect(),
+        config.default_tools.clone(),
+        config.tool_timeout,
+        metrics.clone(),
+    );
+    if !servers.is_empty() {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .context("cannot build the MCP servers' HTTP client")?;
+        for server in &servers {
+            tracing::info!(server = %server.name, url = %crate::config::redact_url(&server.url), "MCP server");
+        }
+        mcp::start(&tools, servers, client, metrics.clone());
+    }
+    Ok(tools)
+}
 
 /// Runs the server on its own actix system until SIGTERM/SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -302,6 +348,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let health = Health::start(probes, &metrics);
     let relay = Relay::new(llm.clone(), config.llm_model(), metrics.clone())
         .with_embedding_model(config.embedding_model.clone());
+    let tools = tools(&config, &metrics)?;
     let deps = SessionDeps {
         store,
         log,
@@ -310,6 +357,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config: config.session(replica_id.clone()),
         cluster,
         files: files.clone(),
+        tools,
     };
     let arbiters = (0..config.workers())
         .map(|_| actix_rt::Arbiter::new().handle())

@@ -22,6 +22,9 @@ pub struct SessionConfig {
     pub temperature: Option<f64>,
     /// How a generation taken over from another replica is continued.
     pub continuation: Continuation,
+    /// Most provider requests in one generation: after this many, the
+    /// model must answer without tools.
+    pub agent_max_steps: u32,
 }
 
 /// How the provider is asked to continue an answer that another replica

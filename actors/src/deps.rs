@@ -10,6 +10,7 @@ use crate::SessionConfig;
 use crate::cluster::Cluster;
 use crate::files::Files;
 use crate::metrics::Metrics;
+use crate::tools::Tools;
 
 /// The backends, settings and cluster every session actor and the registry
 /// use, shared.
@@ -28,4 +29,6 @@ pub struct SessionDeps {
     pub cluster: Arc<Cluster>,
     /// Uploaded files, for the attachments of generations.
     pub files: Files,
+    /// The agent's tools.
+    pub tools: Tools,
 }

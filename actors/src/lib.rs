@@ -27,6 +27,8 @@
 //! - [`relay`]: [`Relay`], the OpenAI-compatible API's way to the provider.
 //! - [`files`]: [`Files`], uploads, their indexing, and the attachments a
 //!   generation's prompt draws on.
+//! - [`tools`]: [`Tools`], what the agent may call: built-ins and MCP
+//!   servers' tools.
 //! - [`supervisor`]: one actor per backend that probes it, and
 //!   [`Health`](supervisor::Health), what `/ready` asks.
 //! - [`deps`], [`config`], [`error`], [`metrics`]: what every part shares.
@@ -49,6 +51,7 @@ pub mod sessions;
 pub mod subscriber;
 pub mod subscription;
 pub mod supervisor;
+pub mod tools;
 
 pub use config::{Continuation, SessionConfig};
 pub use error::SessionError;
@@ -57,6 +60,7 @@ pub use metrics::Metrics;
 pub use relay::Relay;
 pub use sessions::Sessions;
 pub use subscription::{Outgoing, Subscription};
+pub use tools::Tools;
 
 /// Ids and timestamps, as the web layer needs them.
 pub use sluice_backends::ids;

@@ -64,6 +64,15 @@ pub struct Metrics {
     /// Searches of the user's files for a generation, by outcome (`hits`,
     /// `empty`, `error`).
     pub retrievals_total: IntCounterVec,
+    /// Tool calls run, by outcome (`ok`, `error`, `timeout`, `unknown`).
+    pub tool_calls_total: IntCounterVec,
+    /// How long tool calls ran.
+    pub tool_call_seconds: prometheus::Histogram,
+    /// Provider requests of session generations beyond the first (the
+    /// agent asking again after its tools answered).
+    pub agent_steps_total: IntCounter,
+    /// Tools of the MCP servers, by server (as configured), now listed.
+    pub mcp_tools: IntGaugeVec,
 }
 
 impl Metrics {
@@ -103,7 +112,7 @@ impl Metrics {
                     "sluice_time_to_first_token_seconds",
                     "Time from a generation's request to its first token",
                 )
-                .buckets(latency_buckets),
+                .buckets(latency_buckets.clone()),
                 &["path"],
             )?,
             generations_total: IntCounterVec::new(
@@ -207,6 +216,22 @@ impl Metrics {
                 ),
                 &["outcome"],
             )?,
+            tool_calls_total: IntCounterVec::new(
+                Opts::new("sluice_tool_calls_total", "Tool calls run, by outcome"),
+                &["outcome"],
+            )?,
+            tool_call_seconds: prometheus::Histogram::with_opts(
+                HistogramOpts::new("sluice_tool_call_seconds", "How long tool calls ran")
+                    .buckets(latency_buckets.clone()),
+            )?,
+            agent_steps_total: IntCounter::new(
+                "sluice_agent_steps_total",
+                "Provider requests of session generations after tools answered",
+            )?,
+            mcp_tools: IntGaugeVec::new(
+                Opts::new("sluice_mcp_tools", "Tools listed by each MCP server"),
+                &["server"],
+            )?,
         };
         registry.register(Box::new(m.http_requests_total.clone()))?;
         registry.register(Box::new(m.http_request_duration_seconds.clone()))?;
@@ -234,6 +259,10 @@ impl Metrics {
         registry.register(Box::new(m.indexing_total.clone()))?;
         registry.register(Box::new(m.chunks_indexed_total.clone()))?;
         registry.register(Box::new(m.retrievals_total.clone()))?;
+        registry.register(Box::new(m.tool_calls_total.clone()))?;
+        registry.register(Box::new(m.tool_call_seconds.clone()))?;
+        registry.register(Box::new(m.agent_steps_total.clone()))?;
+        registry.register(Box::new(m.mcp_tools.clone()))?;
         Ok(m)
     }
 

@@ -552,6 +552,7 @@ mod tests {
                 updated_at: "2026-01-01T00:00:00Z".into(),
                 last_seq: 0,
                 fence: 0,
+                tools: None,
             })
             .await
             .unwrap();
@@ -568,9 +569,11 @@ mod tests {
                 shutdown_grace: Duration::from_secs(1),
                 temperature: None,
                 continuation: Continuation::Off,
+                agent_max_steps: 4,
             },
             cluster: Arc::new(Cluster::local(REPLICA.into(), Duration::from_secs(30))),
             files: crate::files::for_tests(dir.path()),
+            tools: crate::tools::for_tests(),
         });
         let registry = SessionRegistry::new(deps.clone(), Vec::new()).start();
         Fixture {

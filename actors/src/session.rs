@@ -10,11 +10,14 @@
 //! This file holds the actor's state, its [`Phase`], its messages and their
 //! handlers, which hand the work to:
 //! - [`generation`]: a send, the provider's stream, its chunks, the end;
+//! - [`agent`]: the agent loop: tool calls saved, run, their results saved,
+//!   and the provider asked again;
 //! - [`recovery`]: what a replica that died left behind (repair, takeover),
 //!   graceful shutdown (drain, handover), and stopping;
 //! - [`writer`]: the store writes, in order, and fencing;
 //! - [`prompt`]: what the provider is asked.
 
+mod agent;
 mod generation;
 mod prompt;
 mod recovery;
@@ -370,7 +373,7 @@ impl Actor for SessionActor {
         // Every way to stop goes through `retire`, which ends the generation
         // task; this covers an actor stopped by its arbiter.
         if let Phase::Generating(generation) = &self.phase {
-            generation.task.abort();
+            generation.abort();
         }
     }
 }
@@ -445,6 +448,18 @@ pub struct GenerationStep {
     pub generation_id: Arc<str>,
     /// What happened.
     pub step: Step,
+}
+
+/// A tool call of the running generation answered. Sent by its task.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ToolDone {
+    /// Which generation (a late answer of a cancelled one is ignored).
+    pub generation_id: Arc<str>,
+    /// The call's tool message.
+    pub message_id: String,
+    /// What it gave.
+    pub outcome: crate::tools::Outcome,
 }
 
 /// The store refused a write: another replica claimed the session. Sent by
@@ -537,6 +552,14 @@ impl Handler<GenerationStep> for SessionActor {
 
     fn handle(&mut self, msg: GenerationStep, ctx: &mut Self::Context) {
         self.on_step(ctx, msg);
+    }
+}
+
+impl Handler<ToolDone> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToolDone, ctx: &mut Self::Context) {
+        self.on_tool_done(ctx, msg);
     }
 }
 

@@ -133,6 +133,12 @@ impl Sessions {
                 "system_prompt is over {MAX_SYSTEM_PROMPT_BYTES} bytes"
             )));
         }
+        if let Some(tools) = &request.tools {
+            self.deps
+                .tools
+                .check_names(tools)
+                .map_err(SessionError::BadRequest)?;
+        }
         if request
             .model
             .as_ref()
@@ -155,6 +161,7 @@ impl Sessions {
             updated_at: now,
             last_seq: 0,
             fence: 0,
+            tools: request.tools,
         };
         self.deps.store.create_session(record.clone()).await?;
         Ok(record.to_session())

@@ -75,8 +75,12 @@ pub enum EventBody {
         generation_id: String,
         /// The call's id.
         call_id: String,
-        /// The tool's output.
+        /// The tool's output, or what went wrong (then `is_error`).
         content: String,
+        /// The tool failed, timed out or was interrupted; `content` says
+        /// how, and the model was told the same.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        is_error: bool,
     },
     /// A generation ended.
     GenerationEnd {

@@ -10,6 +10,7 @@
 //! - [`sse`]: Server-Sent Events encoding and `Last-Event-ID` parsing (§6).
 //! - [`files`]: file objects (§8).
 //! - [`openai`]: the pieces of the OpenAI chat-completions schema Sluice reads (§7).
+//! - [`tools`]: tool calls: streamed fragments joined, and their limits.
 //! - [`limits`]: the default size limits.
 
 pub mod client;
@@ -20,6 +21,7 @@ pub mod limits;
 pub mod openai;
 pub mod rest;
 pub mod sse;
+pub mod tools;
 
 pub use client::{ClientFrame, parse_client_frame};
 pub use error::{ErrorBody, ErrorCode, ProtocolError};

@@ -91,6 +91,36 @@ pub struct DeltaView {
     /// Text, when there is any.
     #[serde(default)]
     pub content: Option<String>,
+    /// Fragments of tool calls, when the model calls tools.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+/// A fragment of one tool call in a streamed delta: the first fragment of a
+/// call carries its `id` and name, the following ones more of its
+/// `arguments` (a JSON text cut anywhere).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ToolCallDelta {
+    /// Which call of the step this fragment belongs to.
+    #[serde(default)]
+    pub index: usize,
+    /// The call's id (first fragment).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The function's name and a piece of its arguments.
+    #[serde(default)]
+    pub function: Option<FunctionDelta>,
+}
+
+/// The function part of a [`ToolCallDelta`].
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct FunctionDelta {
+    /// The tool's name (first fragment).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The next piece of the arguments' JSON text.
+    #[serde(default)]
+    pub arguments: Option<String>,
 }
 
 /// The usage object of a chunk or a completion.
@@ -117,6 +147,14 @@ impl ChunkView {
     /// The first choice's text delta, if any.
     pub fn content(&self) -> Option<&str> {
         self.choices.first()?.delta.content.as_deref()
+    }
+
+    /// The first choice's tool-call fragments (empty if none).
+    pub fn tool_calls(&self) -> &[ToolCallDelta] {
+        self.choices
+            .first()
+            .and_then(|c| c.delta.tool_calls.as_deref())
+            .unwrap_or_default()
     }
 
     /// The first choice's finish reason, if any.

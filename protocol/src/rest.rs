@@ -17,6 +17,10 @@ pub struct Session {
     pub updated_at: String,
     /// The highest `seq` of the session's events so far (0 before any).
     pub last_seq: u64,
+    /// The tools its agent may use, when the session names them (every
+    /// tool the server has when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
 }
 
 /// A session with its messages, as `GET /v1/sessions/{id}` returns it.
@@ -76,6 +80,12 @@ pub struct Message {
     pub status: MessageStatus,
     /// RFC 3339.
     pub created_at: String,
+    /// The generation it belongs to (assistant and tool messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation_id: Option<String>,
+    /// On a tool message: the call it answers (its `content` is the result).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call: Option<crate::tools::ToolCall>,
 }
 
 /// Body of `POST /v1/sessions`; every field is optional.
@@ -91,6 +101,10 @@ pub struct CreateSession {
     /// System prompt sent first in every generation.
     #[serde(default)]
     pub system_prompt: Option<String>,
+    /// The tools the agent may use, by name; every tool when absent, none
+    /// when empty.
+    #[serde(default)]
+    pub tools: Option<Vec<String>>,
 }
 
 /// Body of `POST /v1/sessions/{id}/messages`, and the WS `send` frame's fields.
@@ -302,6 +316,8 @@ mod tests {
             attachments: vec![],
             status: MessageStatus::Interrupted,
             created_at: "2026-01-01T00:00:00Z".into(),
+            generation_id: None,
+            tool_call: None,
         };
         let json = serde_json::to_value(&m).unwrap();
         assert_eq!(json["role"], "assistant");

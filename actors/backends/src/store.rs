@@ -49,6 +49,10 @@ pub struct SessionRecord {
     /// fencing rule). Records written before fencing existed read as 0.
     #[serde(default)]
     pub fence: u64,
+    /// The tools the session's agent may use, by name; every tool when
+    /// `None`.
+    #[serde(default)]
+    pub tools: Option<Vec<String>>,
 }
 
 impl SessionRecord {
@@ -61,6 +65,7 @@ impl SessionRecord {
             created_at: self.created_at.clone(),
             updated_at: self.updated_at.clone(),
             last_seq: self.last_seq,
+            tools: self.tools.clone(),
         }
     }
 }
@@ -88,6 +93,38 @@ pub struct MessageRecord {
     pub generation_id: Option<String>,
     /// Token counts (assistant messages, when known).
     pub usage: Option<Usage>,
+    /// On a tool message: the call it answers.
+    #[serde(default)]
+    pub tool: Option<ToolRecord>,
+}
+
+/// The call a tool message answers, and where it happened in its answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolRecord {
+    /// The call's id, as the model gave it.
+    pub call_id: String,
+    /// The tool's name.
+    pub name: String,
+    /// The arguments' JSON text, as the model wrote it.
+    pub arguments: String,
+    /// The step of the generation that made the call (from 0): calls of one
+    /// step were made together.
+    pub step: u32,
+    /// How many bytes of the answer's text came before the call: the text
+    /// of each step is the answer's slice between two steps' offsets.
+    pub offset: usize,
+}
+
+impl ToolRecord {
+    /// The call as the REST API shows it.
+    pub fn to_call(&self) -> sluice_protocol::tools::ToolCall {
+        sluice_protocol::tools::ToolCall {
+            call_id: self.call_id.clone(),
+            name: self.name.clone(),
+            arguments: serde_json::from_str(&self.arguments)
+                .unwrap_or_else(|_| serde_json::Value::String(self.arguments.clone())),
+        }
+    }
 }
 
 impl MessageRecord {
@@ -100,6 +137,8 @@ impl MessageRecord {
             attachments: self.attachments.clone(),
             status: self.status,
             created_at: self.created_at.clone(),
+            generation_id: self.generation_id.clone(),
+            tool_call: self.tool.as_ref().map(ToolRecord::to_call),
         }
     }
 }
@@ -200,6 +239,7 @@ pub(crate) mod conformance {
             updated_at: "2026-01-01T00:00:00Z".into(),
             last_seq: 0,
             fence: 0,
+            tools: None,
         }
     }
 
@@ -215,6 +255,7 @@ pub(crate) mod conformance {
             client_msg_id: None,
             generation_id: Some("g".into()),
             usage: None,
+            tool: None,
         }
     }
 
@@ -275,6 +316,37 @@ pub(crate) mod conformance {
         assert_eq!(messages[1].id, "m2");
         assert_eq!(store.get_session("01").await.unwrap().unwrap().last_seq, 9);
         assert!(store.messages("02").await.unwrap().is_empty());
+
+        // A session's tools, and a tool message's call, round-trip (an
+        // empty list of tools is not "every tool").
+        let mut with_tools = session("06", "dave");
+        with_tools.tools = Some(vec![]);
+        store.create_session(with_tools.clone()).await.unwrap();
+        assert_eq!(store.get_session("06").await.unwrap().unwrap(), with_tools);
+        let mut tooled = session("07", "dave");
+        tooled.tools = Some(vec!["calculator".into(), "mcp.x.y".into()]);
+        store.create_session(tooled.clone()).await.unwrap();
+        let mut call = message("07", "t1", MessageStatus::Streaming);
+        call.role = Role::Tool;
+        call.tool = Some(ToolRecord {
+            call_id: "call_1".into(),
+            name: "calculator".into(),
+            arguments: "{\"expression\": \"1+1\"}".into(),
+            step: 2,
+            offset: 17,
+        });
+        store
+            .save(tooled.clone(), vec![call.clone()])
+            .await
+            .unwrap();
+        call.status = MessageStatus::Complete;
+        call.content = "2".into();
+        store
+            .save(tooled.clone(), vec![call.clone()])
+            .await
+            .unwrap();
+        assert_eq!(store.messages("07").await.unwrap(), vec![call]);
+        assert_eq!(store.get_session("07").await.unwrap().unwrap(), tooled);
 
         // Fencing: a claim raises the fence; a save with an older fence is
         // refused whole (neither the record nor a message lands), a save with

@@ -284,6 +284,47 @@ impl Files {
         Ok(sources)
     }
 
+    /// The `k` passages of all the user's indexed documents nearest to
+    /// `query`, best first, each with its file's name (for `search_files`).
+    pub async fn search(
+        &self,
+        user_id: &str,
+        query: &str,
+        k: usize,
+    ) -> Result<Vec<(String, sluice_backends::vectors::Hit)>, SessionError> {
+        let query: String = query.chars().take(MAX_QUERY_CHARS).collect();
+        let backends = &self.inner.backends;
+        let vector = backends
+            .embedder
+            .embed(vec![query])
+            .await?
+            .pop()
+            .unwrap_or_default();
+        let hits = backends.vectors.search(user_id, vector, None, k).await?;
+        let mut names: HashMap<String, Option<String>> = HashMap::new();
+        let mut passages = Vec::with_capacity(hits.len());
+        for hit in hits {
+            if !names.contains_key(&hit.file_id) {
+                // A file deleted since it was indexed is left out.
+                let name = match self.get(user_id, &hit.file_id).await {
+                    Ok(file) => Some(file.filename),
+                    Err(SessionError::FileNotFound(_)) => None,
+                    Err(e) => return Err(e),
+                };
+                names.insert(hit.file_id.clone(), name);
+            }
+            if let Some(Some(name)) = names.get(&hit.file_id) {
+                passages.push((name.clone(), hit));
+            }
+        }
+        self.inner
+            .metrics
+            .retrievals_total
+            .with_label_values(&[if passages.is_empty() { "empty" } else { "hits" }])
+            .inc();
+        Ok(passages)
+    }
+
     /// Waits until none of `ids` is still `stored` (each indexed or failed),
     /// up to [`INDEX_WAIT`], updating `files`.
     async fn wait_indexed(

@@ -17,14 +17,18 @@ use sluice_backends::log::EncodedEvent;
 use sluice_backends::store::MessageRecord;
 use sluice_protocol::event::{EventError, Source};
 use sluice_protocol::rest::{SendAccepted, SendMessage};
-use sluice_protocol::{Event, EventBody, FinishReason, MessageStatus, Partial, Role, Usage};
+use sluice_protocol::tools::{AssembleError, ToolCallAssembler};
+use sluice_protocol::{
+    ErrorCode, Event, EventBody, FinishReason, MessageStatus, Partial, Role, Usage,
+};
 use tokio::sync::oneshot;
 
-use super::prompt::{self, Prompt};
+use super::prompt::{self, Offer, Prompt};
 use super::recovery::Retirement;
 use super::{GenerationStep, Phase, SessionActor};
 use crate::error::SessionError;
 use crate::outbox::OutboxCmd;
+use crate::tools::Tools;
 
 /// How often a streaming assistant message is checkpointed to the store.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
@@ -46,22 +50,76 @@ pub(super) struct Saving {
 pub(super) struct Generation {
     pub(super) id: Arc<str>,
     /// Index of its assistant message in `messages`.
-    message_index: usize,
+    pub(super) message_index: usize,
+    /// Which provider request this is (from 0): each step after the first
+    /// follows the tool calls of the one before.
+    pub(super) step: u32,
+    /// The current step's tool calls, as their fragments arrive.
+    pub(super) calls: ToolCallAssembler,
     /// When the provider was asked, for the time to first token.
     started: Instant,
     first_token: bool,
-    usage: Option<Usage>,
+    /// Token counts of the steps before this one.
+    pub(super) usage: Option<Usage>,
+    /// Token counts of this step, as last reported.
+    pub(super) step_usage: Option<Usage>,
     /// Set when the provider reported why it stopped.
     finish: Option<FinishReason>,
-    /// The task reading the provider's stream; aborted when the generation
-    /// ends early.
-    pub(super) task: tokio::task::JoinHandle<()>,
+    /// What it waits on: the provider's stream, or its tools.
+    pub(super) work: Work,
     last_checkpoint: Instant,
     /// A continuation after a takeover: a failure before its first token
     /// ends it as `interrupted`, keeping the text so far.
     continued: bool,
     /// The user's files the prompt drew on.
     sources: Vec<Source>,
+}
+
+/// What a running generation waits on.
+pub(super) enum Work {
+    /// The task reading the provider's stream for the current step.
+    Streaming(tokio::task::JoinHandle<()>),
+    /// The step's tool calls are being saved; none runs before they are.
+    SavingCalls,
+    /// The step's tool calls run; the next step starts once every result
+    /// is saved.
+    Calling(Vec<Call>),
+}
+
+/// A tool call of the current step.
+pub(super) struct Call {
+    /// Its tool message.
+    pub(super) message_id: String,
+    /// The task running it; `None` once it answered (its result is being
+    /// saved, then announced).
+    pub(super) task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Generation {
+    /// Stops whatever runs for it: the provider's stream, or its tools.
+    pub(super) fn abort(&self) {
+        match &self.work {
+            Work::Streaming(task) => task.abort(),
+            Work::SavingCalls => {}
+            Work::Calling(calls) => {
+                for task in calls.iter().filter_map(|c| c.task.as_ref()) {
+                    task.abort();
+                }
+            }
+        }
+    }
+
+    /// Tool messages that answered but whose result is not announced yet.
+    fn answered(&self) -> Vec<String> {
+        match &self.work {
+            Work::Calling(calls) => calls
+                .iter()
+                .filter(|c| c.task.is_none())
+                .map(|c| c.message_id.clone())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// How a generation starts: what clients are told, and how an early
@@ -95,6 +153,8 @@ pub(super) struct Ending {
     pub(super) reason: FinishReason,
     pub(super) error: Option<EventError>,
     pub(super) sources: Vec<Source>,
+    /// Tool messages whose result is saved but not yet announced.
+    pub(super) answered: Vec<String>,
 }
 
 /// What a generation's stream produced.
@@ -171,6 +231,7 @@ impl SessionActor {
             client_msg_id: message.client_msg_id.clone(),
             generation_id: Some(generation_id.clone()),
             usage: None,
+            tool: None,
         };
         let assistant = MessageRecord {
             id: new_id(),
@@ -183,6 +244,7 @@ impl SessionActor {
             client_msg_id: None,
             generation_id: Some(generation_id.clone()),
             usage: None,
+            tool: None,
         };
         let accepted = SendAccepted {
             message_id: user.id.clone(),
@@ -213,8 +275,15 @@ impl SessionActor {
             .save_once(record, vec![user.clone(), assistant.clone()]);
         let started = Instant::now();
         let early = (!self.last_save_failed).then(|| {
-            let history = self.messages.iter().chain([&user]);
-            let prompt = prompt::chat_request(&self.record, history, &self.deps.config, None);
+            let history: Vec<&MessageRecord> = self.messages.iter().chain([&user]).collect();
+            let prompt = prompt::chat_request(
+                &self.record,
+                &history,
+                &self.deps.config,
+                None,
+                false,
+                &self.offer(0),
+            );
             let (open, gate) = oneshot::channel();
             let task = self.spawn_stream(ctx, &generation_id, prompt, Some(gate));
             (task, open)
@@ -299,11 +368,11 @@ impl SessionActor {
                 task
             }
             None => {
-                let prompt = self.request_for(index, false);
+                let prompt = self.request_for(index, false, 0);
                 self.spawn_stream(ctx, &generation_id, prompt, None)
             }
         };
-        self.start_generation(generation_id.into(), index, Start::New, task, started);
+        self.start_generation(generation_id.into(), index, Start::New, 0, task, started);
         if saving.cancelled {
             self.finish(ctx, FinishReason::Cancelled, None);
         }
@@ -323,17 +392,35 @@ impl SessionActor {
         Ok(())
     }
 
-    /// The prompt for the assistant message at `message_index`: the
-    /// conversation before it, and for a continuation its text so far.
-    pub(super) fn request_for(&self, message_index: usize, continuation: bool) -> Prompt {
-        let history = self
-            .messages
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != message_index)
-            .map(|(_, m)| m);
-        let so_far = continuation.then(|| self.messages[message_index].content.as_str());
-        prompt::chat_request(&self.record, history, &self.deps.config, so_far)
+    /// The prompt for `step` of the assistant message at `message_index`:
+    /// the conversation, that answer's earlier steps with their tool
+    /// results, and for a continuation its text since.
+    pub(super) fn request_for(
+        &self,
+        message_index: usize,
+        continuation: bool,
+        step: u32,
+    ) -> Prompt {
+        let history: Vec<&MessageRecord> = self.messages.iter().collect();
+        let running = self.messages[message_index].generation_id.as_deref();
+        prompt::chat_request(
+            &self.record,
+            &history,
+            &self.deps.config,
+            running,
+            continuation,
+            &self.offer(step),
+        )
+    }
+
+    /// The tools offered at `step`: the session's, and on the last step
+    /// none may be called.
+    fn offer(&self, step: u32) -> Offer {
+        let tools = self.deps.tools.for_session(self.record.tools.as_deref());
+        Offer {
+            definitions: Tools::definitions(&tools),
+            last_step: step + 1 >= self.deps.config.agent_max_steps,
+        }
     }
 
     /// Starts reading the provider's stream for `prompt` in a task that
@@ -420,6 +507,7 @@ impl SessionActor {
         id: Arc<str>,
         message_index: usize,
         start: Start,
+        step: u32,
         task: tokio::task::JoinHandle<()>,
         started: Instant,
     ) {
@@ -439,11 +527,14 @@ impl SessionActor {
         self.set_phase(Phase::Generating(Generation {
             id,
             message_index,
+            step,
+            calls: ToolCallAssembler::default(),
             started,
             first_token: false,
             usage: None,
+            step_usage: None,
             finish: None,
-            task,
+            work: Work::Streaming(task),
             last_checkpoint: Instant::now(),
             continued: matches!(start, Start::Continued),
             sources: Vec::new(),
@@ -469,28 +560,49 @@ impl SessionActor {
             Step::Failed(error) => self.fail(ctx, error),
             Step::Chunks(chunks) => {
                 for chunk in chunks {
-                    match chunk {
+                    let refused = match chunk {
                         Ok(chunk) => self.on_chunk(chunk),
                         Err(error) => return self.on_stream_error(ctx, error),
+                    };
+                    if let Err(e) = refused {
+                        return self.fail(
+                            ctx,
+                            EventError {
+                                code: ErrorCode::UpstreamError,
+                                message: e.to_string(),
+                            },
+                        );
                     }
                 }
             }
-            Step::Done => self.finish(ctx, reported.unwrap_or(FinishReason::Stop), None),
+            Step::Done => {
+                let calls = matches!(&self.phase, Phase::Generating(g) if !g.calls.is_empty());
+                if calls {
+                    self.call_tools(ctx);
+                } else {
+                    self.finish(ctx, reported.unwrap_or(FinishReason::Stop), None);
+                }
+            }
         }
     }
 
-    fn on_chunk(&mut self, chunk: LlmChunk) {
+    /// A chunk of the current step: its text is streamed, its tool-call
+    /// fragments gathered (refused past the limits of a step).
+    fn on_chunk(&mut self, chunk: LlmChunk) -> Result<(), AssembleError> {
         let Phase::Generating(generation) = &mut self.phase else {
-            return;
+            return Ok(());
         };
         if let Some(usage) = chunk.view.usage {
-            generation.usage = Some(usage.into());
+            // The latest report of this step (some providers send a running
+            // total with every chunk).
+            generation.step_usage = Some(usage.into());
         }
+        generation.calls.push(chunk.view.tool_calls())?;
         if let Some(reason) = chunk.view.finish_reason() {
             generation.finish = Some(reason);
         }
         let Some(text) = chunk.view.content().filter(|t| !t.is_empty()) else {
-            return;
+            return Ok(());
         };
         let metrics = &self.deps.metrics;
         if !generation.first_token {
@@ -519,6 +631,7 @@ impl SessionActor {
             let record = self.record_now();
             self.writer.save(record, vec![self.messages[index].clone()]);
         }
+        Ok(())
     }
 
     /// The provider's stream failed: the generation ends with the error.
@@ -540,7 +653,7 @@ impl SessionActor {
 
     /// Ends the running generation with `error`; a continuation that cannot
     /// start keeps the answer so far (`interrupted`).
-    fn fail(&mut self, ctx: &mut Context<Self>, error: EventError) {
+    pub(super) fn fail(&mut self, ctx: &mut Context<Self>, error: EventError) {
         tracing::warn!(session_id = %self.record.id, code = %error.code, message = %error.message, "generation failed");
         let reason = match &self.phase {
             Phase::Generating(g) if g.continued && !g.first_token => FinishReason::Interrupted,
@@ -563,16 +676,18 @@ impl SessionActor {
                 return;
             }
         };
-        generation.task.abort();
+        generation.abort();
+        let answered = generation.answered();
         self.settle(
             ctx,
             Ending {
                 generation_id: generation.id,
                 message_index: generation.message_index,
-                usage: generation.usage,
+                usage: add_usage(generation.usage, generation.step_usage),
                 reason,
                 error,
                 sources: generation.sources,
+                answered,
             },
         );
     }
@@ -584,10 +699,18 @@ impl SessionActor {
     /// write lands the actor is [`Phase::Finishing`], where sends conflict,
     /// so no other event can take a `seq` in between.
     pub(super) fn settle(&mut self, ctx: &mut Context<Self>, ending: Ending) {
+        // Its tool calls still running end with it, and are announced so.
+        let mut saved = self.settle_calls(
+            &ending.generation_id,
+            ending.message_index,
+            status_for(ending.reason),
+            &ending.answered,
+        );
         let message = &mut self.messages[ending.message_index];
         message.status = status_for(ending.reason);
         message.usage = ending.usage;
         let message = message.clone();
+        saved.insert(0, message.clone());
         self.last_seq += 1;
         let end = Arc::new(EncodedEvent::new(Event {
             seq: self.last_seq,
@@ -615,7 +738,7 @@ impl SessionActor {
             end_seq: self.last_seq,
         }));
         let record = self.record_now();
-        let saved = self.writer.save_acked(record, vec![message]);
+        let saved = self.writer.save_acked(record, saved);
         ctx.spawn(saved.into_actor(self).map(move |saved, act, ctx| {
             if !matches!(act.phase, Phase::Finishing(_)) {
                 // Stopping meanwhile: the session was deleted or lost.
@@ -660,6 +783,17 @@ impl SessionActor {
             Phase::Generating(generation) => Some(self.messages[generation.message_index].clone()),
             _ => None,
         }
+    }
+}
+
+/// Token counts of two steps together.
+pub(super) fn add_usage(a: Option<Usage>, b: Option<Usage>) -> Option<Usage> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(Usage {
+            prompt_tokens: a.prompt_tokens + b.prompt_tokens,
+            completion_tokens: a.completion_tokens + b.completion_tokens,
+        }),
+        (a, b) => a.or(b),
     }
 }
 

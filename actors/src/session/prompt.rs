@@ -1,15 +1,27 @@
 //! What the provider is asked for a session's generation: the system
-//! prompt, the recent conversation, and, continuing an answer another
+//! prompt, the recent conversation with the agent's tool calls and their
+//! results, the tools it may call, and, continuing an answer another
 //! replica started, that answer so far in the provider's own way
 //! ([`Continuation`]).
+//!
+//! An answer is one assistant message, whatever the number of steps its
+//! generation took; each of its tool messages records the step that made
+//! the call and how much of the answer's text came before it. The
+//! provider sees each step as OpenAI's schema has it: an `assistant`
+//! message with that step's text and `tool_calls`, then one `tool` message
+//! per call.
 
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
 use sluice_backends::store::{MessageRecord, SessionRecord};
 use sluice_protocol::Role;
 use sluice_protocol::openai::{ChatRequest, StreamOptions};
 
 use crate::{Continuation, SessionConfig};
 
-/// Messages of history sent to the model with each generation.
+/// Messages of history sent to the model with each generation (tool
+/// messages ride with their answer and are not counted).
 pub(super) const HISTORY_MESSAGES: usize = 40;
 
 /// A generation's request, and the files its messages carry, which
@@ -22,42 +34,90 @@ pub struct Prompt {
     pub attachments: Vec<(usize, Vec<String>)>,
 }
 
-/// The request for a generation of `session`: its system prompt, the last
-/// [`HISTORY_MESSAGES`] messages of `history` with text or attachments, and
-/// with `so_far` (a continuation) the answer so far as the configured
+/// The tools a request offers.
+pub(super) struct Offer {
+    /// The `tools` field (a JSON array; empty: none offered).
+    pub definitions: Value,
+    /// The generation's last step: the model must answer in text
+    /// (`tool_choice: "none"`).
+    pub last_step: bool,
+}
+
+/// The request for a generation of `session` over `history` (oldest
+/// first): its system prompt, the last [`HISTORY_MESSAGES`] messages with
+/// text, attachments or tool calls, each answer's steps with their tool
+/// results, and the tools `offer`ed. The answer of the generation
+/// `running` (if in `history`) is sent up to its last step; with
+/// `continuation`, its text after that goes last, as the configured
 /// [`Continuation`] asks for it.
-pub(super) fn chat_request<'a>(
+pub(super) fn chat_request(
     session: &SessionRecord,
-    history: impl Iterator<Item = &'a MessageRecord>,
+    history: &[&MessageRecord],
     config: &SessionConfig,
-    so_far: Option<&str>,
+    running: Option<&str>,
+    continuation: bool,
+    offer: &Offer,
 ) -> Prompt {
     let mut messages = Vec::new();
     let mut attachments = Vec::new();
     if let Some(system) = &session.system_prompt {
         messages.push(ChatRequest::text_message("system", system));
     }
-    let history: Vec<_> = history
-        .filter(|m| !m.content.is_empty() || !m.attachments.is_empty())
+    let mut calls: HashMap<&str, Vec<&MessageRecord>> = HashMap::new();
+    for m in history
+        .iter()
+        .filter(|m| m.role == Role::Tool && m.tool.is_some())
+    {
+        if let Some(generation) = &m.generation_id {
+            calls.entry(generation.as_str()).or_default().push(m);
+        }
+    }
+    for steps in calls.values_mut() {
+        steps.sort_by_key(|m| m.tool.as_ref().map(|t| t.step));
+    }
+    let kept: Vec<&MessageRecord> = history
+        .iter()
+        .copied()
+        .filter(|m| m.role != Role::Tool)
+        .filter(|m| {
+            !m.content.is_empty()
+                || !m.attachments.is_empty()
+                || m.generation_id
+                    .as_deref()
+                    .is_some_and(|g| calls.contains_key(g))
+        })
         .collect();
-    let start = history.len().saturating_sub(HISTORY_MESSAGES);
-    for m in &history[start..] {
-        let role = match m.role {
-            Role::User => "user",
-            Role::Assistant => "assistant",
-            Role::Tool => "tool",
-        };
+    let start = kept.len().saturating_sub(HISTORY_MESSAGES);
+    let mut so_far = None;
+    for m in &kept[start..] {
+        let tools = m.generation_id.as_deref().and_then(|g| calls.get(g));
+        if m.role == Role::Assistant {
+            let is_running = running.is_some() && m.generation_id.as_deref() == running;
+            let tail = push_steps(&mut messages, m, tools.map_or(&[][..], Vec::as_slice));
+            if is_running {
+                so_far = Some(tail);
+            } else if !tail.is_empty() {
+                messages.push(ChatRequest::text_message("assistant", tail));
+            }
+            continue;
+        }
         if !m.attachments.is_empty() {
             attachments.push((messages.len(), m.attachments.clone()));
         }
-        messages.push(ChatRequest::text_message(role, &m.content));
+        messages.push(ChatRequest::text_message("user", &m.content));
     }
     let mut extra = serde_json::Map::new();
     if let Some(t) = config.temperature {
         extra.insert("temperature".into(), t.into());
     }
+    if offer.definitions.as_array().is_some_and(|d| !d.is_empty()) {
+        extra.insert("tools".into(), offer.definitions.clone());
+        if offer.last_step {
+            extra.insert("tool_choice".into(), "none".into());
+        }
+    }
     // Nothing generated yet: there is nothing to continue, so ask anew.
-    if let Some(so_far) = so_far.filter(|s| !s.is_empty()) {
+    if let Some(so_far) = so_far.filter(|s| continuation && !s.is_empty()) {
         let mut answer = ChatRequest::text_message("assistant", so_far);
         match config.continuation {
             Continuation::Prefill | Continuation::Off => {}
@@ -87,6 +147,53 @@ pub(super) fn chat_request<'a>(
     }
 }
 
+/// Pushes the steps of `answer` that called tools (its text before each
+/// step's calls, the calls, their results) and returns its text after the
+/// last of them.
+fn push_steps<'a>(
+    messages: &mut Vec<Value>,
+    answer: &'a MessageRecord,
+    tools: &[&MessageRecord],
+) -> &'a str {
+    let text = answer.content.as_str();
+    let slice = |from: usize, to: usize| text.get(from..to.min(text.len())).unwrap_or("");
+    let mut from = 0;
+    let mut i = 0;
+    while i < tools.len() {
+        let step = tools[i].tool.as_ref().map_or(0, |t| t.step);
+        let group: Vec<&MessageRecord> = tools[i..]
+            .iter()
+            .copied()
+            .take_while(|m| m.tool.as_ref().map_or(0, |t| t.step) == step)
+            .collect();
+        i += group.len();
+        let offset = group[0].tool.as_ref().map_or(from, |t| t.offset).max(from);
+        let before = slice(from, offset);
+        let tool_calls: Vec<Value> = group
+            .iter()
+            .filter_map(|m| m.tool.as_ref())
+            .map(|t| {
+                json!({
+                    "id": t.call_id,
+                    "type": "function",
+                    "function": {"name": t.name, "arguments": t.arguments},
+                })
+            })
+            .collect();
+        messages.push(json!({
+            "role": "assistant",
+            "content": if before.is_empty() { Value::Null } else { before.into() },
+            "tool_calls": tool_calls,
+        }));
+        for m in &group {
+            let call_id = m.tool.as_ref().map_or("", |t| t.call_id.as_str());
+            messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": m.content}));
+        }
+        from = offset.min(text.len());
+    }
+    slice(from, text.len())
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -105,6 +212,7 @@ mod tests {
             shutdown_grace: Duration::from_secs(1),
             temperature: Some(0.5),
             continuation,
+            agent_max_steps: 4,
         }
     }
 
@@ -119,6 +227,7 @@ mod tests {
             updated_at: "2026-01-01T00:00:00Z".into(),
             last_seq: 0,
             fence: 1,
+            tools: None,
         }
     }
 
@@ -134,13 +243,31 @@ mod tests {
             client_msg_id: None,
             generation_id: None,
             usage: None,
+            tool: None,
+        }
+    }
+
+    fn no_tools() -> Offer {
+        Offer {
+            definitions: json!([]),
+            last_step: false,
         }
     }
 
     fn request(continuation: Continuation, so_far: Option<&str>) -> Value {
-        let history = [message(Role::User, "hi"), message(Role::Assistant, "")];
-        let request =
-            chat_request(&session(), history.iter(), &config(continuation), so_far).request;
+        let mut answer = message(Role::Assistant, so_far.unwrap_or(""));
+        answer.generation_id = Some("g".into());
+        let history = [message(Role::User, "hi"), answer];
+        let refs: Vec<&MessageRecord> = history.iter().collect();
+        let request = chat_request(
+            &session(),
+            &refs,
+            &config(continuation),
+            Some("g"),
+            so_far.is_some(),
+            &no_tools(),
+        )
+        .request;
         serde_json::to_value(request).unwrap()
     }
 
@@ -187,9 +314,84 @@ mod tests {
         let history: Vec<_> = (0..100)
             .map(|i| message(Role::User, &i.to_string()))
             .collect();
-        let request =
-            chat_request(&session(), history.iter(), &config(Continuation::Off), None).request;
+        let refs: Vec<&MessageRecord> = history.iter().collect();
+        let request = chat_request(
+            &session(),
+            &refs,
+            &config(Continuation::Off),
+            None,
+            false,
+            &no_tools(),
+        )
+        .request;
         assert_eq!(request.messages.len(), HISTORY_MESSAGES + 1);
         assert_eq!(request.messages.last().unwrap()["content"], "99");
+    }
+
+    fn call(generation: &str, id: &str, step: u32, offset: usize, result: &str) -> MessageRecord {
+        let mut m = message(Role::Tool, result);
+        m.id = id.into();
+        m.generation_id = Some(generation.into());
+        m.tool = Some(sluice_backends::store::ToolRecord {
+            call_id: id.into(),
+            name: "calculator".into(),
+            arguments: "{}".into(),
+            step,
+            offset,
+        });
+        m
+    }
+
+    /// An answer's steps: its text before each step's calls, the calls and
+    /// their results in OpenAI's shape, then its text after them; the
+    /// running answer's text after its last step is left out unless it is
+    /// continued.
+    #[test]
+    fn an_answer_is_sent_as_its_steps_with_their_results() {
+        let mut answer = message(Role::Assistant, "Let me see. Two tools. Done: 42");
+        answer.generation_id = Some("g".into());
+        let history = [
+            message(Role::User, "q"),
+            answer,
+            call("g", "c1", 0, 11, "r1"),
+            call("g", "c2", 1, 22, "r2"),
+            call("g", "c3", 1, 22, "r3"),
+        ];
+        let refs: Vec<&MessageRecord> = history.iter().collect();
+        let offer = Offer {
+            definitions: json!([{"type": "function"}]),
+            last_step: true,
+        };
+        let ask = |running, continuation| {
+            let r = chat_request(
+                &session(),
+                &refs,
+                &config(Continuation::Prefill),
+                running,
+                continuation,
+                &offer,
+            );
+            serde_json::to_value(r.request).unwrap()
+        };
+        let done = ask(None, false);
+        let m = done["messages"].as_array().unwrap();
+        assert_eq!(m.len(), 8, "{m:#?}");
+        assert_eq!(m[2]["content"], "Let me see.");
+        assert_eq!(m[2]["tool_calls"][0]["id"], "c1");
+        assert_eq!(
+            m[3],
+            json!({"role": "tool", "tool_call_id": "c1", "content": "r1"})
+        );
+        assert_eq!(m[4]["content"], " Two tools.");
+        assert_eq!(m[4]["tool_calls"].as_array().unwrap().len(), 2);
+        assert_eq!(m[6]["tool_call_id"], "c3");
+        assert_eq!(m[7], json!({"role": "assistant", "content": " Done: 42"}));
+        assert_eq!(done["tools"], json!([{"type": "function"}]));
+        assert_eq!(done["tool_choice"], "none");
+        let next_step = ask(Some("g"), false);
+        assert_eq!(next_step["messages"].as_array().unwrap().len(), 7);
+        assert_eq!(next_step["messages"][6]["role"], "tool");
+        let continued = ask(Some("g"), true);
+        assert_eq!(continued["messages"][7]["content"], " Done: 42");
     }
 }

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use sluice_backends::log::EncodedEvent;
-use sluice_backends::store::{MessageRecord, SessionRecord};
-use sluice_protocol::{EventBody, FinishReason, MessageStatus};
+use sluice_backends::store::{MessageRecord, SessionRecord, ToolRecord};
+use sluice_protocol::{EventBody, FinishReason, MessageStatus, Role};
 use tokio::sync::oneshot;
 
 use super::generation::{Ending, Start, status_for};
@@ -26,6 +26,7 @@ use super::{Awaited, Phase, Retired, SessionActor};
 use crate::Continuation;
 use crate::outbox::OutboxCmd;
 use crate::subscriber::CloseReason;
+use crate::tools::INTERRUPTED;
 
 /// What start-up does about a replica that died.
 pub(super) struct Recovery {
@@ -40,6 +41,12 @@ pub(super) struct Recovery {
 struct Takeover {
     generation_id: Arc<str>,
     message_index: usize,
+    /// The step to go on with: the one after its last tool calls, if it
+    /// made any.
+    step: u32,
+    /// Whether its text since its last tool calls (or since it started) is
+    /// empty: then the step is asked anew, with nothing to continue.
+    fresh: bool,
     /// Whether the answer so far is known exactly, so asking the provider to
     /// continue it gives one whole answer.
     continuable: bool,
@@ -67,11 +74,13 @@ pub(super) enum Retirement {
 }
 
 /// Rebuilds, in `messages`, what a replica that died left unfinished: the
-/// last message, if `streaming`, gets the logged tokens after its
-/// checkpoint; one whose end is in the log is settled; other `streaming`
-/// ones are interrupted (an answer with messages after it is no answer to
-/// continue). `tail` is the log from [`TAKEOVER_LOOKBACK`] events before the
-/// checkpoint's `last_seq`.
+/// last answer (the last message but its own tool messages), if
+/// `streaming`, gets the logged tokens after its checkpoint; one whose end
+/// is in the log is settled; other `streaming` ones are interrupted (an
+/// answer with messages after it is no answer to continue), and so are the
+/// tool calls of every answer but the one taken over (whose calls the
+/// takeover settles, telling clients). `tail` is the log from
+/// [`TAKEOVER_LOOKBACK`] events before the checkpoint's `last_seq`.
 pub(super) fn plan(
     record: &SessionRecord,
     messages: &mut [MessageRecord],
@@ -79,10 +88,14 @@ pub(super) fn plan(
     tail: Option<&[Arc<EncodedEvent>]>,
 ) -> Recovery {
     let mut repaired = Vec::new();
-    let mut takeover = None;
-    let last = messages.len().saturating_sub(1);
-    for (i, m) in messages.iter_mut().enumerate() {
-        if m.status != MessageStatus::Streaming {
+    let mut takeover: Option<Takeover> = None;
+    let last = messages
+        .iter()
+        .rposition(|m| m.role != Role::Tool)
+        .unwrap_or(0);
+    for i in 0..messages.len() {
+        let m = &mut messages[i];
+        if m.status != MessageStatus::Streaming || m.role == Role::Tool {
             continue;
         }
         let generation_id = m.generation_id.clone().unwrap_or_default();
@@ -128,12 +141,31 @@ pub(super) fn plan(
             repaired.push(m.clone());
             continue;
         }
+        let calls: Vec<&ToolRecord> = messages[i + 1..]
+            .iter()
+            .filter(|c| c.generation_id.as_deref() == Some(generation_id.as_str()))
+            .filter_map(|c| c.tool.as_ref())
+            .collect();
+        let last_step = calls.iter().max_by_key(|t| t.step);
+        let text_from = last_step.map_or(0, |t| t.offset);
         takeover = Some(Takeover {
             generation_id: generation_id.into(),
             message_index: i,
+            step: last_step.map_or(0, |t| t.step + 1),
+            fresh: complete && messages[i].content.len() <= text_from,
             continuable: complete,
             announced,
         });
+    }
+    // Tool calls left running by an answer that is not taken over.
+    let taken = takeover.as_ref().map(|t| t.generation_id.to_string());
+    for m in messages.iter_mut() {
+        if m.role == Role::Tool && m.status == MessageStatus::Streaming && m.generation_id != taken
+        {
+            m.status = MessageStatus::Interrupted;
+            INTERRUPTED.clone_into(&mut m.content);
+            repaired.push(m.clone());
+        }
     }
     Recovery { repaired, takeover }
 }
@@ -159,8 +191,7 @@ impl SessionActor {
     /// empty answer), announced with `generation_start` unless the log shows
     /// it was (its replica may have stopped right after saving it).
     fn take_over(&mut self, ctx: &mut Context<Self>, takeover: Takeover) {
-        let fresh =
-            takeover.continuable && self.messages[takeover.message_index].content.is_empty();
+        let fresh = takeover.fresh;
         let continues =
             !fresh && takeover.continuable && self.deps.config.continuation != Continuation::Off;
         let outcome = match (fresh, continues) {
@@ -180,7 +211,19 @@ impl SessionActor {
             "took over a running generation"
         );
         if fresh || continues {
-            let prompt = self.request_for(takeover.message_index, continues);
+            // Calls that were running when their replica died: the model
+            // is told, and so are clients; none runs again.
+            let interrupted = self.settle_calls(
+                &takeover.generation_id,
+                takeover.message_index,
+                MessageStatus::Interrupted,
+                &[],
+            );
+            if !interrupted.is_empty() {
+                let record = self.record_now();
+                self.writer.save(record, interrupted);
+            }
+            let prompt = self.request_for(takeover.message_index, continues, takeover.step);
             let task = self.spawn_stream(ctx, &takeover.generation_id, prompt, None);
             let start = if continues {
                 Start::Continued
@@ -193,6 +236,7 @@ impl SessionActor {
                 takeover.generation_id,
                 takeover.message_index,
                 start,
+                takeover.step,
                 task,
                 Instant::now(),
             );
@@ -206,6 +250,7 @@ impl SessionActor {
                     reason: FinishReason::Interrupted,
                     error: None,
                     sources: Vec::new(),
+                    answered: Vec::new(),
                 },
             );
         }
@@ -251,7 +296,7 @@ impl SessionActor {
             return;
         };
         if let Phase::Generating(generation) = &self.phase {
-            generation.task.abort();
+            generation.abort();
             tracing::info!(session_id = %self.record.id, generation_id = %generation.id, "handing a running generation over");
         }
         self.deps.metrics.handovers_total.inc();
@@ -277,7 +322,7 @@ impl SessionActor {
             return retired;
         }
         if let Phase::Generating(generation) = &self.phase {
-            generation.task.abort();
+            generation.abort();
         }
         if why == Retirement::Lost {
             tracing::error!(session_id = %self.record.id, "another replica owns this session now; stopping without writing");

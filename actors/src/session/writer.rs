@@ -303,6 +303,7 @@ mod tests {
             updated_at: "2026-01-01T00:00:00Z".into(),
             last_seq: 0,
             fence: 1,
+            tools: None,
         }
     }
 
@@ -318,6 +319,7 @@ mod tests {
             client_msg_id: None,
             generation_id: None,
             usage: None,
+            tool: None,
         }
     }
 

@@ -90,6 +90,13 @@ const MIGRATIONS: &[(i32, &str)] = &[
     CREATE INDEX files_by_user ON files (user_id, id DESC);
     CREATE INDEX files_unindexed ON files (id) WHERE status = 'stored';",
     ),
+    // The agent: the tools a session may use, and the call a tool message
+    // answers (a `ToolRecord` as JSON).
+    (
+        4,
+        "ALTER TABLE sessions ADD COLUMN tools text[];
+    ALTER TABLE messages ADD COLUMN tool text;",
+    ),
 ];
 
 /// The PostgreSQL store. Cloning shares the pool.
@@ -162,6 +169,7 @@ fn session_from(row: &Row) -> Result<SessionRecord, BackendError> {
         updated_at: rfc3339(row.get("updated_at")),
         last_seq: row.get::<_, i64>("last_seq") as u64,
         fence: row.get::<_, i64>("fence") as u64,
+        tools: row.get("tools"),
     })
 }
 
@@ -182,6 +190,11 @@ fn message_from(row: &Row) -> Result<MessageRecord, BackendError> {
             prompt_tokens: p as u64,
             completion_tokens: c as u64,
         }),
+        tool: row
+            .get::<_, Option<&str>>("tool")
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| corrupt(format!("a stored tool call does not parse: {e}")))?,
     })
 }
 
@@ -296,8 +309,8 @@ impl SessionStore for PostgresSessionStore {
             let client = pool.get().await.map_err(pool_err)?;
             client
                 .execute(
-                    "INSERT INTO sessions (id, user_id, title, model, system_prompt, created_at, updated_at, last_seq, fence)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    "INSERT INTO sessions (id, user_id, title, model, system_prompt, created_at, updated_at, last_seq, fence, tools)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                     &[
                         &session.id,
                         &session.user_id,
@@ -308,6 +321,7 @@ impl SessionStore for PostgresSessionStore {
                         &timestamp(&session.updated_at)?,
                         &(session.last_seq as i64),
                         &(session.fence as i64),
+                        &session.tools,
                     ],
                 )
                 .await
@@ -447,10 +461,10 @@ impl SessionStore for PostgresSessionStore {
             let upsert = tx
                 .prepare(
                     "INSERT INTO messages (session_id, id, role, content, attachments, status, created_at,
-                                           client_msg_id, generation_id, prompt_tokens, completion_tokens)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                           client_msg_id, generation_id, prompt_tokens, completion_tokens, tool)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                      ON CONFLICT (session_id, id) DO UPDATE SET
-                        content = EXCLUDED.content, status = EXCLUDED.status,
+                        content = EXCLUDED.content, status = EXCLUDED.status, tool = EXCLUDED.tool,
                         attachments = EXCLUDED.attachments,
                         prompt_tokens = EXCLUDED.prompt_tokens, completion_tokens = EXCLUDED.completion_tokens",
                 )
@@ -471,6 +485,9 @@ impl SessionStore for PostgresSessionStore {
                         &m.generation_id,
                         &m.usage.map(|u| u.prompt_tokens as i64),
                         &m.usage.map(|u| u.completion_tokens as i64),
+                        &m.tool
+                            .as_ref()
+                            .map(|t| serde_json::to_string(t).expect("tool records serialise")),
                     ],
                 )
                 .await
