@@ -16,6 +16,22 @@
 //! - `api=NAME`: which real provider's way to continue an answer it follows
 //!   (below); `openai` by default.
 //!
+//! - `tools`: call tools (below).
+//! - `preamble=1`: with `tools`, each step that calls tools first says
+//!   `(step k) `.
+//! - `ignore_tool_choice=1`: with `tools`, call them even when the request
+//!   says `tool_choice: "none"` (as some providers do).
+//!
+//! **Calling tools.** With `tools`, and a request that offers `tools`, the
+//! calls come from the last user message, which is a JSON object
+//! `{"steps": [[{"name": "...", "arguments": {...}}, ...], ...]}`: step `k`
+//! (the number of assistant messages with `tool_calls` after that user
+//! message) streams the calls of `steps[k]` as OpenAI does, an `id`
+//! (`call_<k>_<i>`) and name first, then the arguments' JSON in three
+//! pieces, ending with `finish_reason: "tool_calls"`. Past the last step,
+//! or when the request says `tool_choice: "none"`, it answers in text as
+//! usual.
+//!
 //! A status of 4xx answers with an OpenAI error object whose `type` is
 //! `invalid_request_error`, `param` is `model` and `code` is `fake_refusal`.
 //!
@@ -87,6 +103,9 @@ struct Script {
     finish: String,
     pad: usize,
     api: Api,
+    tools: bool,
+    preamble: bool,
+    ignore_tool_choice: bool,
 }
 
 impl Script {
@@ -102,6 +121,9 @@ impl Script {
             finish: "stop".into(),
             pad: 0,
             api: Api::OpenAi,
+            tools: false,
+            preamble: false,
+            ignore_tool_choice: false,
         };
         let Some(spec) = model.strip_prefix("fake:") else {
             return script;
@@ -119,6 +141,9 @@ impl Script {
                 "stall_after" => script.stall_after = Some(number as usize),
                 "finish" => script.finish = value.to_owned(),
                 "pad" => script.pad = number as usize,
+                "tools" => script.tools = true,
+                "preamble" => script.preamble = number == 1,
+                "ignore_tool_choice" => script.ignore_tool_choice = number == 1,
                 "api" => {
                     script.api = match value {
                         "ollama" => Api::Ollama,
@@ -332,6 +357,9 @@ async fn completions(
         }
     }
     let stream = body["stream"].as_bool().unwrap_or(false);
+    if let Some(calls) = tool_calls(&script, &body) {
+        return call_tools(&model, calls, stream, &body, script.preamble);
+    }
     let last = body["messages"].as_array().and_then(|m| m.last());
     let trailing_answer = last.filter(|m| m["role"] == "assistant");
     let continues = trailing_answer.is_some_and(|m| match script.api {
@@ -391,6 +419,91 @@ async fn completions(
                 "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
                 "choices": [],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": script.tokens - start, "total_tokens": prompt_tokens + (script.tokens - start) as u64},
+            });
+            yield Ok(Bytes::from(format!("data: {usage}\n\n")));
+        }
+        yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
+    };
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(body)
+}
+
+/// The calls of this step, if the model is scripted to call tools now: the
+/// step is the number of assistant messages with `tool_calls` after the
+/// last user message, whose content holds the steps.
+fn tool_calls(script: &Script, body: &Value) -> Option<(usize, Vec<Value>)> {
+    if !script.tools || !body["tools"].is_array() {
+        return None;
+    }
+    if body["tool_choice"] == "none" && !script.ignore_tool_choice {
+        return None;
+    }
+    let messages = body["messages"].as_array()?;
+    let last_user = messages.iter().rposition(|m| m["role"] == "user")?;
+    let step = messages[last_user..]
+        .iter()
+        .filter(|m| m["role"] == "assistant" && m["tool_calls"].is_array())
+        .count();
+    let script: Value = serde_json::from_str(messages[last_user]["content"].as_str()?).ok()?;
+    let calls = script["steps"].get(step)?.as_array()?.clone();
+    Some((step, calls))
+}
+
+/// Answers with the tool `calls` of `step`, streamed or whole.
+fn call_tools(
+    model: &str,
+    (step, calls): (usize, Vec<Value>),
+    stream: bool,
+    body: &Value,
+    preamble: bool,
+) -> HttpResponse {
+    let id = "chatcmpl-fake-tools".to_owned();
+    let calls: Vec<(String, String, String)> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            (
+                format!("call_{step}_{i}"),
+                c["name"].as_str().unwrap_or_default().to_owned(),
+                c["arguments"].to_string(),
+            )
+        })
+        .collect();
+    let text = preamble.then(|| format!("(step {step}) "));
+    if !stream {
+        let tool_calls: Vec<Value> = calls
+            .iter()
+            .map(|(id, name, args)| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}}))
+            .collect();
+        return HttpResponse::Ok().json(json!({
+            "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "tool_calls": tool_calls}, "logprobs": null, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": calls.len(), "total_tokens": 1 + calls.len()},
+        }));
+    }
+    let include_usage = body["stream_options"]["include_usage"] == true;
+    let model = model.to_owned();
+    let body = async_stream::stream! {
+        yield Ok::<_, actix_web::Error>(chunk(&id, &model, json!({"role": "assistant", "content": null}), None));
+        if let Some(text) = text {
+            yield Ok(chunk(&id, &model, json!({"content": text}), None));
+        }
+        for (index, (call_id, name, args)) in calls.iter().enumerate() {
+            yield Ok(chunk(&id, &model, json!({"tool_calls": [{"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]}), None));
+            // The arguments' JSON cut in three, anywhere.
+            let cuts = [0, args.len() / 3, 2 * args.len() / 3, args.len()];
+            for pair in cuts.windows(2) {
+                let piece: String = args.char_indices().filter(|(i, _)| *i >= pair[0] && *i < pair[1]).map(|(_, c)| c).collect();
+                yield Ok(chunk(&id, &model, json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}), None));
+            }
+        }
+        yield Ok(chunk(&id, &model, json!({}), Some("tool_calls")));
+        if include_usage {
+            let usage = json!({
+                "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
+                "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": calls.len(), "total_tokens": 1 + calls.len()},
             });
             yield Ok(Bytes::from(format!("data: {usage}\n\n")));
         }

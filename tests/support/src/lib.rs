@@ -7,6 +7,7 @@
 //! - [`client`]: WebSocket and SSE clients that read Sluice frames.
 //! - [`files`]: uploads, and PDF fixtures.
 //! - [`harness`]: a fake upstream plus a `sluice` pointed at it.
+//! - [`mcp`]: a throwaway MCP server (PyPI `mcp`, the official Python SDK).
 //! - [`nginx`]: nginx in front of Sluice, from the repository template.
 //! - [`postgres`]: a throwaway PostgreSQL server.
 //! - [`redis`]: a throwaway Redis server.
@@ -21,6 +22,7 @@ pub mod cluster;
 pub mod fake_upstream;
 pub mod files;
 pub mod harness;
+pub mod mcp;
 pub mod nginx;
 pub mod postgres;
 pub mod process;

@@ -29,14 +29,14 @@ pub async fn get_session(http: &reqwest::Client, base: &str, id: &str) -> Value 
     response.json().await.unwrap()
 }
 
-/// The session's last message once it is no longer `streaming` (a hang
-/// guard of 30 s, not a timing check).
+/// The session's last message but its tool messages (the answer) once it
+/// is no longer `streaming` (a hang guard of 30 s, not a timing check).
 pub async fn settled_answer(http: &reqwest::Client, base: &str, id: &str) -> Value {
     for _ in 0..600 {
         let session = get_session(http, base, id).await;
         let last = session["messages"]
             .as_array()
-            .and_then(|m| m.last())
+            .and_then(|m| m.iter().rfind(|m| m["role"] != "tool"))
             .cloned()
             .expect("a message");
         if last["status"] != "streaming" {
