@@ -175,6 +175,52 @@ class Cluster:
         pass
 
 
+CALCULATOR = {
+    "type": "function",
+    "function": {
+        "name": "calc",
+        "description": "Evaluates arithmetic.",
+        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]},
+    },
+}
+
+
+def test_client_tools_are_relayed(client):
+    """The OpenAI-compatible route is a relay: a client that sends `tools`
+    gets the provider's tool calls and runs its own tools (the SDK's
+    tool-calling flow, streamed and not)."""
+    script = json.dumps({"steps": [[{"name": "calc", "arguments": {"expression": "6*7"}}]]})
+    messages = [{"role": "user", "content": script}]
+    stream = client.chat.completions.create(
+        model="fake:tools,tokens=4", messages=messages, tools=[CALCULATOR], stream=True
+    )
+    calls = {}
+    finish = None
+    for chunk in stream:
+        choice = chunk.choices[0]
+        finish = choice.finish_reason or finish
+        for delta in choice.delta.tool_calls or []:
+            call = calls.setdefault(delta.index, {"id": None, "name": "", "arguments": ""})
+            call["id"] = delta.id or call["id"]
+            call["name"] += delta.function.name or ""
+            call["arguments"] += delta.function.arguments or ""
+    assert finish == "tool_calls", finish
+    assert calls[0]["name"] == "calc" and calls[0]["id"] == "call_0_0", calls
+    assert json.loads(calls[0]["arguments"]) == {"expression": "6*7"}
+    # The client runs its tool and sends the result back.
+    messages.append({"role": "assistant", "content": None, "tool_calls": [
+        {"id": calls[0]["id"], "type": "function",
+         "function": {"name": "calc", "arguments": calls[0]["arguments"]}}]})
+    messages.append({"role": "tool", "tool_call_id": calls[0]["id"], "content": "42"})
+    answer = client.chat.completions.create(model="fake:tools,tokens=4", messages=messages, tools=[CALCULATOR])
+    assert answer.choices[0].message.content == expected(4)
+    assert answer.choices[0].finish_reason == "stop"
+    # Not streamed, the calls come whole.
+    whole = client.chat.completions.create(model="fake:tools", messages=messages[:1], tools=[CALCULATOR])
+    assert whole.choices[0].finish_reason == "tool_calls"
+    assert whole.choices[0].message.tool_calls[0].function.name == "calc"
+
+
 def main():
     passed = failed = 0
     modes = ["local", "jwt"] + (["cluster"] if os.environ.get("SLUICE_CLUSTER_URL") else [])
@@ -186,7 +232,7 @@ def main():
             client = OpenAI(base_url=procs.base_url, api_key=token, max_retries=0)
             tests = [test_streaming, test_streaming_usage, test_non_streaming_and_default_model,
                      test_upstream_error_is_raised, test_provider_refusal_is_raised_as_such, test_models,
-                     test_files, test_embeddings]
+                     test_files, test_embeddings, test_client_tools_are_relayed]
             for test in tests:
                 name = f"{test.__name__}[{mode}]"
                 try:
