@@ -210,7 +210,7 @@ pub const VARS: &[Var] = &[
     },
     Var {
         name: "SLUICE_SESSION_IDLE_SECONDS",
-        aliases: &["CACHE_TTL"],
+        aliases: &[],
         default: DefaultValue::Value("300"),
         help: "an idle session actor is evicted from memory after this (1 to 604800)",
         parse: |c, v| {
@@ -425,6 +425,54 @@ pub const VARS: &[Var] = &[
         },
     },
     Var {
+        name: "SLUICE_CACHE",
+        aliases: &[],
+        default: DefaultValue::Value("on"),
+        help: "reuse answers to deterministic requests (temperature 0, no tools): on or off",
+        parse: |c, v| {
+            c.cache = match v {
+                "on" => true,
+                "off" => false,
+                _ => return Err("must be on or off".into()),
+            };
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_CACHE_TTL_SECONDS",
+        aliases: &["CACHE_TTL"],
+        default: DefaultValue::Value("3600"),
+        help: "how long a cached answer is reused (1 to 2592000)",
+        parse: |c, v| {
+            c.cache_ttl = seconds(v, 1.0, 2_592_000.0)?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_CACHE_SCOPE",
+        aliases: &[],
+        default: DefaultValue::Value("user"),
+        help: "whose cached answers a request may reuse: user (its own) or global (anyone's)",
+        parse: |c, v| {
+            c.cache_global = match v {
+                "user" => false,
+                "global" => true,
+                _ => return Err("must be user or global".into()),
+            };
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_CACHE_MEMORY_BYTES",
+        aliases: &[],
+        default: DefaultValue::Value("67108864"),
+        help: "bytes of cached answers each replica keeps in memory, in front of Redis (1 MiB to 64 GiB)",
+        parse: |c, v| {
+            c.cache_memory_bytes = integer(v, 1 << 20, 64 << 30)?;
+            Ok(())
+        },
+    },
+    Var {
         name: "SLUICE_AGENT_MAX_STEPS",
         aliases: &[],
         default: DefaultValue::Value("8"),
@@ -604,6 +652,14 @@ pub struct Config {
     pub embedding_model: Option<String>,
     /// Largest upload, in bytes.
     pub max_upload_bytes: u64,
+    /// Whether answers are cached.
+    pub cache: bool,
+    /// How long a cached answer lives.
+    pub cache_ttl: Duration,
+    /// Whether any user may reuse any user's cached answers.
+    pub cache_global: bool,
+    /// Bytes of cached answers kept in memory.
+    pub cache_memory_bytes: u64,
     /// Most provider requests in one answer of the agent.
     pub agent_max_steps: u32,
     /// Longest a tool call may run.
@@ -660,6 +716,10 @@ impl Config {
             chroma_port: 0,
             embedding_model: None,
             max_upload_bytes: 0,
+            cache: false,
+            cache_ttl: Duration::ZERO,
+            cache_global: false,
+            cache_memory_bytes: 0,
             agent_max_steps: 0,
             tool_timeout: Duration::ZERO,
             default_tools: None,
@@ -1207,6 +1267,19 @@ mod tests {
             ("SLUICE_MAX_UPLOAD_BYTES", "0"),
             ("SLUICE_MAX_UPLOAD_BYTES", "-5"),
             ("SLUICE_MAX_UPLOAD_BYTES", "1e9"),
+            ("SLUICE_AGENT_MAX_STEPS", "0"),
+            ("SLUICE_AGENT_MAX_STEPS", "65"),
+            ("SLUICE_TOOL_TIMEOUT_SECONDS", "-1"),
+            ("SLUICE_TOOLS", "rm_rf"),
+            ("SLUICE_TOOLS", ","),
+            ("SLUICE_MCP_SERVERS", "ftp://x"),
+            ("SLUICE_MCP_SERVERS", "a__b=http://x"),
+            ("SLUICE_MCP_SERVERS", "a=http://x,a=http://y"),
+            ("SLUICE_MCP_TOKENS", "novalue"),
+            ("SLUICE_CACHE", "maybe"),
+            ("SLUICE_CACHE_TTL_SECONDS", "0"),
+            ("SLUICE_CACHE_SCOPE", "everyone"),
+            ("SLUICE_CACHE_MEMORY_BYTES", "10"),
             ("REDIS_URL", "http://127.0.0.1"),
             ("METRICS_PORT", "99999"),
             ("SLUICE_JWT_SECRET", "short"),
@@ -1220,6 +1293,48 @@ mod tests {
         // A secret is never repeated back.
         let err = config(&[("JWT_SECRET", "hunter2")]).unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn the_agent_and_the_cache_are_configured() {
+        let c = config(&[]).unwrap();
+        assert_eq!((c.agent_max_steps, c.default_tools.clone()), (8, None));
+        assert!(c.cache && !c.cache_global && c.mcp_servers.is_empty());
+        assert_eq!(c.cache_ttl, Duration::from_secs(3600));
+        // The seed's CACHE_TTL is the cache's, not the session idle time.
+        let c = config(&[("CACHE_TTL", "120")]).unwrap();
+        assert_eq!(c.cache_ttl, Duration::from_secs(120));
+        assert_eq!(c.session_idle, Duration::from_secs(300));
+        let c = config(&[
+            ("SLUICE_TOOLS", "calculator, docs__search"),
+            (
+                "SLUICE_MCP_SERVERS",
+                "docs=http://127.0.0.1:9000/mcp/, https://tools.example:8443/mcp",
+            ),
+            ("SLUICE_MCP_TOKENS", "docs=abc"),
+            ("SLUICE_CACHE", "off"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.default_tools,
+            Some(vec!["calculator".to_owned(), "docs__search".to_owned()])
+        );
+        assert_eq!(
+            c.mcp_servers,
+            [
+                ("docs".to_owned(), "http://127.0.0.1:9000/mcp".to_owned()),
+                (
+                    "tools-example".to_owned(),
+                    "https://tools.example:8443/mcp".to_owned()
+                )
+            ]
+        );
+        assert_eq!(c.mcp_tokens[0].1.expose(), "abc");
+        assert!(!c.cache);
+        assert_eq!(
+            config(&[("SLUICE_TOOLS", "none")]).unwrap().default_tools,
+            Some(vec![])
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use sluice_actors::cache::{Cache, Scope};
 use sluice_actors::cluster::Cluster;
 use sluice_actors::deps::SessionDeps;
 use sluice_actors::files::extract::Extractor;
@@ -12,6 +13,7 @@ use sluice_actors::files::{FileBackends, FilesConfig};
 use sluice_actors::supervisor::Health;
 use sluice_actors::tools::mcp::{self, McpServer};
 use sluice_actors::{Files, Metrics, Relay, Sessions, Tools};
+use sluice_backends::cache::ResponseCache;
 use sluice_backends::embed::Embedder;
 use sluice_backends::embed::local::LocalEmbedder;
 use sluice_backends::embed::provider::ProviderEmbedder;
@@ -265,11 +267,11 @@ async fn log_and_cluster(
     config: &Config,
     replica_id: &str,
     probes: &mut Vec<Arc<dyn Probe>>,
-) -> anyhow::Result<(Arc<dyn EventLog>, Arc<Cluster>)> {
+) -> anyhow::Result<(Arc<dyn EventLog>, Arc<Cluster>, Option<RedisConnections>)> {
     let Some(url) = &config.redis_url else {
         let log = MemoryEventLog::new(config.event_retention, config.event_memory_bytes);
         let cluster = Cluster::local(replica_id.to_owned(), config.lease_ttl);
-        return Ok((Arc::new(log), Arc::new(cluster)));
+        return Ok((Arc::new(log), Arc::new(cluster), None));
     };
     let redis = RedisConnections::connect(url.expose())
         .await
@@ -297,7 +299,7 @@ async fn log_and_cluster(
     });
     probes.push(Arc::new(RedisProbe(redis.clone())));
     let log = RedisEventLog::new(redis.client(), config.event_retention);
-    Ok((Arc::new(log), cluster))
+    Ok((Arc::new(log), cluster, Some(redis)))
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -325,7 +327,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("{}:{}", crate::config::hostname(), bound.port()));
     let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(StoreProbe(store.clone()))];
-    let (log, cluster) = log_and_cluster(&config, &replica_id, &mut probes).await?;
+    let (log, cluster, redis) = log_and_cluster(&config, &replica_id, &mut probes).await?;
+    let cache = Cache::new(
+        config.cache.then(|| {
+            ResponseCache::new(config.cache_memory_bytes, config.cache_ttl, redis.as_ref())
+        }),
+        if config.cache_global {
+            Scope::Global
+        } else {
+            Scope::User
+        },
+        metrics.clone(),
+    );
     let llm = llm_provider(&config)?;
     probes.push(Arc::new(EventLogProbe(log.clone())));
     probes.push(Arc::new(LlmProbe(llm.clone())));
@@ -346,8 +359,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     )
     .context("cannot make the upload spool under SLUICE_DATA_DIR")?;
     let health = Health::start(probes, &metrics);
-    let relay = Relay::new(llm.clone(), config.llm_model(), metrics.clone())
-        .with_embedding_model(config.embedding_model.clone());
+    let relay = Relay::new(
+        llm.clone(),
+        config.llm_model(),
+        cache.clone(),
+        metrics.clone(),
+    )
+    .with_embedding_model(config.embedding_model.clone());
     let tools = tools(&config, &metrics)?;
     let deps = SessionDeps {
         store,
@@ -358,6 +376,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         cluster,
         files: files.clone(),
         tools,
+        cache,
     };
     let arbiters = (0..config.workers())
         .map(|_| actix_rt::Arbiter::new().handle())

@@ -7,6 +7,7 @@ use sluice_backends::log::EventLog;
 use sluice_backends::store::SessionStore;
 
 use crate::SessionConfig;
+use crate::cache::Cache;
 use crate::cluster::Cluster;
 use crate::files::Files;
 use crate::metrics::Metrics;
@@ -31,4 +32,6 @@ pub struct SessionDeps {
     pub files: Files,
     /// The agent's tools.
     pub tools: Tools,
+    /// Answers to deterministic requests.
+    pub cache: Cache,
 }

@@ -25,6 +25,8 @@
 //! - [`remote_pump`]: feeds a subscriber on a replica that does not own the
 //!   session from the bus.
 //! - [`relay`]: [`Relay`], the OpenAI-compatible API's way to the provider.
+//! - [`cache`]: [`Cache`](cache::Cache), answers to deterministic requests
+//!   reused, for sessions and the relay alike.
 //! - [`files`]: [`Files`], uploads, their indexing, and the attachments a
 //!   generation's prompt draws on.
 //! - [`tools`]: [`Tools`], what the agent may call: built-ins and MCP
@@ -36,6 +38,7 @@
 //! This crate knows nothing of HTTP: the web crate maps [`SessionError`] to
 //! statuses and close codes.
 
+pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod deps;

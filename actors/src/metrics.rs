@@ -73,6 +73,13 @@ pub struct Metrics {
     pub agent_steps_total: IntCounter,
     /// Tools of the MCP servers, by server (as configured), now listed.
     pub mcp_tools: IntGaugeVec,
+    /// Response-cache lookups, by path (`session`, `openai`) and outcome
+    /// (`hit_local`, `hit_shared`, `miss`).
+    pub cache_requests_total: IntCounterVec,
+    /// Bytes of answers read from and written to the cache.
+    pub cache_bytes_total: IntCounterVec,
+    /// Bytes of answers held in this replica's memory.
+    pub cache_local_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -232,6 +239,24 @@ impl Metrics {
                 Opts::new("sluice_mcp_tools", "Tools listed by each MCP server"),
                 &["server"],
             )?,
+            cache_requests_total: IntCounterVec::new(
+                Opts::new(
+                    "sluice_cache_requests_total",
+                    "Response-cache lookups, by path and outcome",
+                ),
+                &["path", "outcome"],
+            )?,
+            cache_bytes_total: IntCounterVec::new(
+                Opts::new(
+                    "sluice_cache_bytes_total",
+                    "Bytes of answers read from and written to the cache",
+                ),
+                &["direction"],
+            )?,
+            cache_local_bytes: IntGauge::new(
+                "sluice_cache_local_bytes",
+                "Bytes of answers held in this replica's memory",
+            )?,
         };
         registry.register(Box::new(m.http_requests_total.clone()))?;
         registry.register(Box::new(m.http_request_duration_seconds.clone()))?;
@@ -263,6 +288,9 @@ impl Metrics {
         registry.register(Box::new(m.tool_call_seconds.clone()))?;
         registry.register(Box::new(m.agent_steps_total.clone()))?;
         registry.register(Box::new(m.mcp_tools.clone()))?;
+        registry.register(Box::new(m.cache_requests_total.clone()))?;
+        registry.register(Box::new(m.cache_bytes_total.clone()))?;
+        registry.register(Box::new(m.cache_local_bytes.clone()))?;
         Ok(m)
     }
 

@@ -574,6 +574,11 @@ mod tests {
             cluster: Arc::new(Cluster::local(REPLICA.into(), Duration::from_secs(30))),
             files: crate::files::for_tests(dir.path()),
             tools: crate::tools::for_tests(),
+            cache: crate::cache::Cache::new(
+                None,
+                crate::cache::Scope::User,
+                Metrics::unregistered(),
+            ),
         });
         let registry = SessionRegistry::new(deps.clone(), Vec::new()).start();
         Fixture {

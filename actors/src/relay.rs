@@ -15,6 +15,7 @@ use prometheus::IntCounter;
 use sluice_backends::llm::{CHUNK_BATCHING, LlmChunk, LlmError, LlmProvider, ready_batches};
 use sluice_protocol::openai::ChatRequest;
 
+use crate::cache::{Cache, Recorder};
 use crate::error::SessionError;
 use crate::metrics::{GaugeGuard, Metrics};
 
@@ -25,11 +26,20 @@ pub struct Relay {
     default_model: String,
     /// The model `/v1/embeddings` asks for when a request names none.
     embedding_model: Option<String>,
+    cache: Cache,
     metrics: Metrics,
 }
 
 /// Most inputs in one `/v1/embeddings` request (OpenAI's own limit).
 pub const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+/// A relayed chat completion, and whether the cache answered it.
+pub struct Relayed {
+    /// The completion.
+    pub completion: Completion,
+    /// It was replayed from the response cache.
+    pub cached: bool,
+}
 
 /// A relayed chat completion.
 pub enum Completion {
@@ -46,6 +56,8 @@ pub struct ChunkStream {
     rest: BoxStream<'static, Vec<Result<LlmChunk, LlmError>>>,
     tokens: IntCounter,
     metrics: Metrics,
+    /// Where a cacheable answer is recorded, and its key.
+    recording: Option<(String, Recorder, Cache)>,
     _live: GaugeGuard,
 }
 
@@ -56,7 +68,15 @@ impl ChunkStream {
         if let Some(first) = self.first.take() {
             return Some(first);
         }
-        let batch = self.rest.next().await?;
+        let Some(batch) = self.rest.next().await else {
+            // The provider finished: a recorded answer is cached.
+            if let Some((key, recorder, cache)) = self.recording.take()
+                && let Some(recorded) = recorder.finish()
+            {
+                cache.store(key, recorded).await;
+            }
+            return None;
+        };
         Some(
             batch
                 .into_iter()
@@ -65,11 +85,15 @@ impl ChunkStream {
                         if chunk.view.content().is_some_and(|c| !c.is_empty()) {
                             self.tokens.inc();
                         }
+                        if let Some((_, recorder, _)) = &mut self.recording {
+                            recorder.take(&chunk);
+                        }
                         Ok(chunk.raw)
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "provider failed mid-stream (OpenAI route)");
                         count_error(&self.metrics, &e);
+                        self.recording = None;
                         Err(e.into())
                     }
                 })
@@ -87,11 +111,17 @@ fn count_error(metrics: &Metrics, e: &LlmError) {
 
 impl Relay {
     /// A relay to `llm`, with `default_model` for requests that name none.
-    pub fn new(llm: Arc<dyn LlmProvider>, default_model: String, metrics: Metrics) -> Self {
+    pub fn new(
+        llm: Arc<dyn LlmProvider>,
+        default_model: String,
+        cache: Cache,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             llm,
             default_model,
             embedding_model: None,
+            cache,
             metrics,
         }
     }
@@ -156,16 +186,55 @@ impl Relay {
     /// Relays a chat completion. A streamed one waits for the provider's
     /// first chunk, so a provider that fails before it is an error here,
     /// which the web layer answers with a real HTTP status that SDKs raise.
-    pub async fn chat(&self, mut request: ChatRequest) -> Result<Completion, SessionError> {
+    /// A deterministic request may be answered from the cache, as it would
+    /// have been by the provider.
+    pub async fn chat(
+        &self,
+        user_id: &str,
+        mut request: ChatRequest,
+    ) -> Result<Relayed, SessionError> {
         if request.model.as_deref().is_none_or(str::is_empty) {
             request.model = Some(self.default_model.clone());
         }
+        let key = self.cache.key(user_id, &request);
+        let hit = match &key {
+            Some(key) => self.cache.lookup(key, "openai").await,
+            None => None,
+        };
+        if let Some(answer) = hit {
+            let id = format!("chatcmpl-{}", crate::ids::new_id());
+            let created = crate::ids::now_unix();
+            let completion = if request.stream {
+                let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
+                let chunks = crate::cache::replay(&answer, &id, created, include_usage);
+                Completion::Stream(Box::new(self.chunk_stream(
+                    chunks.into_iter().map(|c| Ok(c.raw)).collect(),
+                    futures::stream::empty().boxed(),
+                    None,
+                )))
+            } else {
+                Completion::Whole(crate::cache::whole(&answer, &id, created))
+            };
+            return Ok(Relayed {
+                completion,
+                cached: true,
+            });
+        }
+        let relayed = |completion| Relayed {
+            completion,
+            cached: false,
+        };
         if !request.stream {
             let completion = self.llm.complete(request).await.inspect_err(|e| {
                 tracing::warn!(error = %e, "provider failed (OpenAI route)");
                 count_error(&self.metrics, e);
             })?;
-            return Ok(Completion::Whole(completion));
+            if let Some(key) = key
+                && let Some(recorded) = Recorder::from_completion(&completion)
+            {
+                self.cache.store(key, recorded).await;
+            }
+            return Ok(relayed(Completion::Whole(completion)));
         }
         let started = Instant::now();
         let mut upstream = self.llm.stream(request);
@@ -187,18 +256,41 @@ impl Relay {
             .time_to_first_token_seconds
             .with_label_values(&["openai"])
             .observe(started.elapsed().as_secs_f64());
-        let tokens = metrics.tokens_streamed_total.with_label_values(&["openai"]);
         if first.view.content().is_some_and(|c| !c.is_empty()) {
-            tokens.inc();
+            metrics
+                .tokens_streamed_total
+                .with_label_values(&["openai"])
+                .inc();
         }
-        Ok(Completion::Stream(Box::new(ChunkStream {
-            first: Some(vec![Ok(first.raw)]),
-            // Chunks that arrive together leave in one write.
-            rest: ready_batches(upstream, CHUNK_BATCHING),
-            tokens,
+        let recording = key.map(|key| {
+            let mut recorder = Recorder::default();
+            recorder.take(&first);
+            (key, recorder, self.cache.clone())
+        });
+        // Chunks that arrive together leave in one write.
+        let rest = ready_batches(upstream, CHUNK_BATCHING);
+        Ok(relayed(Completion::Stream(Box::new(self.chunk_stream(
+            vec![Ok(first.raw)],
+            rest,
+            recording,
+        )))))
+    }
+
+    fn chunk_stream(
+        &self,
+        first: Vec<Result<String, SessionError>>,
+        rest: BoxStream<'static, Vec<Result<LlmChunk, LlmError>>>,
+        recording: Option<(String, Recorder, Cache)>,
+    ) -> ChunkStream {
+        let metrics = &self.metrics;
+        ChunkStream {
+            first: Some(first),
+            rest,
+            tokens: metrics.tokens_streamed_total.with_label_values(&["openai"]),
             metrics: metrics.clone(),
+            recording,
             _live: GaugeGuard::new(metrics.live_connections.with_label_values(&["openai"])),
-        })))
+        }
     }
 
     /// The models `GET /v1/models` lists.

@@ -100,6 +100,10 @@ pub enum EventBody {
         /// when none were).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         sources: Vec<Source>,
+        /// The answer was replayed from the response cache (absent when it
+        /// was not).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cached: bool,
     },
     /// The session was renamed.
     Title {
@@ -275,6 +279,7 @@ mod tests {
                     }),
                     error: None,
                     sources: vec![],
+                    cached: false,
                 },
             },
             json!({"type": "generation_end", "seq": 9, "generation_id": "g", "message_id": "m",
@@ -294,10 +299,11 @@ mod tests {
                         filename: "a.pdf".into(),
                         chunks: vec![3, 0],
                     }],
+                    cached: true,
                 },
             },
             json!({"type": "generation_end", "seq": 10, "generation_id": "g", "message_id": "m",
-                   "finish_reason": "stop",
+                   "finish_reason": "stop", "cached": true,
                    "sources": [{"file_id": "f", "filename": "a.pdf", "chunks": [3, 0]}]}),
         );
         check(

@@ -26,6 +26,8 @@ pub enum Backend {
     Vectors,
     /// The embedder (local, the provider's `/embeddings`).
     Embedder,
+    /// The response cache (in process, Redis).
+    Cache,
 }
 
 impl Backend {
@@ -39,6 +41,7 @@ impl Backend {
             Self::Objects => "object store",
             Self::Vectors => "vector index",
             Self::Embedder => "embedder",
+            Self::Cache => "response cache",
         }
     }
 }

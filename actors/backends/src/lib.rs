@@ -24,6 +24,7 @@
 //! This crate knows nothing of actors or HTTP.
 
 pub mod bus;
+pub mod cache;
 pub mod embed;
 pub mod error;
 pub mod files;

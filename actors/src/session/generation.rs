@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 use super::prompt::{self, Offer, Prompt};
 use super::recovery::Retirement;
 use super::{GenerationStep, Phase, SessionActor};
+use crate::cache::Recorder;
 use crate::error::SessionError;
 use crate::outbox::OutboxCmd;
 use crate::tools::Tools;
@@ -73,6 +74,8 @@ pub(super) struct Generation {
     continued: bool,
     /// The user's files the prompt drew on.
     sources: Vec<Source>,
+    /// The answer came from the cache.
+    cached: bool,
 }
 
 /// What a running generation waits on.
@@ -155,12 +158,16 @@ pub(super) struct Ending {
     pub(super) sources: Vec<Source>,
     /// Tool messages whose result is saved but not yet announced.
     pub(super) answered: Vec<String>,
+    /// The answer came from the cache.
+    pub(super) cached: bool,
 }
 
 /// What a generation's stream produced.
 pub enum Step {
     /// The files the prompt drew on (before any chunk).
     Sources(Vec<Source>),
+    /// The chunks that follow replay a cached answer.
+    Cached,
     /// The prompt could not be made (its files' backends failed); nothing
     /// was asked of the provider.
     Failed(EventError),
@@ -439,6 +446,7 @@ impl SessionActor {
         let id: Arc<str> = generation_id.into();
         let llm = self.deps.llm.clone();
         let files = self.deps.files.clone();
+        let cache = self.deps.cache.clone();
         let user_id = self.record.user_id.clone();
         let send = move |step| {
             addr.do_send(GenerationStep {
@@ -464,6 +472,26 @@ impl SessionActor {
                     }));
                 }
             };
+            let key = cache.key(&user_id, &request);
+            let hit = match &key {
+                Some(key) => cache.lookup(key, "session").await,
+                None => None,
+            };
+            if let Some(answer) = hit {
+                if let Some(gate) = gate
+                    && gate.await.is_err()
+                {
+                    return;
+                }
+                send(Step::Cached);
+                if !sources.is_empty() {
+                    send(Step::Sources(sources));
+                }
+                let chunks = crate::cache::replay(&answer, "cached", 0, true);
+                send(Step::Chunks(chunks.into_iter().map(Ok).collect()));
+                return send(Step::Done);
+            }
+            let mut recorder = key.as_ref().map(|_| Recorder::default());
             // Chunks that arrive together make one actor message.
             let mut stream = ready_batches(llm.stream(request), CHUNK_BATCHING);
             let mut held = None;
@@ -488,11 +516,17 @@ impl SessionActor {
             };
             while let Some(chunks) = next {
                 let failed = chunks.iter().any(Result::is_err);
+                if let Some(recorder) = &mut recorder {
+                    chunks.iter().flatten().for_each(|c| recorder.take(c));
+                }
                 send(Step::Chunks(chunks));
                 if failed {
                     return;
                 }
                 next = stream.next().await;
+            }
+            if let (Some(key), Some(recorded)) = (key, recorder.and_then(Recorder::finish)) {
+                cache.store(key, recorded).await;
             }
             send(Step::Done);
         })
@@ -538,6 +572,7 @@ impl SessionActor {
             last_checkpoint: Instant::now(),
             continued: matches!(start, Start::Continued),
             sources: Vec::new(),
+            cached: false,
         }));
     }
 
@@ -555,6 +590,11 @@ impl SessionActor {
             Step::Sources(sources) => {
                 if let Phase::Generating(generation) = &mut self.phase {
                     generation.sources = sources;
+                }
+            }
+            Step::Cached => {
+                if let Phase::Generating(generation) = &mut self.phase {
+                    generation.cached = true;
                 }
             }
             Step::Failed(error) => self.fail(ctx, error),
@@ -688,6 +728,7 @@ impl SessionActor {
                 error,
                 sources: generation.sources,
                 answered,
+                cached: generation.cached,
             },
         );
     }
@@ -721,6 +762,7 @@ impl SessionActor {
                 usage: ending.usage,
                 error: ending.error,
                 sources: ending.sources,
+                cached: ending.cached,
             },
         }));
         self.deps

@@ -251,6 +251,7 @@ impl SessionActor {
                     error: None,
                     sources: Vec::new(),
                     answered: Vec::new(),
+                    cached: false,
                 },
             );
         }

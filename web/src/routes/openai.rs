@@ -23,12 +23,21 @@ use crate::state::AppState;
 /// with an error inside.
 pub async fn chat_completions(
     state: web::Data<AppState>,
-    _user: User,
+    user: User,
     body: RawBody,
 ) -> Result<HttpResponse, ApiError> {
     let request = ChatRequest::parse(&body.0)?;
-    let mut chunks = match state.relay.chat(request).await? {
-        Completion::Whole(completion) => return Ok(HttpResponse::Ok().json(completion)),
+    let relayed = state.relay.chat(&user.0, request).await?;
+    let cache_header = (
+        "X-Sluice-Cache",
+        if relayed.cached { "hit" } else { "miss" },
+    );
+    let mut chunks = match relayed.completion {
+        Completion::Whole(completion) => {
+            return Ok(HttpResponse::Ok()
+                .insert_header(cache_header)
+                .json(completion));
+        }
         Completion::Stream(chunks) => chunks,
     };
     let stream = async_stream::stream! {
@@ -59,6 +68,7 @@ pub async fn chat_completions(
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
+        .insert_header(cache_header)
         .streaming(stream))
 }
 
