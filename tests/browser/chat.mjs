@@ -2,7 +2,9 @@
 // never a downloaded browser) against the real `sluice` binary on the
 // built-in demo model: create a chat, stream an answer, drop the socket
 // mid-answer and check the page resumes with every token exactly once,
-// reload and find the history. Prints `N passed, N failed`.
+// reload and find the history; then, against the fake provider scripted to
+// call tools, watch the agent's tool steps appear as they run and come back
+// with the history. Prints `N passed, N failed`.
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -12,27 +14,38 @@ import { chromium } from "playwright-core";
 
 const root = resolve(import.meta.dirname, "../..");
 const target = process.env.CARGO_TARGET_DIR || join(root, "target");
-const dataDir = mkdtempSync(join(tmpdir(), "sluice-browser-"));
-const sluice = spawn(join(target, "debug", "sluice"), [], {
-  env: {
-    PATH: process.env.PATH,
-    SLUICE_ADDR: "127.0.0.1:0",
-    SLUICE_DATA_DIR: dataDir,
-    SLUICE_LOG_FORMAT: "json",
-    SLUICE_DEMO_TOKEN_DELAY_MS: "15",
-  },
-  stdio: ["ignore", "pipe", "inherit"],
-});
-const addr = await new Promise((ok, fail) => {
-  const timer = setTimeout(() => fail(new Error("sluice did not start")), 30000);
-  createInterface({ input: sluice.stdout }).on("line", (line) => {
-    try {
-      const record = JSON.parse(line);
-      if (record.message === "listening") { clearTimeout(timer); ok(record.addr); }
-    } catch { /* not a log record */ }
+const dataDirs = [];
+const children = [];
+
+// Starts `sluice` with `env` on a free port; resolves to its base URL.
+async function startSluice(env) {
+  const dataDir = mkdtempSync(join(tmpdir(), "sluice-browser-"));
+  dataDirs.push(dataDir);
+  const child = spawn(join(target, "debug", "sluice"), [], {
+    env: { PATH: process.env.PATH, SLUICE_ADDR: "127.0.0.1:0", SLUICE_DATA_DIR: dataDir, SLUICE_LOG_FORMAT: "json", ...env },
+    stdio: ["ignore", "pipe", "inherit"],
   });
-});
-const base = `http://${addr}`;
+  children.push(child);
+  const addr = await new Promise((ok, fail) => {
+    const timer = setTimeout(() => fail(new Error("sluice did not start")), 30000);
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      try {
+        const record = JSON.parse(line);
+        if (record.message === "listening") { clearTimeout(timer); ok(record.addr); }
+      } catch { /* not a log record */ }
+    });
+  });
+  return `http://${addr}`;
+}
+
+// The fake OpenAI-compatible provider (tests/support), scripted by model.
+async function startFake() {
+  const child = spawn(join(target, "debug", "fake-upstream"), [], { stdio: ["ignore", "pipe", "inherit"] });
+  children.push(child);
+  return await new Promise((ok) => createInterface({ input: child.stdout }).once("line", ok));
+}
+
+const base = await startSluice({ SLUICE_DEMO_TOKEN_DELAY_MS: "15" });
 
 let passed = 0, failed = 0;
 async function check(name, fn) {
@@ -106,10 +119,41 @@ try {
     assert(await page.locator("#attachments .file").count() === 0, "attachments were not cleared");
     await page.screenshot({ path: join(target, "browser-chat.png") });
   });
+
+  await check("the agent's tool steps show their name, arguments and result as they arrive, and after a reload", async () => {
+    const agent = await startSluice({
+      SLUICE_LLM_BASE_URL: await startFake(),
+      SLUICE_LLM_MODEL: "fake:tools,preamble=1,tokens=3,delay_ms=20",
+    });
+    await page.goto(agent + "/");
+    await page.click("#new");
+    await page.waitForSelector("#input:not([disabled])");
+    await page.waitForFunction(() => document.querySelector("#status").textContent.startsWith("Connected"));
+    const script = { steps: [[
+      { name: "calculator", arguments: { expression: "6*7" } },
+      { name: "current_time", arguments: { timezone: "Asia/Tokyo" } },
+    ]] };
+    await page.fill("#input", JSON.stringify(script));
+    await page.press("#input", "Enter");
+    await finished(0);
+    const steps = answers.nth(0).locator(".tool");
+    assert(await steps.count() === 2, "two tool steps");
+    const first = (await steps.nth(0).textContent());
+    assert(first.includes("calculator") && first.includes("6*7") && first.includes("42") && first.includes("✓"), first);
+    assert((await steps.nth(1).textContent()).includes("Asia/Tokyo"), "the time step");
+    const text = await answers.nth(0).locator("div").first().textContent();
+    assert(text === "(step 0) <0><1><2>", text);
+    await page.screenshot({ path: join(target, "browser-agent.png") });
+    await page.reload();
+    await page.click("#sessions li");
+    await page.waitForFunction(() => document.querySelectorAll(".msg.assistant .tool").length === 2);
+    const again = await page.locator(".msg.assistant .tool").nth(0).textContent();
+    assert(again.includes("42"), again);
+  });
 } finally {
   await browser.close();
-  sluice.kill("SIGKILL");
-  rmSync(dataDir, { recursive: true, force: true });
+  for (const child of children) child.kill("SIGKILL");
+  for (const dir of dataDirs) rmSync(dir, { recursive: true, force: true });
 }
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed ? 1 : 0);
