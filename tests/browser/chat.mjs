@@ -62,7 +62,7 @@ const browser = await chromium.launch({
 const page = await browser.newPage();
 const answers = page.locator(".msg.assistant");
 const finished = (i) => page.waitForFunction(
-  (i) => document.querySelectorAll(".msg.assistant .meta")[i]?.textContent.includes("tokens"),
+  (i) => /\d+ tokens/.test(document.querySelectorAll(".msg.assistant .meta")[i]?.textContent ?? ""),
   i, { timeout: 30000 });
 
 try {
