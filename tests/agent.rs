@@ -161,6 +161,15 @@ async fn a_tool_step_is_streamed_stored_and_given_back_to_the_model() {
 }
 
 #[tokio::test]
+async fn a_tool_call_fragment_naming_no_call_ends_the_answer_as_usual() {
+    let h = Harness::start(BIN);
+    let (_, events) = run(&h, "fake:empty_call=1,tokens=4", "hi").await;
+    assert!(of_type(&events, "tool_call").is_empty());
+    assert_eq!(events.last().unwrap()["finish_reason"], "stop");
+    assert_eq!(token_text(&events), expected_text(4));
+}
+
+#[tokio::test]
 async fn parallel_calls_run_at_once_and_failures_are_the_models_to_read() {
     let mcp = TestMcp::start(Some("s3cret-token"));
     let h = with_mcp(&mcp, &[]);
@@ -436,4 +445,70 @@ async fn a_tool_running_when_its_owner_dies_is_never_run_again() {
         })
     });
     assert!(told);
+}
+
+/// `kill -9` of the owner after every call of a step answered, while it
+/// waits for the next step's first token: the next owner goes on with the
+/// next step (no second `generation_start`, no call run again) and the
+/// answer completes.
+#[tokio::test]
+async fn an_owner_dying_between_steps_is_taken_over_at_the_next_step() {
+    use sluice_test_support::cluster::TestCluster;
+    let mcp = TestMcp::start(Some("s3cret-token"));
+    let servers = format!("test={}", mcp.url());
+    let mut c = TestCluster::start(
+        BIN,
+        2,
+        &[
+            ("SLUICE_MCP_SERVERS", servers.as_str()),
+            ("SLUICE_MCP_TOKENS", "test=s3cret-token"),
+        ],
+    );
+    for i in 0..2 {
+        wait_until("each replica lists the MCP tools", || async {
+            c.metrics(i)
+                .await
+                .contains("sluice_mcp_tools{server=\"test\"} 3")
+                .then_some(())
+        })
+        .await;
+    }
+    // The provider takes 2 s to start each text answer.
+    let id = c
+        .create_session(0, "fake:tools,preamble=1,tokens=3,first_delay_ms=2000")
+        .await;
+    let path = format!("/v1/sessions/{id}/ws");
+    let mut ws = WsClient::connect(&c.ws_url(0, &path)).await.unwrap();
+    ws.until("snapshot").await;
+    let owner = c.owner(&id).expect("replica 0 owns it");
+    let content = script(json!([[{"name": "test__add", "arguments": {"a": 1, "b": 2}}]]));
+    ws.send_json(json!({"type": "send", "content": content}))
+        .await;
+    let before = ws.until("tool_result").await;
+    assert_eq!(before.last().unwrap()["content"], "3");
+    c.kill(owner);
+
+    let other = 1 - owner;
+    let cursor = before.last().unwrap()["seq"].as_u64().unwrap();
+    let url = c.url(other, &format!("/v1/sessions/{id}/events"));
+    let mut sse = SseClient::connect(&url, Some(cursor)).await;
+    let after: Vec<Value> = sse
+        .until("generation_end")
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .filter(|e| e["seq"].is_u64())
+        .collect();
+    assert_eq!(after[0]["seq"].as_u64().unwrap(), cursor + 1, "{after:#?}");
+    assert!(of_type(&after, "generation_start").is_empty(), "{after:#?}");
+    assert!(of_type(&after, "tool_call").is_empty());
+    assert_eq!(after.last().unwrap()["finish_reason"], "stop");
+    assert_eq!(token_text(&after), expected_text(3));
+    assert_eq!(mcp.calls(), ["add 1+2"]);
+    let answer = settled_answer(&c.http, &c.url(other, ""), &id).await;
+    assert_eq!(answer["status"], "complete");
+    assert_eq!(answer["content"], format!("(step 0) {}", expected_text(3)));
+    let tools = tool_messages(&c.session(&c.url(other, ""), &id).await);
+    assert_eq!(tools.len(), 1);
+    assert_eq!(tools[0]["status"], "complete");
 }

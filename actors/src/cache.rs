@@ -162,34 +162,54 @@ pub struct Recorder {
     finish_reason: Option<String>,
     usage: Option<Usage>,
     model: String,
-    /// Something that a replay could not give back (tool calls, a refusal
-    /// delta) or too much of it: not cached.
+    /// The first chunk was read for the model's name.
+    model_read: bool,
+    /// Something that a replay could not give back (tool calls, a refusal,
+    /// reasoning, several choices) or too much of it: not cached.
     spoiled: bool,
 }
 
 impl Recorder {
     /// Takes a chunk in.
     pub fn take(&mut self, chunk: &LlmChunk) {
+        if self.spoiled {
+            return;
+        }
         let view = &chunk.view;
         if let Some(usage) = view.usage {
             self.usage = Some(usage.into());
         }
-        if self.model.is_empty()
-            && let Ok(value) = serde_json::from_str::<Value>(&chunk.raw)
-            && let Some(model) = value["model"].as_str()
-        {
-            model.clone_into(&mut self.model);
+        if !self.model_read {
+            self.model_read = true;
+            if let Ok(value) = serde_json::from_str::<Value>(&chunk.raw)
+                && let Some(model) = value["model"].as_str()
+            {
+                model.clone_into(&mut self.model);
+            }
         }
-        if !view.tool_calls().is_empty() || view.choices.len() > 1 {
-            self.spoiled = true;
+        let delta = view.choices.first().map(|c| &c.delta);
+        let unreplayable = delta.is_some_and(|d| {
+            d.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
+                || d.refusal.as_ref().is_some_and(|r| !r.is_empty())
+                || d.reasoning_content.as_ref().is_some_and(|r| !r.is_empty())
+        });
+        if unreplayable || view.choices.len() > 1 {
+            return self.spoil();
         }
         if let Some(text) = view.content() {
             self.content.push_str(text);
-            self.spoiled |= self.content.len() > sluice_backends::cache::MAX_ANSWER_BYTES;
+            if self.content.len() > sluice_backends::cache::MAX_ANSWER_BYTES {
+                return self.spoil();
+            }
         }
         if let Some(reason) = view.choices.first().and_then(|c| c.finish_reason.clone()) {
             self.finish_reason = Some(reason);
         }
+    }
+
+    fn spoil(&mut self) {
+        self.spoiled = true;
+        self.content = String::new();
     }
 
     /// What to store, if the answer ended normally.
@@ -210,7 +230,8 @@ impl Recorder {
             return None;
         };
         let message = &choice["message"];
-        if message.get("tool_calls").is_some_and(|t| !t.is_null()) {
+        let present = |key: &str| message.get(key).is_some_and(|v| !v.is_null() && *v != "");
+        if present("tool_calls") || present("refusal") || present("reasoning_content") {
             return None;
         }
         let reason = choice["finish_reason"].as_str()?;
@@ -370,5 +391,30 @@ mod tests {
         assert_eq!(recorded.model, "m");
         let again = Recorder::from_completion(&whole(&answer, "id", 1)).unwrap();
         assert_eq!(again.content, answer.content);
+    }
+
+    #[test]
+    fn what_a_replay_could_not_give_back_is_not_recorded() {
+        let raw = |delta: Value, finish: Option<&str>| {
+            let value = chunk("id", 1, "m", delta, finish);
+            LlmChunk {
+                raw: value.to_string(),
+                view: serde_json::from_value(value).unwrap(),
+            }
+        };
+        for spoiler in [
+            json!({"refusal": "I cannot help with that."}),
+            json!({"reasoning_content": "Let me think."}),
+            json!({"tool_calls": [{"index": 0, "id": "c", "function": {"name": "t", "arguments": "{}"}}]}),
+        ] {
+            let mut recorder = Recorder::default();
+            recorder.take(&raw(json!({"content": "a"}), None));
+            recorder.take(&raw(spoiler.clone(), None));
+            recorder.take(&raw(json!({}), Some("stop")));
+            assert!(recorder.finish().is_none(), "{spoiler}");
+        }
+        let mut cut = Recorder::default();
+        cut.take(&raw(json!({"content": "a"}), None));
+        assert!(cut.finish().is_none(), "no finish reason: the stream broke");
     }
 }

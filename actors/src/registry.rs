@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use sluice_backends::BackendError;
-use sluice_protocol::MessageStatus;
+use sluice_protocol::{MessageStatus, Role};
 use tokio::sync::oneshot;
 
 use crate::deps::SessionDeps;
@@ -206,9 +206,14 @@ async fn read(deps: &SessionDeps, session_id: &str) -> Result<Loaded, SessionErr
     let messages = deps.store.messages(session_id).await?;
     let epoch = log.epoch(session_id).await?;
     let log_last_seq = log.last_seq(session_id).await?;
+    // The last answer (the last message but its tool calls) was running, or
+    // one of its calls was.
     let left_running = messages
-        .last()
-        .is_some_and(|m| m.status == MessageStatus::Streaming);
+        .iter()
+        .rev()
+        .take_while(|m| m.role == Role::Tool)
+        .chain(messages.iter().rev().find(|m| m.role != Role::Tool))
+        .any(|m| m.status == MessageStatus::Streaming);
     // A takeover reads the log a little before the checkpoint, to see
     // whether the answer was announced (see `TAKEOVER_LOOKBACK`).
     let from = record.last_seq.saturating_sub(TAKEOVER_LOOKBACK);

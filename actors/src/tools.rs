@@ -276,12 +276,9 @@ pub(crate) fn for_tests() -> Tools {
     )
 }
 
-/// A name as an error message may quote it: at most 64 characters.
+/// A name as an error message may quote it: at most 64 bytes.
 fn truncated(name: &str) -> &str {
-    match name.char_indices().nth(64) {
-        Some((end, _)) => &name[..end],
-        None => name,
-    }
+    &name[..sluice_protocol::tools::floor_char_boundary(name, 64)]
 }
 
 /// The string argument `key` of a call, or a failure naming it.

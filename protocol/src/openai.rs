@@ -94,6 +94,12 @@ pub struct DeltaView {
     /// Fragments of tool calls, when the model calls tools.
     #[serde(default)]
     pub tool_calls: Option<Vec<ToolCallDelta>>,
+    /// A refusal's text, when the model refuses.
+    #[serde(default)]
+    pub refusal: Option<String>,
+    /// A reasoning model's thoughts (DeepSeek's, vLLM's reasoning parsers).
+    #[serde(default)]
+    pub reasoning_content: Option<String>,
 }
 
 /// A fragment of one tool call in a streamed delta: the first fragment of a

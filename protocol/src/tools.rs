@@ -21,6 +21,9 @@ pub const MAX_TOOL_ARGUMENTS_BYTES: usize = 64 * 1024;
 /// Largest tool name, in bytes (OpenAI allows 64 characters).
 pub const MAX_TOOL_NAME_BYTES: usize = 128;
 
+/// Most tool calls in one generation, over all its steps.
+pub const MAX_TOOL_CALLS_PER_GENERATION: usize = 64;
+
 /// Largest tool result kept and given to the model, in bytes; a longer one
 /// is cut (at a character boundary) and says so.
 pub const MAX_TOOL_RESULT_BYTES: usize = 32 * 1024;
@@ -40,7 +43,7 @@ pub struct ToolCall {
 /// One whole call of a step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssembledCall {
-    /// The call's id; made up (`call_<index>`) if the provider sent none.
+    /// The call's id (empty if the provider sent none).
     pub id: String,
     /// The tool's name (empty if the provider sent none).
     pub name: String,
@@ -77,6 +80,9 @@ pub enum AssembleError {
     /// A name grew past [`MAX_TOOL_NAME_BYTES`].
     #[error("a tool name is longer than {MAX_TOOL_NAME_BYTES} bytes")]
     NameTooLong,
+    /// A call id is longer than [`MAX_TOOL_NAME_BYTES`].
+    #[error("a tool call id is longer than {MAX_TOOL_NAME_BYTES} bytes")]
+    IdTooLong,
 }
 
 /// Joins the streamed fragments of one step's tool calls.
@@ -102,7 +108,7 @@ impl ToolCallAssembler {
             let call = &mut self.calls[fragment.index];
             if let Some(id) = fragment.id.as_deref().filter(|id| !id.is_empty()) {
                 if id.len() > MAX_TOOL_NAME_BYTES {
-                    return Err(AssembleError::NameTooLong);
+                    return Err(AssembleError::IdTooLong);
                 }
                 id.clone_into(&mut call.id);
             }
@@ -133,36 +139,49 @@ impl ToolCallAssembler {
         self.calls.is_empty()
     }
 
-    /// The whole calls, in index order; a call the provider gave no id gets
-    /// `call_<index>`, and indexes it skipped are dropped.
+    /// The whole calls, in index order; indexes the provider skipped (or
+    /// named with nothing) are dropped.
     pub fn finish(self) -> Vec<AssembledCall> {
         self.calls
             .into_iter()
-            .enumerate()
-            .filter(|(_, c)| !(c.id.is_empty() && c.name.is_empty() && c.arguments.is_empty()))
-            .map(|(index, mut call)| {
-                if call.id.is_empty() {
-                    call.id = format!("call_{index}");
-                }
-                call
-            })
+            .filter(|c| !(c.id.is_empty() && c.name.is_empty() && c.arguments.is_empty()))
             .collect()
     }
 }
 
-/// `text` cut to at most [`MAX_TOOL_RESULT_BYTES`] at a character boundary,
-/// saying so when it was cut.
+/// `text` without NUL characters (which no store keeps), cut to at most
+/// [`MAX_TOOL_RESULT_BYTES`] at a character boundary, saying so when it was
+/// cut.
 pub fn bounded_result(mut text: String) -> String {
+    if text.contains('\0') {
+        text.retain(|c| c != '\0');
+    }
     if text.len() <= MAX_TOOL_RESULT_BYTES {
         return text;
     }
-    let mut end = MAX_TOOL_RESULT_BYTES;
+    text.truncate(floor_char_boundary(&text, MAX_TOOL_RESULT_BYTES));
+    text.push_str("\n[cut: the tool's result was longer than this]");
+    text
+}
+
+/// The largest index at most `at` that is a character boundary of `text`.
+pub fn floor_char_boundary(text: &str, at: usize) -> usize {
+    let mut end = at.min(text.len());
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    text.truncate(end);
-    text.push_str("\n[cut: the tool's result was longer than this]");
-    text
+    end
+}
+
+/// The arguments' JSON text as it is sent back to the provider in later
+/// requests: what the model wrote when it parses, else `{}` (the call's
+/// result told the model what was wrong), so a provider that parses the
+/// history never refuses it.
+pub fn arguments_for_history(text: &str) -> String {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(_)) => text.to_owned(),
+        _ => "{}".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -212,14 +231,18 @@ mod tests {
     }
 
     #[test]
-    fn missing_ids_are_made_up_and_bad_json_is_kept_as_text() {
+    fn missing_ids_stay_empty_and_bad_json_is_kept_as_text() {
         let mut a = ToolCallAssembler::default();
         a.push(&[fragment(0, None, Some("t"), "{not json")])
             .unwrap();
         let call = &a.finish()[0];
-        assert_eq!(call.id, "call_0");
+        assert_eq!(call.id, "");
         assert_eq!(call.arguments_json(), Value::String("{not json".into()));
         assert!(parse_arguments("").unwrap().is_object());
+        assert_eq!(arguments_for_history("{not json"), "{}");
+        assert_eq!(arguments_for_history(""), "{}");
+        assert_eq!(arguments_for_history("[1]"), "{}");
+        assert_eq!(arguments_for_history("{\"a\": 1}"), "{\"a\": 1}");
     }
 
     #[test]
@@ -248,5 +271,6 @@ mod tests {
         assert!(cut.len() < MAX_TOOL_RESULT_BYTES + 100);
         assert!(cut.ends_with("longer than this]"));
         assert_eq!(bounded_result("short".into()), "short");
+        assert_eq!(bounded_result("a\0b".into()), "ab");
     }
 }

@@ -121,7 +121,7 @@ impl ToolRecord {
         sluice_protocol::tools::ToolCall {
             call_id: self.call_id.clone(),
             name: self.name.clone(),
-            arguments: serde_json::from_str(&self.arguments)
+            arguments: sluice_protocol::tools::parse_arguments(&self.arguments)
                 .unwrap_or_else(|_| serde_json::Value::String(self.arguments.clone())),
         }
     }

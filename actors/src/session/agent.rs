@@ -10,7 +10,11 @@
 //! that may have run: a finished one is never run again, and one that was
 //! running is reported to the model as interrupted (see `recovery`).
 
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+
+use futures::FutureExt;
 
 use actix::prelude::*;
 use sluice_backends::BackendError;
@@ -24,7 +28,8 @@ use super::generation::{Call, Work, add_usage};
 use super::recovery::Retirement;
 use super::{Phase, SessionActor, ToolDone};
 use crate::SessionError;
-use crate::tools::{CANCELLED, INTERRUPTED, ToolContext};
+use crate::tools::{CANCELLED, INTERRUPTED, Outcome, ToolContext};
+use sluice_protocol::tools::MAX_TOOL_CALLS_PER_GENERATION;
 
 impl SessionActor {
     /// The current step's stream ended with tool calls: they are saved as
@@ -37,14 +42,44 @@ impl SessionActor {
         let Phase::Generating(generation) = &mut self.phase else {
             return;
         };
-        let calls = std::mem::take(&mut generation.calls).finish();
+        let mut calls = std::mem::take(&mut generation.calls).finish();
+        if calls.is_empty() {
+            // Fragments that named no call at all: the step simply ended.
+            let reason = generation.finish.unwrap_or(FinishReason::Stop);
+            return self.finish(ctx, reason, None);
+        }
+        if generation.finish == Some(FinishReason::Length) {
+            // Cut off by the provider's token limit: the calls may be cut
+            // too, so none runs.
+            return self.finish(ctx, FinishReason::Length, None);
+        }
         generation.usage = add_usage(generation.usage, generation.step_usage.take());
         if generation.step + 1 >= max_steps {
             tracing::warn!(session_id = %session_id, steps = max_steps, "the agent reached its step limit with tool calls left");
             return self.finish(ctx, FinishReason::Length, None);
         }
-        generation.work = Work::SavingCalls;
         let generation_id = generation.id.clone();
+        let made: Vec<&str> = self
+            .calls_of(&generation_id)
+            .filter_map(|m| m.tool.as_ref().map(|t| t.call_id.as_str()))
+            .collect();
+        if made.len() + calls.len() > MAX_TOOL_CALLS_PER_GENERATION {
+            tracing::warn!(session_id = %session_id, "the agent reached its limit of tool calls in one answer");
+            return self.finish(ctx, FinishReason::Length, None);
+        }
+        // Every call of the answer gets an id of its own, so results, events
+        // and the provider's history never mix two calls up.
+        let mut seen: HashSet<String> = made.iter().map(|id| (*id).to_owned()).collect();
+        for call in &mut calls {
+            if call.id.is_empty() || !seen.insert(call.id.clone()) {
+                call.id = format!("call_{}", new_id().replace('-', ""));
+                seen.insert(call.id.clone());
+            }
+        }
+        let Phase::Generating(generation) = &mut self.phase else {
+            return;
+        };
+        generation.work = Work::SavingCalls;
         let index = generation.message_index;
         let step = generation.step;
         let offset = self.messages[index].content.len();
@@ -87,15 +122,12 @@ impl SessionActor {
         generation_id: Arc<str>,
         saved: Result<(), BackendError>,
     ) {
-        let index = match &self.phase {
+        match &self.phase {
             Phase::Generating(g)
-                if g.id == generation_id && matches!(g.work, Work::SavingCalls) =>
-            {
-                g.message_index
-            }
+                if g.id == generation_id && matches!(g.work, Work::SavingCalls) => {}
             // Cancelled or stopping meanwhile: nothing runs.
             _ => return,
-        };
+        }
         match saved {
             Ok(()) => {}
             Err(e) if e.kind == ErrorKind::Fenced => {
@@ -118,10 +150,9 @@ impl SessionActor {
                 );
             }
         }
-        let pending: Vec<(String, ToolRecord)> = self.messages[index + 1..]
-            .iter()
+        let pending: Vec<(String, ToolRecord)> = self
+            .calls_of(&generation_id)
             .filter(|m| m.status == MessageStatus::Streaming)
-            .filter(|m| m.generation_id.as_deref() == Some(&*generation_id))
             .filter_map(|m| Some((m.id.clone(), m.tool.clone()?)))
             .collect();
         let mut calls = Vec::with_capacity(pending.len());
@@ -159,9 +190,15 @@ impl SessionActor {
         };
         let addr = ctx.address();
         actix_rt::spawn(async move {
-            let outcome = tools
-                .run(allowed.as_deref(), context, &tool.name, &tool.arguments)
-                .await;
+            let run = tools.run(allowed.as_deref(), context, &tool.name, &tool.arguments);
+            // A tool that panics still answers, or its step would wait forever.
+            let outcome = AssertUnwindSafe(run)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!(tool = %tool.name, "a tool panicked");
+                    Outcome::error("The tool failed unexpectedly.")
+                });
             addr.do_send(ToolDone {
                 generation_id,
                 message_id,
@@ -270,6 +307,7 @@ impl SessionActor {
             return;
         };
         generation.step += 1;
+        generation.finish = None;
         let (id, index, step) = (
             generation.id.clone(),
             generation.message_index,
@@ -283,17 +321,28 @@ impl SessionActor {
         }
     }
 
-    /// Settles the tool calls of the generation `generation_id` (its answer
-    /// at `index`) that have not answered, as the generation ends with
-    /// `status`: each gets it, with what the model would be told, and a
-    /// `tool_result`; `answered` calls (saved, not yet announced) are
-    /// announced. Returns the settled messages, to be saved.
+    /// The tool messages of the generation `generation_id`, wherever they
+    /// are in the conversation (replicas' clocks order stored ids).
+    fn calls_of<'a>(
+        &'a self,
+        generation_id: &'a str,
+    ) -> impl Iterator<Item = &'a MessageRecord> + 'a {
+        self.messages
+            .iter()
+            .filter(move |m| m.tool.is_some() && m.generation_id.as_deref() == Some(generation_id))
+    }
+
+    /// Settles the tool calls of the generation `generation_id` that have
+    /// not answered, as the generation ends with `status`: each gets it,
+    /// with what the model would be told, and, if its `tool_call` went out
+    /// (`announced`), a `tool_result`; `answered` calls (saved, not yet
+    /// announced) are announced. Returns the settled messages, to be saved.
     pub(super) fn settle_calls(
         &mut self,
         generation_id: &str,
-        index: usize,
         status: MessageStatus,
         answered: &[String],
+        announced: bool,
     ) -> Vec<MessageRecord> {
         for message_id in answered {
             self.announce_result(generation_id, message_id);
@@ -307,7 +356,7 @@ impl SessionActor {
             _ => (MessageStatus::Interrupted, INTERRUPTED),
         };
         let mut settled = Vec::new();
-        for message in &mut self.messages[index + 1..] {
+        for message in &mut self.messages {
             if message.status == MessageStatus::Streaming
                 && message.generation_id.as_deref() == Some(generation_id)
                 && message.tool.is_some()
@@ -317,8 +366,10 @@ impl SessionActor {
                 settled.push(message.clone());
             }
         }
-        for message in &settled {
-            self.announce_result(generation_id, &message.id);
+        if announced {
+            for message in &settled {
+                self.announce_result(generation_id, &message.id);
+            }
         }
         settled
     }

@@ -65,7 +65,7 @@ pub(super) struct Generation {
     /// Token counts of this step, as last reported.
     pub(super) step_usage: Option<Usage>,
     /// Set when the provider reported why it stopped.
-    finish: Option<FinishReason>,
+    pub(super) finish: Option<FinishReason>,
     /// What it waits on: the provider's stream, or its tools.
     pub(super) work: Work,
     last_checkpoint: Instant,
@@ -158,6 +158,8 @@ pub(super) struct Ending {
     pub(super) sources: Vec<Source>,
     /// Tool messages whose result is saved but not yet announced.
     pub(super) answered: Vec<String>,
+    /// Whether the running step's `tool_call`s went out.
+    pub(super) calls_announced: bool,
     /// The answer came from the cache.
     pub(super) cached: bool,
 }
@@ -718,6 +720,8 @@ impl SessionActor {
         };
         generation.abort();
         let answered = generation.answered();
+        // Calls still being saved were never announced.
+        let calls_announced = !matches!(generation.work, Work::SavingCalls);
         self.settle(
             ctx,
             Ending {
@@ -728,6 +732,7 @@ impl SessionActor {
                 error,
                 sources: generation.sources,
                 answered,
+                calls_announced,
                 cached: generation.cached,
             },
         );
@@ -743,9 +748,9 @@ impl SessionActor {
         // Its tool calls still running end with it, and are announced so.
         let mut saved = self.settle_calls(
             &ending.generation_id,
-            ending.message_index,
             status_for(ending.reason),
             &ending.answered,
+            ending.calls_announced,
         );
         let message = &mut self.messages[ending.message_index];
         message.status = status_for(ending.reason);

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use sluice_backends::store::{MessageRecord, SessionRecord};
 use sluice_protocol::Role;
 use sluice_protocol::openai::{ChatRequest, StreamOptions};
+use sluice_protocol::tools::arguments_for_history;
 
 use crate::{Continuation, SessionConfig};
 
@@ -176,7 +177,7 @@ fn push_steps<'a>(
                 json!({
                     "id": t.call_id,
                     "type": "function",
-                    "function": {"name": t.name, "arguments": t.arguments},
+                    "function": {"name": t.name, "arguments": arguments_for_history(&t.arguments)},
                 })
             })
             .collect();

@@ -141,20 +141,25 @@ pub(super) fn plan(
             repaired.push(m.clone());
             continue;
         }
-        let calls: Vec<&ToolRecord> = messages[i + 1..]
+        // Its calls, wherever replicas' clocks put them in the order.
+        let calls: Vec<&ToolRecord> = messages
             .iter()
+            .filter(|c| c.role == Role::Tool)
             .filter(|c| c.generation_id.as_deref() == Some(generation_id.as_str()))
             .filter_map(|c| c.tool.as_ref())
             .collect();
         let last_step = calls.iter().max_by_key(|t| t.step);
         let text_from = last_step.map_or(0, |t| t.offset);
+        let content = &messages[i].content;
         takeover = Some(Takeover {
             generation_id: generation_id.into(),
             message_index: i,
             step: last_step.map_or(0, |t| t.step + 1),
-            fresh: complete && messages[i].content.len() <= text_from,
+            fresh: complete && content.len() <= text_from,
             continuable: complete,
-            announced,
+            // Text or calls are stored only after its start went out (the
+            // lookback cannot reach that far back once steps ran).
+            announced: announced || !calls.is_empty() || !content.is_empty(),
         });
     }
     // Tool calls left running by an answer that is not taken over.
@@ -215,9 +220,9 @@ impl SessionActor {
             // is told, and so are clients; none runs again.
             let interrupted = self.settle_calls(
                 &takeover.generation_id,
-                takeover.message_index,
                 MessageStatus::Interrupted,
                 &[],
+                true,
             );
             if !interrupted.is_empty() {
                 let record = self.record_now();
@@ -251,6 +256,7 @@ impl SessionActor {
                     error: None,
                     sources: Vec::new(),
                     answered: Vec::new(),
+                    calls_announced: true,
                     cached: false,
                 },
             );

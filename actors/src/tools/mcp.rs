@@ -15,13 +15,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use rmcp::model::{CallToolRequestParams, ClientConfig, ContentBlock};
+use rmcp::model::{CallToolRequestParams, ClientConfig, ContentBlock, PaginatedRequestParams};
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::Value;
 use sluice_backends::secret::Secret;
+use sluice_protocol::tools::floor_char_boundary;
 use tokio::sync::Notify;
 
 use super::{Tool, ToolContext, Tools};
@@ -31,6 +32,9 @@ pub use http::McpHttp;
 
 /// Most tools taken from one server.
 pub const MAX_TOOLS_PER_SERVER: usize = 128;
+
+/// Most pages of a server's tool list read.
+const MAX_LIST_PAGES: usize = 8;
 
 /// Longest description kept of a server's tool, in bytes.
 const MAX_DESCRIPTION_BYTES: usize = 4096;
@@ -111,7 +115,7 @@ async fn supervise(tools: Tools, server: McpServer, http: McpHttp, metrics: Metr
             Ok(service) => {
                 let service = Arc::new(service);
                 *link.service.write().expect("link lock") = Some(service.clone());
-                tracing::info!(server = %server.name, url = %server.url, "connected to the MCP server");
+                tracing::info!(server = %server.name, "connected to the MCP server");
                 backoff = Duration::from_millis(500);
                 loop {
                     match list(&service, &server, &link).await {
@@ -134,7 +138,7 @@ async fn supervise(tools: Tools, server: McpServer, http: McpHttp, metrics: Metr
                 service.cancellation_token().cancel();
             }
             Err(e) => {
-                tracing::warn!(server = %server.name, url = %server.url, error = %e, "cannot connect to the MCP server");
+                tracing::warn!(server = %server.name, error = %e, "cannot connect to the MCP server");
             }
         }
         tools.set_mcp_tools(&prefix, Vec::new());
@@ -176,10 +180,25 @@ async fn list(
     server: &McpServer,
     link: &Arc<Link>,
 ) -> Result<Vec<Arc<dyn Tool>>, String> {
-    let listed = tokio::time::timeout(Duration::from_secs(10), service.peer().list_all_tools())
+    // Page by page, and no further than the tools kept: a server cannot
+    // make a listing grow without bound.
+    let mut listed = Vec::new();
+    let mut cursor = None;
+    for _ in 0..MAX_LIST_PAGES {
+        let params = PaginatedRequestParams::default().with_cursor(cursor.take());
+        let page = tokio::time::timeout(
+            Duration::from_secs(10),
+            service.peer().list_tools(Some(params)),
+        )
         .await
         .map_err(|_| "listing took longer than 10 s".to_owned())?
         .map_err(|e| e.to_string())?;
+        listed.extend(page.tools);
+        cursor = page.next_cursor;
+        if cursor.is_none() || listed.len() >= MAX_TOOLS_PER_SERVER {
+            break;
+        }
+    }
     let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
     for tool in listed.into_iter().take(MAX_TOOLS_PER_SERVER) {
         let remote = tool.name.to_string();
@@ -193,14 +212,9 @@ async fn list(
             tracing::warn!(server = %server.name, tool = %remote.chars().take(80).collect::<String>(), "skipping an MCP tool whose name cannot be offered");
             continue;
         }
-        let mut description: String = tool.description.as_deref().unwrap_or_default().to_owned();
-        if description.len() > MAX_DESCRIPTION_BYTES {
-            let mut end = MAX_DESCRIPTION_BYTES;
-            while !description.is_char_boundary(end) {
-                end -= 1;
-            }
-            description.truncate(end);
-        }
+        let description = tool.description.as_deref().unwrap_or_default();
+        let description =
+            description[..floor_char_boundary(description, MAX_DESCRIPTION_BYTES)].to_owned();
         let schema = Value::Object((*tool.input_schema).clone());
         let schema = if schema.to_string().len() <= MAX_SCHEMA_BYTES {
             schema

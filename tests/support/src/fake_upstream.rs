@@ -19,6 +19,8 @@
 //! - `tools`: call tools (below).
 //! - `preamble=1`: with `tools`, each step that calls tools first says
 //!   `(step k) `.
+//! - `empty_call=1`: start the answer with a `tool_calls` fragment that
+//!   names no call (`{"index": 0}`), as some providers do.
 //! - `ignore_tool_choice=1`: with `tools`, call them even when the request
 //!   says `tool_choice: "none"` (as some providers do).
 //!
@@ -104,6 +106,7 @@ struct Script {
     pad: usize,
     api: Api,
     tools: bool,
+    empty_call: bool,
     preamble: bool,
     ignore_tool_choice: bool,
 }
@@ -122,6 +125,7 @@ impl Script {
             pad: 0,
             api: Api::OpenAi,
             tools: false,
+            empty_call: false,
             preamble: false,
             ignore_tool_choice: false,
         };
@@ -142,6 +146,7 @@ impl Script {
                 "finish" => script.finish = value.to_owned(),
                 "pad" => script.pad = number as usize,
                 "tools" => script.tools = true,
+                "empty_call" => script.empty_call = number == 1,
                 "preamble" => script.preamble = number == 1,
                 "ignore_tool_choice" => script.ignore_tool_choice = number == 1,
                 "api" => {
@@ -397,6 +402,9 @@ async fn completions(
     let body = async_stream::stream! {
         tokio::time::sleep(script.first_delay).await;
         yield Ok::<_, actix_web::Error>(chunk(&id, &model, json!({"role": "assistant", "content": ""}), None));
+        if script.empty_call {
+            yield Ok(chunk(&id, &model, json!({"tool_calls": [{"index": 0}]}), None));
+        }
         for i in start..script.tokens {
             if script.drop_after == Some(i) {
                 // Let the server write what it has before breaking the
