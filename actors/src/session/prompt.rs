@@ -25,6 +25,14 @@ use crate::{Continuation, SessionConfig};
 /// messages ride with their answer and are not counted).
 pub(super) const HISTORY_MESSAGES: usize = 40;
 
+/// Bytes of earlier answers' tool results sent with a request: the newest
+/// answers' are sent whole while they fit; older ones' results are left
+/// out, saying so (an answer's own results are always sent).
+pub(super) const EARLIER_RESULTS_BYTES: usize = 256 * 1024;
+
+/// What the model reads in place of an earlier result left out.
+const LEFT_OUT: &str = "[This earlier tool result is left out to keep the conversation short.]";
+
 /// A generation's request, and the files its messages carry, which
 /// [`Files::ground`](crate::files::Files::ground) works in before it goes
 /// to the provider.
@@ -89,12 +97,38 @@ pub(super) fn chat_request(
         })
         .collect();
     let start = kept.len().saturating_sub(HISTORY_MESSAGES);
+    // Earlier answers' tool results share a budget, newest first; the
+    // running answer's are always sent whole.
+    let mut budget = EARLIER_RESULTS_BYTES;
+    let mut whole: Vec<&str> = Vec::new();
+    for m in kept[start..].iter().rev() {
+        let Some(generation) = m.generation_id.as_deref() else {
+            continue;
+        };
+        let Some(tools) = calls.get(generation) else {
+            continue;
+        };
+        let size: usize = tools.iter().map(|t| t.content.len()).sum();
+        if Some(generation) == running || size <= budget {
+            budget = budget.saturating_sub(size);
+            whole.push(generation);
+        }
+    }
     let mut so_far = None;
     for m in &kept[start..] {
         let tools = m.generation_id.as_deref().and_then(|g| calls.get(g));
         if m.role == Role::Assistant {
             let is_running = running.is_some() && m.generation_id.as_deref() == running;
-            let tail = push_steps(&mut messages, m, tools.map_or(&[][..], Vec::as_slice));
+            let results_whole = m
+                .generation_id
+                .as_deref()
+                .is_some_and(|g| whole.contains(&g));
+            let tail = push_steps(
+                &mut messages,
+                m,
+                tools.map_or(&[][..], Vec::as_slice),
+                results_whole,
+            );
             if is_running {
                 so_far = Some(tail);
             } else if !tail.is_empty() {
@@ -149,12 +183,13 @@ pub(super) fn chat_request(
 }
 
 /// Pushes the steps of `answer` that called tools (its text before each
-/// step's calls, the calls, their results) and returns its text after the
-/// last of them.
+/// step's calls, the calls, their results, or a note in their place unless
+/// `results_whole`) and returns its text after the last of them.
 fn push_steps<'a>(
     messages: &mut Vec<Value>,
     answer: &'a MessageRecord,
     tools: &[&MessageRecord],
+    results_whole: bool,
 ) -> &'a str {
     let text = answer.content.as_str();
     let slice = |from: usize, to: usize| text.get(from..to.min(text.len())).unwrap_or("");
@@ -188,7 +223,12 @@ fn push_steps<'a>(
         }));
         for m in &group {
             let call_id = m.tool.as_ref().map_or("", |t| t.call_id.as_str());
-            messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": m.content}));
+            let content = if results_whole {
+                m.content.as_str()
+            } else {
+                LEFT_OUT
+            };
+            messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": content}));
         }
         from = offset.min(text.len());
     }
@@ -394,5 +434,39 @@ mod tests {
         assert_eq!(next_step["messages"][6]["role"], "tool");
         let continued = ask(Some("g"), true);
         assert_eq!(continued["messages"][7]["content"], " Done: 42");
+    }
+
+    /// Earlier answers' results are sent whole while they fit the budget,
+    /// newest first; the running answer's always are.
+    #[test]
+    fn earlier_tool_results_share_a_budget() {
+        let big = "r".repeat(EARLIER_RESULTS_BYTES / 2 + 1);
+        let mut history = Vec::new();
+        for g in ["g1", "g2", "g3"] {
+            history.push(message(Role::User, &format!("q {g}")));
+            let mut answer = message(Role::Assistant, &format!("a {g}"));
+            answer.generation_id = Some(g.into());
+            history.push(answer);
+            history.push(call(g, &format!("c_{g}"), 0, 0, &big));
+        }
+        let refs: Vec<&MessageRecord> = history.iter().collect();
+        let results = |running| {
+            let r = chat_request(
+                &session(),
+                &refs,
+                &config(Continuation::Off),
+                running,
+                false,
+                &no_tools(),
+            );
+            r.request
+                .messages
+                .iter()
+                .filter(|m| m["role"] == "tool")
+                .map(|m| m["content"].as_str().unwrap() == big)
+                .collect::<Vec<bool>>()
+        };
+        assert_eq!(results(None), [false, false, true]);
+        assert_eq!(results(Some("g1")), [true, false, true]);
     }
 }
