@@ -128,27 +128,10 @@ impl SessionActor {
             // Cancelled or stopping meanwhile: nothing runs.
             _ => return,
         }
-        match saved {
-            Ok(()) => {}
-            Err(e) if e.kind == ErrorKind::Fenced => {
-                self.retire(ctx, Retirement::Lost);
-                return;
-            }
-            Err(e) => {
-                // A call that is not stored must not run: a takeover would
-                // not know it had.
-                let e = SessionError::from(e);
-                return self.fail(
-                    ctx,
-                    EventError {
-                        code: e.code(),
-                        message: format!(
-                            "the tool calls could not be saved: {}",
-                            e.client_message()
-                        ),
-                    },
-                );
-            }
+        // A call that is not stored must not run: a takeover would not know
+        // it had.
+        if !self.written(ctx, saved, "the tool calls", false) {
+            return;
         }
         let pending: Vec<(String, ToolRecord)> = self
             .calls_of(&generation_id)
@@ -253,34 +236,62 @@ impl SessionActor {
         message_id: &str,
         saved: Result<(), BackendError>,
     ) {
+        match &self.phase {
+            Phase::Generating(g) if g.id == *generation_id && matches!(g.work, Work::Calling(_)) => {}
+            _ => return,
+        }
+        // A result the store could not take now goes with the next write;
+        // meanwhile a takeover would report the call as interrupted, which
+        // is still true to the model: it ran once, and nobody knows it
+        // finished.
+        if !self.written(ctx, saved, "a tool result", true) {
+            return;
+        }
         let Phase::Generating(generation) = &mut self.phase else {
             return;
         };
         let Work::Calling(calls) = &mut generation.work else {
             return;
         };
-        if generation.id != *generation_id {
-            return;
-        }
-        match saved {
-            Ok(()) => {}
-            Err(e) if e.kind == ErrorKind::Fenced => {
-                self.retire(ctx, Retirement::Lost);
-                return;
-            }
-            // The result goes with the next write; meanwhile a takeover
-            // would report the call as interrupted, which is still true to
-            // the model: it ran once, and nobody knows it finished.
-            Err(e) => {
-                tracing::warn!(session_id = %self.record.id, error = %e, "a tool result was not saved yet")
-            }
-        }
         calls.retain(|c| c.message_id != message_id);
         let step_done = calls.is_empty();
         self.announce_result(generation_id, message_id);
         if step_done {
             self.next_step(ctx);
         }
+    }
+
+    /// Whether the loop goes on after a step's write of `what`: a fenced one
+    /// retires the actor (another replica owns the session), one the store
+    /// refused for good ends the generation, and one that may land with the
+    /// next write goes on if `later_is_fine`.
+    fn written(
+        &mut self,
+        ctx: &mut Context<Self>,
+        saved: Result<(), BackendError>,
+        what: &str,
+        later_is_fine: bool,
+    ) -> bool {
+        let e = match saved {
+            Ok(()) => return true,
+            Err(e) if e.kind == ErrorKind::Fenced => {
+                self.retire(ctx, Retirement::Lost);
+                return false;
+            }
+            Err(e) if later_is_fine && e.is_retryable() => {
+                tracing::warn!(session_id = %self.record.id, error = %e, "{what} was not saved yet");
+                return true;
+            }
+            Err(e) => SessionError::from(e),
+        };
+        self.fail(
+            ctx,
+            EventError {
+                code: e.code(),
+                message: format!("{what} could not be saved: {}", e.client_message()),
+            },
+        );
+        false
     }
 
     /// Emits the `tool_result` of the tool message `message_id`.
