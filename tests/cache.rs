@@ -139,8 +139,12 @@ async fn the_openai_route_reuses_answers_per_user() {
     let base = h.url("");
     let (alice, bob) = (mint("alice"), mint("bob"));
     let body = |stream: bool, temperature: f64| {
-        json!({"model": "fake:tokens=12", "stream": stream, "temperature": temperature,
-               "messages": [{"role": "user", "content": "hello"}]})
+        let mut body = json!({"model": "fake:tokens=12", "stream": stream, "temperature": temperature,
+                              "messages": [{"role": "user", "content": "hello"}]});
+        if stream {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        body
     };
     assert_eq!(
         relay(&base, &alice, body(true, 0.0)).await,
@@ -159,10 +163,20 @@ async fn the_openai_route_reuses_answers_per_user() {
     // Another user's cache is their own.
     assert_eq!(relay(&base, &bob, body(false, 0.0)).await.0, "miss");
     assert_eq!(h.upstream.requests().len(), 2);
+    // An answer streamed without usage cannot answer a client that wants
+    // usage: it is asked again, and then kept with it.
+    let quiet = json!({"model": "fake:tokens=3", "stream": true, "temperature": 0,
+                       "messages": [{"role": "user", "content": "usage?"}]});
+    relay(&base, &alice, quiet.clone()).await;
+    let mut whole = quiet.clone();
+    whole["stream"] = json!(false);
+    assert_eq!(relay(&base, &alice, whole.clone()).await.0, "miss");
+    assert_eq!(relay(&base, &alice, whole).await.0, "hit");
+    assert_eq!(h.upstream.requests().len(), 4);
     // Not deterministic: asked each time.
     relay(&base, &alice, body(false, 0.7)).await;
     relay(&base, &alice, body(false, 0.7)).await;
-    assert_eq!(h.upstream.requests().len(), 4);
+    assert_eq!(h.upstream.requests().len(), 6);
 }
 
 #[tokio::test]

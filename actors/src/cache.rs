@@ -139,10 +139,10 @@ impl Cache {
 fn deterministic(request: &ChatRequest) -> bool {
     let extra = &request.extra;
     let absent_or = |key: &str, ok: &dyn Fn(&Value) -> bool| extra.get(key).is_none_or(ok);
+    let none = |v: &Value| v.is_null() || v.as_array().is_some_and(Vec::is_empty);
     extra.get("temperature").and_then(Value::as_f64) == Some(0.0)
-        && absent_or("tools", &|t| {
-            t.is_null() || t.as_array().is_some_and(Vec::is_empty)
-        })
+        && absent_or("tools", &none)
+        && absent_or("functions", &none)
         && absent_or("n", &|n| n.as_u64() == Some(1))
         && absent_or("logprobs", &|l| l.is_null() || *l == false)
 }
@@ -192,6 +192,7 @@ impl Recorder {
             d.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
                 || d.refusal.as_ref().is_some_and(|r| !r.is_empty())
                 || d.reasoning_content.as_ref().is_some_and(|r| !r.is_empty())
+                || d.function_call.as_ref().is_some_and(|f| !f.is_null())
         });
         if unreplayable || view.choices.len() > 1 {
             return self.spoil();
@@ -231,7 +232,15 @@ impl Recorder {
         };
         let message = &choice["message"];
         let present = |key: &str| message.get(key).is_some_and(|v| !v.is_null() && *v != "");
-        if present("tool_calls") || present("refusal") || present("reasoning_content") {
+        if [
+            "tool_calls",
+            "function_call",
+            "refusal",
+            "reasoning_content",
+        ]
+        .into_iter()
+        .any(present)
+        {
             return None;
         }
         let reason = choice["finish_reason"].as_str()?;
@@ -343,6 +352,7 @@ mod tests {
             json!({"temperature": 0, "tools": [{"type": "function"}]}),
             json!({"temperature": 0, "n": 2}),
             json!({"temperature": 0, "logprobs": true}),
+            json!({"temperature": 0, "functions": [{"name": "f"}]}),
         ] {
             assert!(c.key("u", &request(not.clone())).is_none(), "{not}");
         }

@@ -197,8 +197,16 @@ impl Relay {
             request.model = Some(self.default_model.clone());
         }
         let key = self.cache.key(user_id, &request);
+        // An answer stored without usage cannot answer a client that wants
+        // it (a whole completion, or a stream asking for it): ask again.
+        let wants_usage =
+            !request.stream || request.stream_options.is_some_and(|o| o.include_usage);
         let hit = match &key {
-            Some(key) => self.cache.lookup(key, "openai").await,
+            Some(key) => self
+                .cache
+                .lookup(key, "openai")
+                .await
+                .filter(|answer| answer.usage.is_some() || !wants_usage),
             None => None,
         };
         if let Some(answer) = hit {

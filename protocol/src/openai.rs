@@ -100,6 +100,9 @@ pub struct DeltaView {
     /// A reasoning model's thoughts (DeepSeek's, vLLM's reasoning parsers).
     #[serde(default)]
     pub reasoning_content: Option<String>,
+    /// The deprecated single function call, from the `functions` API.
+    #[serde(default)]
+    pub function_call: Option<Value>,
 }
 
 /// A fragment of one tool call in a streamed delta: the first fragment of a

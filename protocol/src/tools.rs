@@ -173,6 +173,19 @@ pub fn floor_char_boundary(text: &str, at: usize) -> usize {
     end
 }
 
+/// A tool name as it is sent back to the provider in later requests: the
+/// model's when OpenAI's rule allows it (1 to 64 letters, digits, `_` or
+/// `-`), else `invalid_tool_name` (the call's result told the model there
+/// was no such tool), so a provider that checks the history never refuses
+/// it.
+pub fn name_for_history(name: &str) -> &str {
+    let valid = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid { name } else { "invalid_tool_name" }
+}
+
 /// The arguments' JSON text as it is sent back to the provider in later
 /// requests: what the model wrote when it parses, else `{}` (the call's
 /// result told the model what was wrong), so a provider that parses the
@@ -243,6 +256,10 @@ mod tests {
         assert_eq!(arguments_for_history(""), "{}");
         assert_eq!(arguments_for_history("[1]"), "{}");
         assert_eq!(arguments_for_history("{\"a\": 1}"), "{\"a\": 1}");
+        assert_eq!(name_for_history("calc_1-x"), "calc_1-x");
+        for bad in ["", "multi_tool_use.parallel", "../x y", &"n".repeat(65)] {
+            assert_eq!(name_for_history(bad), "invalid_tool_name", "{bad}");
+        }
     }
 
     #[test]

@@ -44,11 +44,16 @@ impl CachedAnswer {
     }
 
     fn left(&self) -> Duration {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        Duration::from_millis(self.expires_at_ms.saturating_sub(now))
+        Duration::from_millis(self.expires_at_ms.saturating_sub(now_ms()))
     }
+}
+
+/// Milliseconds since the Unix epoch: cached answers expire by the wall
+/// clock, which replicas share (roughly), not by one process's monotonic one.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// How a lookup went.
@@ -166,10 +171,7 @@ impl ResponseCache {
         if content.len() > MAX_ANSWER_BYTES {
             return None;
         }
-        let expires_at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-            + self.ttl.as_millis() as u64;
+        let expires_at_ms = now_ms() + self.ttl.as_millis() as u64;
         let answer = Arc::new(CachedAnswer {
             content,
             finish_reason: finish_reason.to_owned(),

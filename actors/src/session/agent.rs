@@ -237,7 +237,8 @@ impl SessionActor {
         saved: Result<(), BackendError>,
     ) {
         match &self.phase {
-            Phase::Generating(g) if g.id == *generation_id && matches!(g.work, Work::Calling(_)) => {}
+            Phase::Generating(g)
+                if g.id == *generation_id && matches!(g.work, Work::Calling(_)) => {}
             _ => return,
         }
         // A result the store could not take now goes with the next write;
@@ -345,8 +346,9 @@ impl SessionActor {
 
     /// Settles the tool calls of the generation `generation_id` that have
     /// not answered, as the generation ends with `status`: each gets it,
-    /// with what the model would be told, and, if its `tool_call` went out
-    /// (`announced`), a `tool_result`; `answered` calls (saved, not yet
+    /// with what the model would be told, and a `tool_result` (after its
+    /// `tool_call`, unless that went out already: `announced`), so what
+    /// clients saw matches what is stored; `answered` calls (saved, not yet
     /// announced) are announced. Returns the settled messages, to be saved.
     pub(super) fn settle_calls(
         &mut self,
@@ -377,10 +379,16 @@ impl SessionActor {
                 settled.push(message.clone());
             }
         }
-        if announced {
-            for message in &settled {
-                self.announce_result(generation_id, &message.id);
+        for message in &settled {
+            if !announced && let Some(tool) = &message.tool {
+                self.emit(EventBody::ToolCall {
+                    generation_id: generation_id.to_owned(),
+                    call_id: tool.call_id.clone(),
+                    name: tool.name.clone(),
+                    arguments: tool.to_call().arguments,
+                });
             }
+            self.announce_result(generation_id, &message.id);
         }
         settled
     }

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use sluice_backends::store::{MessageRecord, SessionRecord};
 use sluice_protocol::Role;
 use sluice_protocol::openai::{ChatRequest, StreamOptions};
-use sluice_protocol::tools::arguments_for_history;
+use sluice_protocol::tools::{arguments_for_history, name_for_history};
 
 use crate::{Continuation, SessionConfig};
 
@@ -101,7 +101,11 @@ pub(super) fn chat_request(
     // running answer's are always sent whole.
     let mut budget = EARLIER_RESULTS_BYTES;
     let mut whole: Vec<&str> = Vec::new();
-    for m in kept[start..].iter().rev() {
+    for m in kept[start..]
+        .iter()
+        .rev()
+        .filter(|m| m.role == Role::Assistant)
+    {
         let Some(generation) = m.generation_id.as_deref() else {
             continue;
         };
@@ -212,7 +216,10 @@ fn push_steps<'a>(
                 json!({
                     "id": t.call_id,
                     "type": "function",
-                    "function": {"name": t.name, "arguments": arguments_for_history(&t.arguments)},
+                    "function": {
+                        "name": name_for_history(&t.name),
+                        "arguments": arguments_for_history(&t.arguments),
+                    },
                 })
             })
             .collect();
@@ -440,10 +447,13 @@ mod tests {
     /// newest first; the running answer's always are.
     #[test]
     fn earlier_tool_results_share_a_budget() {
-        let big = "r".repeat(EARLIER_RESULTS_BYTES / 2 + 1);
+        let big = "r".repeat(EARLIER_RESULTS_BYTES / 3 + 1);
         let mut history = Vec::new();
         for g in ["g1", "g2", "g3"] {
-            history.push(message(Role::User, &format!("q {g}")));
+            // A user message names the generation it started too.
+            let mut question = message(Role::User, &format!("q {g}"));
+            question.generation_id = Some(g.into());
+            history.push(question);
             let mut answer = message(Role::Assistant, &format!("a {g}"));
             answer.generation_id = Some(g.into());
             history.push(answer);
@@ -466,7 +476,8 @@ mod tests {
                 .map(|m| m["content"].as_str().unwrap() == big)
                 .collect::<Vec<bool>>()
         };
-        assert_eq!(results(None), [false, false, true]);
-        assert_eq!(results(Some("g1")), [true, false, true]);
+        // Two answers' results fit, the oldest's do not.
+        assert_eq!(results(None), [false, true, true]);
+        assert_eq!(results(Some("g1")), [true, true, true]);
     }
 }

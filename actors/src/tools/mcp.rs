@@ -258,6 +258,7 @@ impl Tool for McpTool {
     fn call(&self, _: ToolContext, arguments: Value) -> BoxFuture<'static, Result<String, String>> {
         let service = self.link.service.read().expect("link lock").clone();
         let remote = self.remote.clone();
+        let remote_name = remote.clone();
         Box::pin(async move {
             let service = service.ok_or("The tool's server is not connected now.")?;
             let arguments = match arguments {
@@ -266,11 +267,11 @@ impl Tool for McpTool {
             };
             let mut params = CallToolRequestParams::new(remote);
             params.arguments = Some(arguments);
-            let result = service
-                .peer()
-                .call_tool(params)
-                .await
-                .map_err(|e| format!("The tool's server failed: {e}"))?;
+            let result = service.peer().call_tool(params).await.map_err(|e| {
+                // The detail (URLs, the transport's types) is the operator's.
+                tracing::warn!(tool = %remote_name, error = %e, "an MCP tool call failed");
+                "The tool's server failed or could not be reached.".to_owned()
+            })?;
             let text = result_text(&result.content, result.structured_content.as_ref());
             if result.is_error == Some(true) {
                 Err(text)

@@ -75,7 +75,7 @@ impl Tool for SearchFiles {
                         "file_id": hit.file_id,
                         "filename": filename,
                         "part": hit.ordinal + 1,
-                        "score": (hit.score * 1000.0).round() / 1000.0,
+                        "score": (f64::from(hit.score) * 1000.0).round() / 1000.0,
                         "text": hit.text,
                     })
                 })
