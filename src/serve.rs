@@ -365,7 +365,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         cache.clone(),
         metrics.clone(),
     )
-    .with_embedding_model(config.embedding_model.clone());
+    .with_embedding_model(config.embedding_model.clone())
+    .with_store(store.clone());
     let tools = tools(&config, &metrics)?;
     let deps = SessionDeps {
         store,

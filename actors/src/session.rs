@@ -19,7 +19,7 @@
 
 mod agent;
 mod generation;
-mod prompt;
+pub(crate) mod prompt;
 mod recovery;
 mod writer;
 
