@@ -365,8 +365,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         cache.clone(),
         metrics.clone(),
     )
-    .with_embedding_model(config.embedding_model.clone())
-    .with_store(store.clone());
+    .with_embedding_model(config.embedding_model.clone());
     let tools = tools(&config, &metrics)?;
     let deps = SessionDeps {
         store,

@@ -49,7 +49,6 @@ pub mod outbox;
 pub mod registry;
 pub mod relay;
 pub mod remote_pump;
-pub mod responses;
 pub mod session;
 pub mod sessions;
 pub mod subscriber;

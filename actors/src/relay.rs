@@ -18,7 +18,6 @@ use sluice_protocol::openai::ChatRequest;
 use crate::cache::{Cache, Recorder};
 use crate::error::SessionError;
 use crate::metrics::{GaugeGuard, Metrics};
-use sluice_backends::store::SessionStore;
 
 /// The relay. Cloning is cheap.
 #[derive(Clone)]
@@ -29,8 +28,6 @@ pub struct Relay {
     embedding_model: Option<String>,
     cache: Cache,
     metrics: Metrics,
-    /// Where stored responses live (`/v1/responses`).
-    store: Option<Arc<dyn SessionStore>>,
 }
 
 /// Most inputs in one `/v1/embeddings` request (OpenAI's own limit).
@@ -126,22 +123,7 @@ impl Relay {
             embedding_model: None,
             cache,
             metrics,
-            store: None,
         }
-    }
-
-    /// Stores the Responses API's responses in `store` (as sessions).
-    pub fn with_store(mut self, store: Arc<dyn SessionStore>) -> Self {
-        self.store = Some(store);
-        self
-    }
-
-    pub(crate) fn session_store(&self) -> Option<&Arc<dyn SessionStore>> {
-        self.store.as_ref()
-    }
-
-    pub(crate) fn default_model(&self) -> &str {
-        &self.default_model
     }
 
     /// The model `/v1/embeddings` asks for when a request names none.

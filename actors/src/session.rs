@@ -19,7 +19,7 @@
 
 mod agent;
 mod generation;
-pub(crate) mod prompt;
+mod prompt;
 mod recovery;
 mod writer;
 

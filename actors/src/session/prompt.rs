@@ -44,7 +44,7 @@ pub struct Prompt {
 }
 
 /// The tools a request offers.
-pub(crate) struct Offer {
+pub(super) struct Offer {
     /// The `tools` field (a JSON array; empty: none offered).
     pub definitions: Value,
     /// The generation's last step: the model must answer in text
@@ -59,7 +59,7 @@ pub(crate) struct Offer {
 /// `running` (if in `history`) is sent up to its last step; with
 /// `continuation`, its text after that goes last, as the configured
 /// [`Continuation`] asks for it.
-pub(crate) fn chat_request(
+pub(super) fn chat_request(
     session: &SessionRecord,
     history: &[&MessageRecord],
     config: &SessionConfig,

@@ -72,50 +72,6 @@ pub async fn chat_completions(
         .streaming(stream))
 }
 
-/// `POST /v1/responses`, streaming or not: the Responses API over the
-/// provider's chat completions (`sluice_actors::responses`).
-pub async fn create_response(
-    state: web::Data<AppState>,
-    user: User,
-    body: RawBody,
-) -> Result<HttpResponse, ApiError> {
-    let request: serde_json::Value = crate::body::parse_json(&body.0)?;
-    let prepared = state.relay.prepare_response(&user.0, request).await?;
-    if !prepared.stream() {
-        let response = state.relay.respond(&user.0, prepared).await?;
-        return Ok(HttpResponse::Ok().json(response));
-    }
-    let mut events = state.relay.respond_streamed(&user.0, prepared).await?;
-    let stream = async_stream::stream! {
-        while let Some(batch) = events.next().await {
-            let mut out = BytesMut::new();
-            for (kind, event) in batch {
-                out.extend_from_slice(b"event: ");
-                out.extend_from_slice(kind.as_bytes());
-                out.extend_from_slice(b"\n");
-                push_data_line(&mut out, &event.to_string());
-            }
-            yield Ok::<_, Infallible>(out.freeze());
-            tokio::task::yield_now().await;
-        }
-    };
-    Ok(HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header(("Cache-Control", "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(stream))
-}
-
-/// `GET /v1/responses/{id}`: a stored response.
-pub async fn get_response(
-    state: web::Data<AppState>,
-    user: User,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let response = state.relay.get_response(&user.0, &id).await?;
-    Ok(HttpResponse::Ok().json(response))
-}
-
 fn push_data_line(out: &mut BytesMut, json: &str) {
     out.reserve(json.len() + 8);
     out.extend_from_slice(b"data: ");
