@@ -6,6 +6,7 @@
 
 use serde_json::{Value, json};
 use sluice_test_support::client::{SseClient, WsClient, token_text};
+use sluice_test_support::cluster::TestCluster;
 use sluice_test_support::harness::Harness;
 use sluice_test_support::mcp::TestMcp;
 use sluice_test_support::rest::settled_answer;
@@ -18,21 +19,46 @@ fn script(steps: Value) -> String {
     json!({ "steps": steps }).to_string()
 }
 
-/// Sluice with the MCP server `mcp` named `test` (with its token).
+/// The bearer token the test MCP server wants.
+const MCP_TOKEN: &str = "s3cret-token";
+
+/// The environment that names the MCP server `mcp` as `test`, with its token.
+fn mcp_env(mcp: &TestMcp) -> [(&'static str, String); 2] {
+    [
+        ("SLUICE_MCP_SERVERS", format!("test={}", mcp.url())),
+        ("SLUICE_MCP_TOKENS", format!("test={MCP_TOKEN}")),
+    ]
+}
+
+/// Sluice with the MCP server `mcp`, and `extra` environment.
 fn with_mcp(mcp: &TestMcp, extra: &[(&str, &str)]) -> Harness {
-    let servers = format!("test={}", mcp.url());
-    let mut env = vec![
-        ("SLUICE_MCP_SERVERS", servers.as_str()),
-        ("SLUICE_MCP_TOKENS", "test=s3cret-token"),
-    ];
+    let named = mcp_env(mcp);
+    let mut env: Vec<(&str, &str)> = named.iter().map(|(k, v)| (*k, v.as_str())).collect();
     env.extend_from_slice(extra);
     Harness::start_with(BIN, &env)
 }
 
-/// Waits until the replica lists the MCP server's tools.
-async fn mcp_listed(h: &Harness) {
+/// Two replicas (Redis, PostgreSQL, nginx) with the MCP server `mcp`, once
+/// each lists its tools.
+async fn mcp_cluster(mcp: &TestMcp) -> TestCluster {
+    let named = mcp_env(mcp);
+    let env: Vec<(&str, &str)> = named.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let c = TestCluster::start(BIN, 2, &env);
+    for i in 0..2 {
+        mcp_listed(|| c.metrics(i)).await;
+    }
+    c
+}
+
+/// Waits until the replica whose metrics `metrics` reads lists the MCP
+/// server's tools.
+async fn mcp_listed<F, Fut>(metrics: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
     wait_until("the MCP server's tools listed", || async {
-        h.metrics()
+        metrics()
             .await
             .contains("sluice_mcp_tools{server=\"test\"} 3")
             .then_some(())
@@ -171,9 +197,9 @@ async fn a_tool_call_fragment_naming_no_call_ends_the_answer_as_usual() {
 
 #[tokio::test]
 async fn parallel_calls_run_at_once_and_failures_are_the_models_to_read() {
-    let mcp = TestMcp::start(Some("s3cret-token"));
+    let mcp = TestMcp::start(Some(MCP_TOKEN));
     let h = with_mcp(&mcp, &[]);
-    mcp_listed(&h).await;
+    mcp_listed(|| h.metrics()).await;
     // One step: a slow MCP call first, then quick ones, and three that fail
     // in different ways.
     let content = script(json!([[
@@ -263,9 +289,9 @@ async fn the_step_limit_makes_the_model_answer_in_text() {
 
 #[tokio::test]
 async fn cancel_during_a_tool_stops_it_and_the_loop() {
-    let mcp = TestMcp::start(Some("s3cret-token"));
+    let mcp = TestMcp::start(Some(MCP_TOKEN));
     let h = with_mcp(&mcp, &[]);
-    mcp_listed(&h).await;
+    mcp_listed(|| h.metrics()).await;
     let content =
         script(json!([[{"name": "test__slow", "arguments": {"key": "c", "seconds": 60}}]]));
     let (id, mut ws) = h.session_with_ws("fake:tools", &content).await;
@@ -289,9 +315,9 @@ async fn cancel_during_a_tool_stops_it_and_the_loop() {
 
 #[tokio::test]
 async fn a_session_uses_only_the_tools_it_names() {
-    let mcp = TestMcp::start(Some("s3cret-token"));
+    let mcp = TestMcp::start(Some(MCP_TOKEN));
     let h = with_mcp(&mcp, &[("SLUICE_TOOLS", "calculator,test__add")]);
-    mcp_listed(&h).await;
+    mcp_listed(|| h.metrics()).await;
     let create = |body: Value| {
         let http = h.http.clone();
         let url = h.url("/v1/sessions");
@@ -355,26 +381,8 @@ async fn a_session_uses_only_the_tools_it_names() {
 /// never runs it again, and the answer completes there.
 #[tokio::test]
 async fn a_tool_running_when_its_owner_dies_is_never_run_again() {
-    use sluice_test_support::cluster::TestCluster;
-    let mcp = TestMcp::start(Some("s3cret-token"));
-    let servers = format!("test={}", mcp.url());
-    let mut c = TestCluster::start(
-        BIN,
-        2,
-        &[
-            ("SLUICE_MCP_SERVERS", servers.as_str()),
-            ("SLUICE_MCP_TOKENS", "test=s3cret-token"),
-        ],
-    );
-    for i in 0..2 {
-        wait_until("each replica lists the MCP tools", || async {
-            c.metrics(i)
-                .await
-                .contains("sluice_mcp_tools{server=\"test\"} 3")
-                .then_some(())
-        })
-        .await;
-    }
+    let mcp = TestMcp::start(Some(MCP_TOKEN));
+    let mut c = mcp_cluster(&mcp).await;
     let id = c.create_session(0, "fake:tools,tokens=3").await;
     let path = format!("/v1/sessions/{id}/ws");
     let mut ws = WsClient::connect(&c.ws_url(0, &path)).await.unwrap();
@@ -453,26 +461,8 @@ async fn a_tool_running_when_its_owner_dies_is_never_run_again() {
 /// answer completes.
 #[tokio::test]
 async fn an_owner_dying_between_steps_is_taken_over_at_the_next_step() {
-    use sluice_test_support::cluster::TestCluster;
-    let mcp = TestMcp::start(Some("s3cret-token"));
-    let servers = format!("test={}", mcp.url());
-    let mut c = TestCluster::start(
-        BIN,
-        2,
-        &[
-            ("SLUICE_MCP_SERVERS", servers.as_str()),
-            ("SLUICE_MCP_TOKENS", "test=s3cret-token"),
-        ],
-    );
-    for i in 0..2 {
-        wait_until("each replica lists the MCP tools", || async {
-            c.metrics(i)
-                .await
-                .contains("sluice_mcp_tools{server=\"test\"} 3")
-                .then_some(())
-        })
-        .await;
-    }
+    let mcp = TestMcp::start(Some(MCP_TOKEN));
+    let mut c = mcp_cluster(&mcp).await;
     // The provider takes 2 s to start each text answer.
     let id = c
         .create_session(0, "fake:tools,preamble=1,tokens=3,first_delay_ms=2000")

@@ -423,15 +423,27 @@ async fn completions(
         }
         yield Ok(chunk(&id, &model, json!({}), Some(&script.finish)));
         if include_usage {
-            let usage = json!({
-                "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
-                "choices": [],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": script.tokens - start, "total_tokens": prompt_tokens + (script.tokens - start) as u64},
-            });
-            yield Ok(Bytes::from(format!("data: {usage}\n\n")));
+            yield Ok(usage_chunk(&id, &model, prompt_tokens, (script.tokens - start) as u64));
         }
         yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
     };
+    event_stream(body)
+}
+
+/// The usage chunk that ends a stream asked for usage.
+fn usage_chunk(id: &str, model: &str, prompt: u64, completion: u64) -> Bytes {
+    let usage = json!({
+        "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
+        "choices": [],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+    });
+    Bytes::from(format!("data: {usage}\n\n"))
+}
+
+/// An SSE response of `body`'s chunks.
+fn event_stream(
+    body: impl futures::Stream<Item = Result<Bytes, actix_web::Error>> + 'static,
+) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
@@ -509,16 +521,9 @@ fn call_tools(
         }
         yield Ok(chunk(&id, &model, json!({}), Some("tool_calls")));
         if include_usage {
-            let usage = json!({
-                "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
-                "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": calls.len(), "total_tokens": 1 + calls.len()},
-            });
-            yield Ok(Bytes::from(format!("data: {usage}\n\n")));
+            yield Ok(usage_chunk(&id, &model, 1, calls.len() as u64));
         }
         yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
     };
-    HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header(("Cache-Control", "no-cache"))
-        .streaming(body)
+    event_stream(body)
 }
