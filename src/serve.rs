@@ -33,6 +33,7 @@ use sluice_backends::probe::{
     VectorsProbe,
 };
 use sluice_backends::redis::RedisConnections;
+use sluice_backends::responses::ResponseStore;
 use sluice_backends::store::SessionStore;
 use sluice_backends::store::postgres::PostgresSessionStore;
 use sluice_backends::store::redb::RedbSessionStore;
@@ -135,17 +136,26 @@ fn llm_provider(config: &Config) -> anyhow::Result<Arc<dyn LlmProvider>> {
     })
 }
 
-/// The session store, and the same database as the files' metadata store.
+/// The session store, and the same database as the store of files'
+/// metadata and of the Responses API's responses.
 async fn session_store(
     config: &Config,
-) -> anyhow::Result<(Arc<dyn SessionStore>, Arc<dyn FileStore>)> {
+) -> anyhow::Result<(
+    Arc<dyn SessionStore>,
+    Arc<dyn FileStore>,
+    Arc<dyn ResponseStore>,
+)> {
     Ok(match &config.postgres_url {
         Some(url) => {
             let store = PostgresSessionStore::connect(url.expose(), POSTGRES_POOL_SIZE)
                 .await
                 .context("cannot open the PostgreSQL session store")?;
             tracing::info!("session store: PostgreSQL");
-            (Arc::new(store.clone()), Arc::new(store))
+            (
+                Arc::new(store.clone()),
+                Arc::new(store.clone()),
+                Arc::new(store),
+            )
         }
         None => {
             std::fs::create_dir_all(&config.data_dir).with_context(|| {
@@ -157,7 +167,11 @@ async fn session_store(
             let path = config.data_dir.join("sluice.redb");
             let store = RedbSessionStore::open(&path)?;
             tracing::info!(path = %path.display(), "session store: redb (embedded)");
-            (Arc::new(store.clone()), Arc::new(store))
+            (
+                Arc::new(store.clone()),
+                Arc::new(store.clone()),
+                Arc::new(store),
+            )
         }
     })
 }
@@ -305,7 +319,7 @@ async fn log_and_cluster(
 async fn serve(config: Config) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry)?;
-    let (store, file_store) = session_store(&config).await?;
+    let (store, file_store, response_store) = session_store(&config).await?;
 
     // Bound first, so that the default replica id names the real port.
     // Every listener is bound before anything starts, so an address in use
@@ -365,7 +379,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         cache.clone(),
         metrics.clone(),
     )
-    .with_embedding_model(config.embedding_model.clone());
+    .with_embedding_model(config.embedding_model.clone())
+    .with_responses(response_store);
     let tools = tools(&config, &metrics)?;
     let deps = SessionDeps {
         store,

@@ -20,6 +20,9 @@ pub enum SessionError {
     /// attachments knows which).
     #[error("no such file: {0}")]
     FileNotFound(String),
+    /// No such stored response for this user (named, as a client sent it).
+    #[error("no such response: {0}")]
+    ResponseNotFound(String),
     /// An upload of a type the server does not accept.
     #[error("{0}")]
     UnsupportedMedia(String),
@@ -62,7 +65,9 @@ impl SessionError {
     /// The protocol error code for this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::NotFound | Self::FileNotFound(_) => ErrorCode::NotFound,
+            Self::NotFound | Self::FileNotFound(_) | Self::ResponseNotFound(_) => {
+                ErrorCode::NotFound
+            }
             Self::UnsupportedMedia(_) => ErrorCode::UnsupportedMediaType,
             Self::Conflict => ErrorCode::Conflict,
             Self::BadRequest(_) => ErrorCode::BadRequest,

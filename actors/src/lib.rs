@@ -49,6 +49,7 @@ pub mod outbox;
 pub mod registry;
 pub mod relay;
 pub mod remote_pump;
+pub mod responses;
 pub mod session;
 pub mod sessions;
 pub mod subscriber;

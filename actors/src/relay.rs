@@ -18,16 +18,19 @@ use sluice_protocol::openai::ChatRequest;
 use crate::cache::{Cache, Recorder};
 use crate::error::SessionError;
 use crate::metrics::{GaugeGuard, Metrics};
+use sluice_backends::responses::ResponseStore;
 
 /// The relay. Cloning is cheap.
 #[derive(Clone)]
 pub struct Relay {
     llm: Arc<dyn LlmProvider>,
-    default_model: String,
+    pub(crate) default_model: String,
     /// The model `/v1/embeddings` asks for when a request names none.
     embedding_model: Option<String>,
     cache: Cache,
     metrics: Metrics,
+    /// Where stored responses live (`/v1/responses`).
+    pub(crate) responses: Option<Arc<dyn ResponseStore>>,
 }
 
 /// Most inputs in one `/v1/embeddings` request (OpenAI's own limit).
@@ -123,6 +126,7 @@ impl Relay {
             embedding_model: None,
             cache,
             metrics,
+            responses: None,
         }
     }
 

@@ -5,8 +5,10 @@ points `OpenAI(base_url=..., api_key=TOKEN)` at Sluice, and checks that
 streaming, usage, non-streaming, errors and model listing behave as the SDK
 expects. With SLUICE_CLUSTER_URL set (nginx in front of replicas started by
 scripts/cluster, with the fake upstream and `fake:tokens=25` as the default
-model), the same checks also run through the cluster. Run by scripts/test;
-prints `N passed, N failed`.
+model), the same checks also run through the cluster, and with
+SLUICE_REPLICA_URLS (its replicas, space-separated) a response is continued
+on another replica than the one that made it. Run by scripts/test; prints
+`N passed, N failed`.
 """
 
 import json
@@ -221,6 +223,57 @@ def test_client_tools_are_relayed(client):
     assert whole.choices[0].message.tool_calls[0].function.name == "calc"
 
 
+def test_responses(client):
+    """`client.responses`: whole and streamed, a follow-up turn with
+    `previous_response_id`, retrieval, deletion, and a function tool's round
+    trip, streamed through the SDK's own stream helper."""
+    first = client.responses.create(model="fake:tokens=5", input="My name is Ada.", instructions="Be brief.")
+    assert first.status == "completed" and first.output_text == expected(5), first
+    assert first.usage.output_tokens == 5
+    events = list(client.responses.create(model="fake:tokens=4", input="again", stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed", kinds
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == expected(4) == events[-1].response.output_text, deltas
+    follow = client.responses.create(model="fake:tokens=3", input="What is my name?", previous_response_id=first.id)
+    assert follow.previous_response_id == first.id and follow.output_text == expected(3)
+    assert client.responses.retrieve(follow.id).model_dump() == follow.model_dump()
+    script = json.dumps({"steps": [[{"name": "calc", "arguments": {"expression": "6*7"}},
+                                    {"name": "calc", "arguments": {"expression": "1+1"}}]]})
+    tool = {"type": "function", "name": "calc", "description": "arithmetic",
+            "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}
+    with client.responses.stream(model="fake:tools,preamble=1,tokens=2", input=script, tools=[tool]) as stream:
+        for _ in stream:
+            pass
+        called = stream.get_final_response()
+    calls = [o for o in called.output if o.type == "function_call"]
+    assert [json.loads(c.arguments) for c in calls] == [{"expression": "6*7"}, {"expression": "1+1"}], called
+    answered = client.responses.create(
+        model="fake:tools,tokens=2", tools=[tool], previous_response_id=called.id,
+        input=[{"type": "function_call_output", "call_id": c.call_id, "output": out}
+               for c, out in zip(calls, ["42", "2"])])
+    assert answered.output_text == expected(2), answered
+    client.responses.delete(answered.id)
+    try:
+        client.responses.retrieve(answered.id)
+        raise AssertionError("a deleted response was found")
+    except openai.NotFoundError:
+        pass
+
+
+def test_responses_across_replicas(client):
+    """In the cluster: a response made by one replica is continued, streamed,
+    and read back by another (each replica asked directly, past nginx)."""
+    urls = os.environ["SLUICE_REPLICA_URLS"].split()
+    one, two = (OpenAI(base_url=f"{u}/v1", api_key=client.api_key, max_retries=0) for u in urls[:2])
+    first = one.responses.create(model="fake:tokens=3", input="My name is Ada.")
+    with two.responses.stream(model="fake:tokens=2", input="What is my name?",
+                              previous_response_id=first.id) as stream:
+        follow = stream.get_final_response()
+    assert follow.previous_response_id == first.id and follow.output_text == expected(2), follow
+    assert one.responses.retrieve(follow.id).output_text == expected(2)
+
+
 def main():
     passed = failed = 0
     modes = ["local", "jwt"] + (["cluster"] if os.environ.get("SLUICE_CLUSTER_URL") else [])
@@ -232,7 +285,9 @@ def main():
             client = OpenAI(base_url=procs.base_url, api_key=token, max_retries=0)
             tests = [test_streaming, test_streaming_usage, test_non_streaming_and_default_model,
                      test_upstream_error_is_raised, test_provider_refusal_is_raised_as_such, test_models,
-                     test_files, test_embeddings, test_client_tools_are_relayed]
+                     test_files, test_embeddings, test_client_tools_are_relayed, test_responses]
+            if mode == "cluster":
+                tests.append(test_responses_across_replicas)
             for test in tests:
                 name = f"{test.__name__}[{mode}]"
                 try:

@@ -53,6 +53,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/v1/files/{id}/content", "GET").route(web::get().to(files::content)))
         .service(resource("/v1/embeddings", "POST").route(web::post().to(openai::embeddings)))
+        .service(resource("/v1/responses", "POST").route(web::post().to(openai::create_response)))
+        .service(
+            resource("/v1/responses/{id}", "GET, DELETE")
+                .route(web::get().to(openai::get_response))
+                .route(web::delete().to(openai::delete_response)),
+        )
         .service(resource("/v1/models", "GET").route(web::get().to(openai::models)))
         .service(resource("/v1/models/{id}", "GET").route(web::get().to(openai::model)));
 }

@@ -35,6 +35,7 @@ pub mod log;
 pub mod objects;
 pub mod probe;
 pub mod redis;
+pub mod responses;
 pub mod secret;
 pub mod store;
 pub mod vectors;

@@ -72,6 +72,57 @@ pub async fn chat_completions(
         .streaming(stream))
 }
 
+/// `POST /v1/responses`, streaming or not: the Responses API over the
+/// provider's chat completions (`sluice_actors::responses`).
+pub async fn create_response(
+    state: web::Data<AppState>,
+    user: User,
+    body: RawBody,
+) -> Result<HttpResponse, ApiError> {
+    let request: serde_json::Value = crate::body::parse_json(&body.0)?;
+    let prepared = state.relay.prepare_response(&user.0, request).await?;
+    let stream = prepared.stream();
+    let mut events = state.relay.respond(prepared).await?;
+    if !stream {
+        return Ok(HttpResponse::Ok().json(events.whole().await?));
+    }
+    let stream = async_stream::stream! {
+        while let Some(batch) = events.next().await {
+            let mut out = BytesMut::new();
+            for (kind, event) in batch {
+                out.extend_from_slice(b"event: ");
+                out.extend_from_slice(kind.as_bytes());
+                out.extend_from_slice(b"\n");
+                push_data_line(&mut out, &event.to_string());
+            }
+            yield Ok::<_, Infallible>(out.freeze());
+        }
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream))
+}
+
+/// `GET /v1/responses/{id}`: a stored response, as it was answered.
+pub async fn get_response(
+    state: web::Data<AppState>,
+    user: User,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.relay.get_response(&user.0, &id).await?))
+}
+
+/// `DELETE /v1/responses/{id}`: deletes a stored response.
+pub async fn delete_response(
+    state: web::Data<AppState>,
+    user: User,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.relay.delete_response(&user.0, &id).await?))
+}
+
 fn push_data_line(out: &mut BytesMut, json: &str) {
     out.reserve(json.len() + 8);
     out.extend_from_slice(b"data: ");

@@ -7,6 +7,7 @@
 //! `client_msg_id` is unique per session.
 
 mod files;
+mod responses;
 
 use std::str::FromStr;
 
@@ -96,6 +97,21 @@ const MIGRATIONS: &[(i32, &str)] = &[
         4,
         "ALTER TABLE sessions ADD COLUMN tools text[];
     ALTER TABLE messages ADD COLUMN tool text;",
+    ),
+    // The Responses API: each stored response holds its own turn and names
+    // the one it continues (see `crate::responses`).
+    (
+        5,
+        "CREATE TABLE responses (
+        id text PRIMARY KEY,
+        user_id text NOT NULL,
+        parent text,
+        turns integer NOT NULL,
+        bytes bigint NOT NULL,
+        items text NOT NULL,
+        response text NOT NULL,
+        created_at timestamptz NOT NULL
+    );",
     ),
 ];
 
@@ -541,5 +557,6 @@ mod tests {
         drop(client);
         crate::store::conformance::run(stores[0].clone()).await;
         crate::files::conformance::run(stores[1].clone()).await;
+        crate::responses::conformance::run(stores[2].clone()).await;
     }
 }

@@ -10,6 +10,7 @@
 //! thousand. Other calls run on the blocking thread pool.
 
 mod files;
+mod responses;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -173,6 +174,7 @@ impl RedbSessionStore {
         txn.open_table(files::FILES).map_err(err)?;
         txn.open_table(files::USER_FILES).map_err(err)?;
         txn.open_table(files::UNINDEXED).map_err(err)?;
+        txn.open_table(responses::RESPONSES).map_err(err)?;
         txn.commit().map_err(err)?;
         let db = Arc::new(db);
         let (saves, queue) = std::sync::mpsc::channel();
@@ -393,7 +395,8 @@ mod tests {
     async fn redb_store_conforms() {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbSessionStore::open(&dir.path().join("sluice.redb")).unwrap();
-        crate::store::conformance::run(store).await;
+        crate::store::conformance::run(store.clone()).await;
+        crate::responses::conformance::run(store).await;
     }
 
     #[tokio::test]
