@@ -232,7 +232,15 @@ async fn responses_are_their_users_own_and_unstored_ones_are_not_kept() {
     ] {
         assert_eq!(post(&base, &alice, bad.clone()).await.0, 400, "{bad}");
     }
-    assert_eq!(get(&base, &alice, "resp_../../etc").await.0, 404);
+    for odd in [
+        "resp_..%2F..%2Fetc".to_owned(),
+        format!("resp_{}", "9".repeat(5000)),
+        "resp_%E2%9C%93".to_owned(),
+    ] {
+        let (status, body) = get(&base, &alice, &odd).await;
+        assert_eq!(status, 404, "{odd:.60}");
+        assert!(body["error"]["message"].as_str().unwrap().len() < 100);
+    }
     let delete = |token: &str, id: &str| {
         reqwest::Client::new()
             .delete(format!("{base}/v1/responses/{id}"))
@@ -357,6 +365,14 @@ async fn a_cut_answer_is_incomplete_and_a_failed_one_is_not_kept() {
     assert_eq!(kind, "response.failed");
     assert_eq!(last["response"]["status"], "failed");
     assert_eq!(last["response"]["error"]["code"], "upstream_error");
+    // The message it had begun is closed, with what was said, as the
+    // failed object shows it.
+    let message = &last["response"]["output"][0];
+    assert_eq!(message["status"], "incomplete");
+    assert_eq!(message["content"][0]["text"], expected_text(2));
+    let closed = of_kind(&events, "response.output_item.done");
+    assert_eq!(closed.len(), 1);
+    assert_eq!(&closed[0]["item"], message);
     let id = last["response"]["id"].as_str().unwrap();
     assert_eq!(get(&base, "local", id).await.0, 404);
     let (status, failed) = post(
@@ -367,6 +383,51 @@ async fn a_cut_answer_is_incomplete_and_a_failed_one_is_not_kept() {
     .await;
     assert_eq!(status, 502, "{failed}");
     assert_eq!(failed["error"]["code"], "upstream_error");
+
+    // An answer longer than 1 MiB is kept to 1 MiB, and incomplete.
+    let (status, long) = post(
+        &base,
+        "local",
+        json!({"model": "fake:tokens=1100,pad=1000", "input": "hi"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(long["status"], "incomplete");
+    assert_eq!(long["output"][0]["status"], "incomplete");
+    assert_eq!(text(&long).len(), 1024 * 1024);
+}
+
+#[tokio::test]
+async fn a_provider_that_numbers_calls_per_turn_cannot_stall_a_conversation() {
+    let h = Harness::start(BIN);
+    let base = h.url("");
+    let tools = json!([{"type": "function", "name": "calc", "parameters": {"type": "object"}}]);
+    let script = json!({"steps": [[{"name": "calc", "arguments": {"x": 1}}]]}).to_string();
+    let mut previous: Option<String> = None;
+    let mut call_ids = Vec::new();
+    // Two user turns, each calling a tool: the fake provider names both
+    // calls `call_0_0`.
+    for _ in 0..2 {
+        let mut body = json!({"model": "fake:tools,tokens=1", "input": script, "tools": tools});
+        if let Some(id) = &previous {
+            body["previous_response_id"] = id.as_str().into();
+        }
+        let (status, called) = post(&base, "local", body).await;
+        assert_eq!(status, 200, "{called}");
+        let call_id = called["output"][0]["call_id"].as_str().unwrap().to_owned();
+        let (status, answered) = post(
+            &base,
+            "local",
+            json!({"model": "fake:tools,tokens=1", "tools": tools, "previous_response_id": called["id"],
+                   "input": [{"type": "function_call_output", "call_id": call_id, "output": "2"}]}),
+        )
+        .await;
+        assert_eq!(status, 200, "{answered}");
+        call_ids.push(call_id);
+        previous = Some(answered["id"].as_str().unwrap().to_owned());
+    }
+    assert_ne!(call_ids[0], call_ids[1]);
+    assert!(call_ids.iter().all(|id| id.starts_with("call_")));
 }
 
 #[tokio::test]
@@ -450,16 +511,11 @@ async fn a_conversation_is_bounded_not_cut_and_forks_stay_apart() {
         get(&base, "local", left["id"].as_str().unwrap()).await.0,
         404
     );
-    let (_, after_root) = post(&base, "local", turn(Some(&root), "again".into())).await;
-    let (status, _) = post(&base, "local", turn(Some(&root), "still".into())).await;
-    assert_eq!(status, 200, "deleting a branch leaves its parent");
-    let (status, broken) = post(
-        &base,
-        "local",
-        turn(Some(after_root["id"].as_str().unwrap()), "x".into()),
-    )
-    .await;
-    assert_eq!(status, 200, "{broken}");
+    let (status, after_root) = post(&base, "local", turn(Some(&root), "again".into())).await;
+    assert_eq!(
+        status, 200,
+        "deleting a branch leaves its parent: {after_root}"
+    );
     let middle = after_root["id"].as_str().unwrap();
     let (_, tail) = post(&base, "local", turn(Some(middle), "tail".into())).await;
     reqwest::Client::new()

@@ -29,6 +29,7 @@ use sluice_backends::ids::{new_id, now_rfc3339, now_unix};
 use sluice_backends::responses::{ResponseRecord, ResponseStore};
 use sluice_protocol::Usage;
 use sluice_protocol::openai::{ChatRequest, StreamOptions};
+use sluice_protocol::tools::floor_char_boundary;
 
 pub use self::events::{Incomplete, MAX_OUTPUT_BYTES, ResponseEvents};
 use self::items::{Item, MAX_ITEM_BYTES, chat_messages, check_pairs, parse_input};
@@ -50,15 +51,28 @@ const MAX_METADATA: (usize, usize, usize) = (16, 64, 512);
 
 /// A checked request, ready to be answered.
 pub struct Prepared {
+    /// The provider's request.
+    chat: ChatRequest,
+    meta: Meta,
+}
+
+impl Prepared {
+    /// Whether the client asked for a stream.
+    pub fn stream(&self) -> bool {
+        self.meta.stream
+    }
+}
+
+/// What answering a response needs besides the provider's request.
+struct Meta {
     /// The response's id, without `resp_`.
     id: String,
     user_id: String,
-    /// The provider's request.
-    chat: ChatRequest,
+    model: String,
     /// This turn's input.
     input: Vec<Item>,
-    /// The response it continues: (id, turns, bytes).
-    parent: Option<(String, u32, u64)>,
+    /// The stored response it continues.
+    parent: Option<Parent>,
     /// Request fields the response object repeats.
     echo: Map<String, Value>,
     stream: bool,
@@ -66,12 +80,14 @@ pub struct Prepared {
     created: i64,
 }
 
-impl Prepared {
-    /// Whether the client asked for a stream.
-    pub fn stream(&self) -> bool {
-        self.stream
-    }
+/// The stored response a request continues.
+struct Parent {
+    id: String,
+    turns: u32,
+    bytes: u64,
+}
 
+impl Meta {
     /// The response object as it stands, `status` given.
     fn object(
         &self,
@@ -86,7 +102,7 @@ impl Prepared {
             "object": "response",
             "created_at": self.created,
             "status": status,
-            "model": self.chat.model,
+            "model": self.model,
             "output": if done { output.to_vec() } else { Vec::new() },
             "error": null,
             "incomplete_details": incomplete.filter(|_| status == "incomplete").map(|reason| json!({
@@ -102,7 +118,7 @@ impl Prepared {
                 "input_tokens_details": {"cached_tokens": 0},
                 "output_tokens": u.completion_tokens,
                 "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": u.prompt_tokens + u.completion_tokens,
+                "total_tokens": u.prompt_tokens.saturating_add(u.completion_tokens),
             })),
         });
         for (key, value) in &self.echo {
@@ -112,11 +128,12 @@ impl Prepared {
     }
 }
 
-/// An output item as the response object shows it, with its id.
-fn output_item(item: &Item, id: &str) -> Value {
+/// An output item as the response object shows it, with its id and
+/// status.
+fn output_item(item: &Item, id: &str, status: &str) -> Value {
     match item {
         Item::Message { text, .. } => json!({
-            "id": id, "type": "message", "role": "assistant", "status": "completed",
+            "id": id, "type": "message", "role": "assistant", "status": status,
             "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
         }),
         Item::FunctionCall {
@@ -124,7 +141,7 @@ fn output_item(item: &Item, id: &str) -> Value {
             name,
             arguments,
         } => json!({
-            "id": id, "type": "function_call", "status": "completed",
+            "id": id, "type": "function_call", "status": status,
             "call_id": call_id, "name": name, "arguments": arguments,
         }),
         Item::FunctionCallOutput { call_id, output } => json!({
@@ -198,7 +215,7 @@ fn options(
             if !fits {
                 return Err(bad(format!(
                     "metadata must have at most {most} pairs, keys of at most {key_len} \
-                     characters and string values of at most {value_len}"
+                     bytes and string values of at most {value_len}"
                 )));
             }
             Value::Object(pairs.clone())
@@ -240,6 +257,7 @@ fn options(
     echo.insert("parallel_tool_calls".into(), parallel);
     let text = match field("text") {
         None => json!({"format": {"type": "text"}}),
+        Some(text) if !text.is_object() => return Err(bad("text must be an object")),
         Some(text) => {
             if let Some(format) = response_format(&text["format"])? {
                 extra.insert("response_format".into(), format);
@@ -385,32 +403,26 @@ impl Relay {
         options(&body, &mut extra, &mut echo)?;
         echo.insert("instructions".into(), json!(instructions));
 
+        let input_bytes = serde_json::to_string(&input).map_or(0, |s| s.len()) as u64;
         let (mut conversation, parent) = match body.get("previous_response_id") {
             None | Some(Value::Null) => (Vec::new(), None),
             Some(Value::String(id)) => {
-                echo.insert("previous_response_id".into(), json!(id));
-                self.conversation(user_id, id).await?
+                let parent = self.owned_response(user_id, id).await?;
+                check_room(&parent, input_bytes)?;
+                (self.conversation(&parent, id).await?, Some(parent))
             }
             Some(_) => return Err(bad("previous_response_id must be a string")),
         };
-        let (turns, bytes) = parent.as_ref().map_or((0, 0), |(_, t, b)| (*t, *b));
-        if turns >= MAX_TURNS {
-            return Err(bad(format!(
-                "this conversation has {MAX_TURNS} responses, its limit: start a new one"
-            )));
-        }
-        let input_bytes = serde_json::to_string(&input).map_or(0, |s| s.len()) as u64;
-        if bytes + input_bytes > MAX_CONVERSATION_BYTES {
-            return Err(bad(format!(
-                "this conversation would be {} bytes, over its limit of {MAX_CONVERSATION_BYTES}: \
-                 start a new one",
-                bytes + input_bytes
-            )));
-        }
+        echo.insert(
+            "previous_response_id".into(),
+            body.get("previous_response_id")
+                .cloned()
+                .unwrap_or(Value::Null),
+        );
         conversation.extend(input.iter().cloned());
         check_pairs(&conversation)?;
         let chat = ChatRequest {
-            model: Some(model),
+            model: Some(model.clone()),
             messages: chat_messages(instructions.as_deref(), &conversation),
             stream: true,
             stream_options: Some(StreamOptions {
@@ -419,38 +431,41 @@ impl Relay {
             extra,
         };
         Ok(Prepared {
-            id: new_id(),
-            user_id: user_id.to_owned(),
             chat,
-            input,
-            parent,
-            echo,
-            stream,
-            store,
-            created: now_unix(),
+            meta: Meta {
+                id: new_id(),
+                user_id: user_id.to_owned(),
+                model,
+                input,
+                parent: parent.map(|p| Parent {
+                    id: p.id,
+                    turns: p.turns,
+                    bytes: p.bytes,
+                }),
+                echo,
+                stream,
+                store,
+                created: now_unix(),
+            },
         })
     }
 
-    /// The items of the conversation up to the user's stored response
-    /// `response_id`, and that response's (id, turns, bytes).
+    /// The items of the conversation up to `parent` (the stored response
+    /// `response_id`, the user's), oldest first.
     async fn conversation(
         &self,
-        user_id: &str,
+        parent: &ResponseRecord,
         response_id: &str,
-    ) -> Result<(Vec<Item>, Option<(String, u32, u64)>), SessionError> {
-        let store = self.response_store()?;
-        let not_found = || bad_id(response_id);
-        let id = stored_id(response_id).ok_or_else(not_found)?;
-        let record = match store.get_response(id).await? {
-            Some(r) if r.user_id == user_id => r,
-            _ => return Err(not_found()),
-        };
-        let turns = store.conversation(id, record.turns).await?;
-        if turns.len() != record.turns as usize {
+    ) -> Result<Vec<Item>, SessionError> {
+        let turns = self
+            .response_store()?
+            .conversation(&parent.id, parent.turns)
+            .await?;
+        if turns.len() != parent.turns as usize {
             return Err(bad(format!(
                 "an earlier response of the conversation {} was deleted: it cannot be \
                  continued",
-                &response_id[..sluice_protocol::tools::floor_char_boundary(response_id, 48)]
+                &response_id[..floor_char_boundary(response_id, 48)]
             )));
         }
         let mut items = Vec::new();
@@ -460,41 +475,42 @@ impl Relay {
             })?;
             items.append(&mut turn);
         }
-        Ok((items, Some((record.id, record.turns, record.bytes))))
+        Ok(items)
     }
 
     /// Asks the provider: the response's events, from `response.created`.
     /// The provider's first chunk has arrived (or its failure is the error
     /// here).
     pub async fn respond(&self, prepared: Prepared) -> Result<ResponseEvents, SessionError> {
-        let relayed = self.chat(&prepared.user_id, prepared.chat.clone()).await?;
+        let Prepared { chat, meta } = prepared;
+        let relayed = self.chat(&meta.user_id, chat).await?;
         let Completion::Stream(chunks) = relayed.completion else {
             return Err(SessionError::Internal("a stream was asked for".into()));
         };
-        Ok(ResponseEvents::new(self.clone(), chunks, prepared))
+        Ok(ResponseEvents::new(self.clone(), chunks, meta))
     }
 
     /// Writes an answered response, when it is to be stored.
     async fn keep_response(
         &self,
-        prepared: &Prepared,
+        meta: &Meta,
         output: Vec<Item>,
         response: &Value,
     ) -> Result<(), SessionError> {
-        if !prepared.store {
+        if !meta.store {
             return Ok(());
         }
-        let mut turn = prepared.input.clone();
+        let mut turn = meta.input.clone();
         turn.extend(output);
         let items = serde_json::to_string(&turn)
             .map_err(|e| SessionError::Internal(format!("items do not serialise: {e}")))?;
-        let (parent, turns, bytes) = match &prepared.parent {
-            Some((id, turns, bytes)) => (Some(id.clone()), *turns, *bytes),
+        let (parent, turns, bytes) = match &meta.parent {
+            Some(p) => (Some(p.id.clone()), p.turns, p.bytes),
             None => (None, 0, 0),
         };
         let record = ResponseRecord {
-            id: prepared.id.clone(),
-            user_id: prepared.user_id.clone(),
+            id: meta.id.clone(),
+            user_id: meta.user_id.clone(),
             parent,
             turns: turns + 1,
             bytes: bytes + items.len() as u64,
@@ -536,9 +552,27 @@ impl Relay {
     }
 }
 
+/// Refuses a turn that would take the conversation up to `parent` past
+/// its limits, before the conversation is read.
+fn check_room(parent: &ResponseRecord, input_bytes: u64) -> Result<(), SessionError> {
+    if parent.turns >= MAX_TURNS {
+        return Err(bad(format!(
+            "this conversation has {MAX_TURNS} responses, its limit: start a new one"
+        )));
+    }
+    let bytes = parent.bytes.saturating_add(input_bytes);
+    if bytes > MAX_CONVERSATION_BYTES {
+        return Err(bad(format!(
+            "this conversation would be {bytes} bytes, over its limit of \
+             {MAX_CONVERSATION_BYTES}: start a new one"
+        )));
+    }
+    Ok(())
+}
+
 /// No such response for this user (unknown, another user's, not stored or
 /// deleted), named.
 fn bad_id(id: &str) -> SessionError {
-    let end = sluice_protocol::tools::floor_char_boundary(id, 48);
+    let end = floor_char_boundary(id, 48);
     SessionError::ResponseNotFound(id[..end].to_owned())
 }

@@ -2,8 +2,6 @@
 //! checked and bounded, in the canonical form they are stored in, and
 //! the chat-completions messages they become.
 
-use std::collections::HashSet;
-
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sluice_protocol::tools::{
@@ -204,17 +202,27 @@ fn parse_item(item: &Value, i: usize) -> Result<Item, SessionError> {
 }
 
 /// Checks that the conversation pairs its calls and outputs as a
-/// chat-completions provider requires: each output answers an earlier
-/// call, and every call is answered before anything but another call or
-/// output follows, and by the end.
+/// chat-completions provider requires: the model's calls come together
+/// (with its text, if any), then one output for each, before anything
+/// else; by the end, every call is answered. A call id need only be
+/// unique among the calls still open.
 pub fn check_pairs(items: &[Item]) -> Result<(), SessionError> {
     let mut open: Vec<&str> = Vec::new();
-    let mut answered: HashSet<&str> = HashSet::new();
-    let mut called: HashSet<&str> = HashSet::new();
+    // Some of the open calls are answered: only outputs may follow.
+    let mut answering = false;
+    let unanswered = |id: &str| {
+        bad(format!(
+            "no function_call_output for function call {:?} before the next item",
+            excerpt(id)
+        ))
+    };
     for item in items {
         match item {
             Item::FunctionCall { call_id, .. } => {
-                if !called.insert(call_id) {
+                if answering {
+                    return Err(unanswered(open[0]));
+                }
+                if open.contains(&call_id.as_str()) {
                     return Err(bad(format!(
                         "function call {:?} appears twice",
                         excerpt(call_id)
@@ -223,29 +231,24 @@ pub fn check_pairs(items: &[Item]) -> Result<(), SessionError> {
                 open.push(call_id);
             }
             Item::FunctionCallOutput { call_id, .. } => {
-                if !called.contains(call_id.as_str()) || !answered.insert(call_id) {
+                let Some(at) = open.iter().position(|id| id == call_id) else {
                     return Err(bad(format!(
                         "function_call_output {:?} answers no open function call",
                         excerpt(call_id)
                     )));
-                }
-                open.retain(|id| *id != call_id);
+                };
+                open.remove(at);
+                answering = !open.is_empty();
             }
             Item::Message { role, .. } => {
-                if let Some(id) = open.first().filter(|_| *role != Speaker::Assistant) {
-                    return Err(bad(format!(
-                        "no function_call_output for function call {:?}",
-                        excerpt(id)
-                    )));
+                if answering || (!open.is_empty() && *role != Speaker::Assistant) {
+                    return Err(unanswered(open[0]));
                 }
             }
         }
     }
     match open.first() {
-        Some(id) => Err(bad(format!(
-            "no function_call_output for function call {:?}",
-            excerpt(id)
-        ))),
+        Some(id) => Err(unanswered(id)),
         None => Ok(()),
     }
 }
@@ -406,12 +409,41 @@ mod tests {
         assert!(check_pairs(&[call("a"), call("b"), output("b"), output("a")]).is_ok());
         // The model's text between a call and its output is fine.
         assert!(check_pairs(&[call("a"), said(Speaker::Assistant, "so"), output("a")]).is_ok());
+        // An id answered may come back in a later turn (providers that
+        // number calls per turn).
+        assert!(
+            check_pairs(&[
+                call("a"),
+                output("a"),
+                said(Speaker::User, "again"),
+                call("a"),
+                output("a")
+            ])
+            .is_ok()
+        );
         for items in [
             vec![call("a")],
             vec![call("a"), said(Speaker::User, "next")],
             vec![output("a")],
             vec![call("a"), output("a"), output("a")],
-            vec![call("a"), output("a"), call("a"), output("a")],
+            vec![call("a"), call("a"), output("a")],
+            // Interleaved: the chat form would have a call without its
+            // output right after it.
+            vec![
+                call("a"),
+                call("b"),
+                output("a"),
+                call("c"),
+                output("b"),
+                output("c"),
+            ],
+            vec![
+                call("a"),
+                call("b"),
+                output("a"),
+                said(Speaker::Assistant, "x"),
+                output("b"),
+            ],
         ] {
             assert!(check_pairs(&items).is_err(), "{items:?}");
         }

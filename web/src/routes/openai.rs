@@ -64,12 +64,7 @@ pub async fn chat_completions(
         }
         yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
     };
-    Ok(HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header(("Cache-Control", "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .insert_header(cache_header)
-        .streaming(stream))
+    Ok(event_stream().insert_header(cache_header).streaming(stream))
 }
 
 /// `POST /v1/responses`, streaming or not: the Responses API over the
@@ -96,13 +91,11 @@ pub async fn create_response(
                 push_data_line(&mut out, &event.to_string());
             }
             yield Ok::<_, Infallible>(out.freeze());
+            // As in `chat_completions`: each batch is written now.
+            tokio::task::yield_now().await;
         }
     };
-    Ok(HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header(("Cache-Control", "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(stream))
+    Ok(event_stream().streaming(stream))
 }
 
 /// `GET /v1/responses/{id}`: a stored response, as it was answered.
@@ -121,6 +114,16 @@ pub async fn delete_response(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.relay.delete_response(&user.0, &id).await?))
+}
+
+/// A `200` server-sent-events response, unbuffered by proxies.
+fn event_stream() -> actix_web::HttpResponseBuilder {
+    let mut response = HttpResponse::Ok();
+    response
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"));
+    response
 }
 
 fn push_data_line(out: &mut BytesMut, json: &str) {

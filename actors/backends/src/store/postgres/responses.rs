@@ -36,7 +36,7 @@ impl ResponseStore for PostgresSessionStore {
                         &response.id,
                         &response.user_id,
                         &response.parent,
-                        &(response.turns as i32),
+                        &i32::try_from(response.turns).unwrap_or(i32::MAX),
                         &(response.bytes as i64),
                         &response.items,
                         &response.response,
@@ -86,7 +86,7 @@ impl ResponseStore for PostgresSessionStore {
                           WHERE c.depth < $2
                      )
                      SELECT items FROM chain ORDER BY depth DESC",
-                    &[&id, &(max as i32)],
+                    &[&id, &i32::try_from(max).unwrap_or(i32::MAX)],
                 )
                 .await
                 .map_err(err)?;
