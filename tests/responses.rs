@@ -129,13 +129,19 @@ async fn function_calls_go_to_the_client_and_its_outputs_come_back() {
                         "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}]);
     let script =
         json!({"steps": [[{"name": "calc", "arguments": {"expression": "6*7"}}]]}).to_string();
+    // Fields Sluice does not know are neither kept nor repeated.
+    let mut with_junk = tools.clone();
+    with_junk[0]["junk"] = "x".repeat(1000).into();
     let (status, called) = post(
         &base,
         "local",
-        json!({"model": "fake:tools,tokens=2", "input": script, "tools": tools}),
+        json!({"model": "fake:tools,tokens=2", "input": script, "tools": with_junk,
+               "text": {"format": {"type": "text"}, "junk": "x".repeat(1000)}}),
     )
     .await;
     assert_eq!(status, 200, "{called}");
+    assert_eq!(called["tools"], tools);
+    assert_eq!(called["text"], json!({"format": {"type": "text"}}));
     let call = called["output"]
         .as_array()
         .unwrap()

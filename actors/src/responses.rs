@@ -225,10 +225,16 @@ fn options(
     echo.insert("metadata".into(), metadata);
     let tools = chat_tools(field("tools"))?;
     let has_tools = !tools.is_empty();
-    echo.insert(
-        "tools".into(),
-        field("tools").cloned().unwrap_or_else(|| json!([])),
-    );
+    // Repeated as understood: each function tool's known fields only.
+    let understood: Vec<Value> = tools
+        .iter()
+        .map(|tool| {
+            let mut tool = tool["function"].clone();
+            tool["type"] = "function".into();
+            tool
+        })
+        .collect();
+    echo.insert("tools".into(), understood.into());
     if has_tools {
         extra.insert("tools".into(), tools.into());
     }
@@ -255,26 +261,32 @@ fn options(
         Some(_) => return Err(bad("parallel_tool_calls must be true or false")),
     };
     echo.insert("parallel_tool_calls".into(), parallel);
-    let text = match field("text") {
-        None => json!({"format": {"type": "text"}}),
+    // The response repeats `text` as it was understood, not as it came.
+    let format = match field("text") {
+        None => json!({"type": "text"}),
         Some(text) if !text.is_object() => return Err(bad("text must be an object")),
         Some(text) => {
-            if let Some(format) = response_format(&text["format"])? {
-                extra.insert("response_format".into(), format);
+            let (format, chat) = text_format(&text["format"])?;
+            if let Some(chat) = chat {
+                extra.insert("response_format".into(), chat);
             }
-            text.clone()
+            format
         }
     };
-    echo.insert("text".into(), text);
+    echo.insert("text".into(), json!({"format": format}));
     Ok(())
 }
 
-/// `text.format` as chat completions' `response_format` (`None`: text).
-fn response_format(format: &Value) -> Result<Option<Value>, SessionError> {
+/// `text.format`, checked (its known fields only), and as chat
+/// completions' `response_format` (`None`: text).
+fn text_format(format: &Value) -> Result<(Value, Option<Value>), SessionError> {
     match format["type"].as_str() {
-        None if format.is_null() => Ok(None),
-        Some("text") => Ok(None),
-        Some("json_object") => Ok(Some(json!({"type": "json_object"}))),
+        None if format.is_null() => Ok((json!({"type": "text"}), None)),
+        Some("text") => Ok((json!({"type": "text"}), None)),
+        Some("json_object") => Ok((
+            json!({"type": "json_object"}),
+            Some(json!({"type": "json_object"})),
+        )),
         Some("json_schema") => {
             let name = format["name"]
                 .as_str()
@@ -289,7 +301,12 @@ fn response_format(format: &Value) -> Result<Option<Value>, SessionError> {
                     schema[key] = v.clone();
                 }
             }
-            Ok(Some(json!({"type": "json_schema", "json_schema": schema})))
+            let mut checked = schema.clone();
+            checked["type"] = "json_schema".into();
+            Ok((
+                checked,
+                Some(json!({"type": "json_schema", "json_schema": schema})),
+            ))
         }
         _ => Err(bad(
             "text.format.type must be text, json_object or json_schema",

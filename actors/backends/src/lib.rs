@@ -40,4 +40,9 @@ pub mod secret;
 pub mod store;
 pub mod vectors;
 
+/// The page cache of each embedded (redb) database, in bytes. redb's own
+/// default is 1 GiB, which a busy replica fills: its memory then grows
+/// with what it has stored.
+pub const REDB_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 pub use error::{Backend, BackendError, ErrorKind};

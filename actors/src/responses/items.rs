@@ -282,7 +282,14 @@ pub fn chat_messages(instructions: Option<&str>, items: &[Item]) -> Vec<Value> {
             Item::Message {
                 role: Speaker::Assistant,
                 text,
-            } => turn.get_or_insert_default().0.push_str(text),
+            } => {
+                // Two messages of the model stay two (its calls join the
+                // message before them).
+                if turn.as_ref().is_some_and(|(said, _)| !said.is_empty()) {
+                    flush(&mut messages, &mut turn);
+                }
+                turn.get_or_insert_default().0.push_str(text);
+            }
             Item::FunctionCall {
                 call_id,
                 name,
@@ -465,6 +472,7 @@ mod tests {
                 output("a"),
                 output("b"),
                 said(Speaker::Assistant, "Sunny."),
+                said(Speaker::Assistant, "Warm, too."),
                 said(Speaker::System, "be briefer"),
             ],
         );
@@ -480,6 +488,7 @@ mod tests {
                 json!({"role": "tool", "tool_call_id": "a", "content": "result of a"}),
                 json!({"role": "tool", "tool_call_id": "b", "content": "result of b"}),
                 json!({"role": "assistant", "content": "Sunny."}),
+                json!({"role": "assistant", "content": "Warm, too."}),
                 json!({"role": "system", "content": "be briefer"}),
             ]
         );

@@ -159,14 +159,17 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 impl RedbSessionStore {
     /// Opens (or creates) the database file at `path` and its tables.
     pub fn open(path: &Path) -> Result<Self, BackendError> {
-        let db = Database::create(path).map_err(|e| {
-            let e = err(e);
-            BackendError::new(
-                e.backend,
-                e.kind,
-                format!("cannot open {}: {}", path.display(), e.message),
-            )
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(crate::REDB_CACHE_BYTES)
+            .create(path)
+            .map_err(|e| {
+                let e = err(e);
+                BackendError::new(
+                    e.backend,
+                    e.kind,
+                    format!("cannot open {}: {}", path.display(), e.message),
+                )
+            })?;
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(SESSIONS).map_err(err)?;
         txn.open_table(USER_SESSIONS).map_err(err)?;
@@ -175,6 +178,7 @@ impl RedbSessionStore {
         txn.open_table(files::USER_FILES).map_err(err)?;
         txn.open_table(files::UNINDEXED).map_err(err)?;
         txn.open_table(responses::RESPONSES).map_err(err)?;
+        txn.open_table(responses::LINKS).map_err(err)?;
         txn.commit().map_err(err)?;
         let db = Arc::new(db);
         let (saves, queue) = std::sync::mpsc::channel();

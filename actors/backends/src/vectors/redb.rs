@@ -100,14 +100,17 @@ impl Ord for Ranked {
 impl RedbVectorIndex {
     /// Opens (or creates) the index file at `path`, for vectors of `space`.
     pub fn open(path: &Path, space: &str) -> Result<Self, BackendError> {
-        let db = Database::create(path).map_err(|e| {
-            let e = err(e);
-            BackendError::new(
-                e.backend,
-                e.kind,
-                format!("cannot open {}: {}", path.display(), e.message),
-            )
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(crate::REDB_CACHE_BYTES)
+            .create(path)
+            .map_err(|e| {
+                let e = err(e);
+                BackendError::new(
+                    e.backend,
+                    e.kind,
+                    format!("cannot open {}: {}", path.display(), e.message),
+                )
+            })?;
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(CHUNKS).map_err(err)?;
         txn.commit().map_err(err)?;
