@@ -127,7 +127,27 @@ def session_cache():
     summary("session, 200-token answer, hit (provider first token after 300 ms)", hits)
 
 
+def responses_chain():
+    """The Responses API: a 20-token response whole, and a follow-up's time
+    as its conversation grows (each follow-up reads the chain back and
+    sends it whole), at turns 1-20 and 481-500 of one chain."""
+    c = conn()
+    previous, times = None, []
+    for turn in range(500):
+        body = {"model": "fake:tokens=20", "input": f"turn {turn}: a short question of a few words"}
+        if previous:
+            body["previous_response_id"] = previous
+        start = time.perf_counter()
+        r, data = post(c, "/v1/responses", body)
+        times.append((time.perf_counter() - start) * 1000)
+        assert r.status == 200, data
+        previous = json.loads(data)["id"]
+    summary("Responses API, whole, turns 1-20 of a chain (20 tokens)", times[:20])
+    summary("Responses API, whole, turns 481-500 of a chain (20 tokens)", times[-20:])
+
+
 tool_step()
 cache(0)
 cache(300)
 session_cache()
+responses_chain()

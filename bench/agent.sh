@@ -2,7 +2,8 @@
 # Agent and cache benchmarks (issue 12): the time one built-in tool step adds
 # to an answer (its calls stored, run, their results stored, and the
 # provider asked again), and the response cache's hit latency against a
-# miss, on the OpenAI route and in a session. The fake provider answers at
+# miss, on the OpenAI route and in a session; and the Responses API's
+# follow-up as its conversation grows. The fake provider answers at
 # once (so the numbers are Sluice's own) and, for the cache, also with a
 # first-token delay like a real provider's. Release binaries, loopback
 # only, every process stopped by pid. Prints JSON lines; docs/benchmarks.md

@@ -110,9 +110,17 @@ async fn assert_continued(h: &Harness, id: &str, answer: &Value) -> Value {
         metrics.contains("sluice_takeovers_total{outcome=\"continued\"} 1"),
         "{metrics}"
     );
+    // The continuation is the last request until the next send's reaches
+    // the provider, which happens after the send is acknowledged.
+    let asked = h.upstream.requests().len();
     assert_eq!(h.send(id, "again", None).await.status(), 202);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while h.upstream.requests().len() == asked && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let requests = h.upstream.requests();
-    let continuation = requests[requests.len() - 2].clone();
+    assert!(requests.len() > asked, "the next send reached the provider");
+    let continuation = requests[asked - 1].clone();
     let last = continuation["messages"]
         .as_array()
         .unwrap()
