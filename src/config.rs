@@ -12,7 +12,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sluice_actors::{Continuation, SessionConfig};
+use sluice_actors::{Continuation, LimitSettings, SessionConfig};
 use sluice_backends::llm::demo::DEMO_MODEL;
 use sluice_backends::secret::Secret;
 
@@ -44,8 +44,6 @@ pub enum DefaultValue {
     Unset,
     /// Worked out at start, as described.
     Computed(&'static str),
-    /// Not in this version: setting it is an error.
-    Unsupported,
 }
 
 /// Every variable Sluice reads.
@@ -524,30 +522,81 @@ pub const VARS: &[Var] = &[
             Ok(())
         },
     },
-    unsupported("SLUICE_RATE_LIMIT_RPM", &[], "per-user requests per minute"),
-    unsupported("SLUICE_RATE_LIMIT_TPM", &[], "per-user tokens per minute"),
-    unsupported(
-        "SLUICE_MAX_CONCURRENT_REQUESTS",
-        &["MAX_CONCURRENT_REQUESTS"],
-        "concurrency limit",
-    ),
-];
-
-/// A variable of a backend or limit this version lacks: setting it is an
-/// error rather than silently ignored.
-const fn unsupported(
-    name: &'static str,
-    aliases: &'static [&'static str],
-    help: &'static str,
-) -> Var {
     Var {
-        name,
-        aliases,
-        default: DefaultValue::Unsupported,
-        help,
-        parse: |_, _| Err("this version of Sluice does not have it yet; unset it".into()),
-    }
-}
+        name: "SLUICE_RATE_LIMIT_RPM",
+        aliases: &[],
+        default: DefaultValue::Value("600"),
+        help: "requests per minute per user, shared by the replicas (HTTP requests and WebSocket \
+               commands; all at once at most); 0: no limit",
+        parse: |c, v| {
+            c.limits.requests_per_minute = integer(v, 0, 1_000_000_000)?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_RATE_LIMIT_TPM",
+        aliases: &[],
+        default: DefaultValue::Value("200000"),
+        help: "generated tokens per minute per user: a generation starts only while the user is \
+               under it, and is charged what it generated; 0: no limit",
+        parse: |c, v| {
+            c.limits.tokens_per_minute = integer(v, 0, 1_000_000_000_000)?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_MAX_GENERATIONS_PER_USER",
+        aliases: &[],
+        default: DefaultValue::Value("8"),
+        help: "answers generated at once per user (sessions and the OpenAI-compatible API); 0: no limit",
+        parse: |c, v| {
+            c.limits.generations = integer(v, 0, 1_000_000)?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_MAX_STREAMS_PER_USER",
+        aliases: &[],
+        default: DefaultValue::Value("32"),
+        help: "WebSocket and SSE streams open at once per user; 0: no limit",
+        parse: |c, v| {
+            c.limits.streams = integer(v, 0, 1_000_000)?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_MAX_SESSIONS_PER_USER",
+        aliases: &[],
+        default: DefaultValue::Value("10000"),
+        help: "sessions a user may keep; 0: no limit",
+        parse: |c, v| {
+            c.limits.sessions = integer(v, 0, 1_000_000_000)?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_MAX_CONCURRENT_REQUESTS",
+        aliases: &["MAX_CONCURRENT_REQUESTS"],
+        default: DefaultValue::Value("256"),
+        help: "provider requests at once on this replica; more wait up to \
+               SLUICE_PROVIDER_QUEUE_SECONDS, then are answered 503 overloaded (1 to 100000)",
+        parse: |c, v| {
+            c.max_concurrent_requests = integer(v, 1, 100_000)? as usize;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_PROVIDER_QUEUE_SECONDS",
+        aliases: &[],
+        default: DefaultValue::Value("10"),
+        help: "longest a provider request waits for a place under SLUICE_MAX_CONCURRENT_REQUESTS \
+               (0 to 600)",
+        parse: |c, v| {
+            c.provider_queue = seconds(v, 0.0, 600.0)?;
+            Ok(())
+        },
+    },
+];
 
 /// The `--help` section listing every variable.
 pub fn help_table() -> String {
@@ -563,7 +612,6 @@ pub fn help_table() -> String {
                 format!(" (default: {text})")
             }
             DefaultValue::Unset => String::new(),
-            DefaultValue::Unsupported => " (not in this version: setting it is an error)".into(),
         };
         out.push_str(&format!(
             "  {}{aliases}\n      {}{default}\n",
@@ -670,6 +718,12 @@ pub struct Config {
     pub mcp_servers: Vec<(String, String)>,
     /// Bearer tokens of MCP servers, by name.
     pub mcp_tokens: Vec<(String, Secret)>,
+    /// Per-user limits.
+    pub limits: LimitSettings,
+    /// Provider requests at once on this replica.
+    pub max_concurrent_requests: usize,
+    /// Longest a provider request waits for a place.
+    pub provider_queue: Duration,
     /// Tracing filter.
     pub log_level: String,
     /// Whether logs are JSON.
@@ -725,6 +779,9 @@ impl Config {
             default_tools: None,
             mcp_servers: Vec::new(),
             mcp_tokens: Vec::new(),
+            limits: LimitSettings::default(),
+            max_concurrent_requests: 0,
+            provider_queue: Duration::ZERO,
         }
     }
 

@@ -10,15 +10,18 @@ use sluice_actors::cluster::Cluster;
 use sluice_actors::deps::SessionDeps;
 use sluice_actors::files::extract::Extractor;
 use sluice_actors::files::{FileBackends, FilesConfig};
+use sluice_actors::limits::provider::BoundedProvider;
 use sluice_actors::supervisor::Health;
 use sluice_actors::tools::mcp::{self, McpServer};
-use sluice_actors::{Files, Metrics, Relay, Sessions, Tools};
+use sluice_actors::{Files, Limits, Metrics, Relay, Sessions, Tools};
 use sluice_backends::cache::ResponseCache;
 use sluice_backends::embed::Embedder;
 use sluice_backends::embed::local::LocalEmbedder;
 use sluice_backends::embed::provider::ProviderEmbedder;
 use sluice_backends::files::FileStore;
 use sluice_backends::lease::redis::RedisLeases;
+use sluice_backends::limits::memory::MemoryLimiter;
+use sluice_backends::limits::redis::RedisLimiter;
 use sluice_backends::llm::LlmProvider;
 use sluice_backends::llm::demo::DemoProvider;
 use sluice_backends::llm::openai::{OpenAiConfig, OpenAiProvider};
@@ -353,7 +356,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         },
         metrics.clone(),
     );
-    let llm = llm_provider(&config)?;
+    let limits = Limits::new(
+        match &redis {
+            Some(redis) => Arc::new(RedisLimiter::new(redis.client())),
+            None => Arc::new(MemoryLimiter::new()),
+        },
+        config.limits,
+        metrics.clone(),
+    );
+    let llm: Arc<dyn LlmProvider> = Arc::new(BoundedProvider::new(
+        llm_provider(&config)?,
+        config.max_concurrent_requests,
+        config.provider_queue,
+        metrics.clone(),
+    ));
     probes.push(Arc::new(EventLogProbe(log.clone())));
     probes.push(Arc::new(LlmProbe(llm.clone())));
     let file_backends = file_backends(&config, &llm, file_store, &mut probes)?;
@@ -380,7 +396,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
     )
     .with_embedding_model(config.embedding_model.clone())
-    .with_responses(response_store);
+    .with_responses(response_store)
+    .with_limits(limits.clone());
     let tools = tools(&config, &metrics)?;
     let deps = SessionDeps {
         store,
@@ -392,6 +409,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         files: files.clone(),
         tools,
         cache,
+        limits: limits.clone(),
     };
     let arbiters = (0..config.workers())
         .map(|_| actix_rt::Arbiter::new().handle())
@@ -417,6 +435,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         sessions,
         files,
         relay,
+        limits,
         health,
         metrics,
         registry,

@@ -10,6 +10,7 @@ use crate::SessionConfig;
 use crate::cache::Cache;
 use crate::cluster::Cluster;
 use crate::files::Files;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::tools::Tools;
 
@@ -34,4 +35,6 @@ pub struct SessionDeps {
     pub tools: Tools,
     /// Answers to deterministic requests.
     pub cache: Cache,
+    /// What each user may use.
+    pub limits: Limits,
 }

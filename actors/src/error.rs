@@ -32,6 +32,16 @@ pub enum SessionError {
     /// A backend is down or a limit was reached. Retrying later helps.
     #[error("{0}")]
     Overloaded(String),
+    /// The user is over one of its limits; retrying after `retry_after`
+    /// helps.
+    #[error("{message}")]
+    RateLimited {
+        /// Which limit, and its value, for a person.
+        message: String,
+        /// When there is room again (rounded up to whole seconds for
+        /// `Retry-After`).
+        retry_after: std::time::Duration,
+    },
     /// The session actor is stopping; ask the registry again. Callers in this
     /// crate retry it; clients only see it as `overloaded` if retries run out.
     #[error("the session is restarting, retry")]
@@ -49,6 +59,14 @@ pub enum SessionError {
 }
 
 impl SessionError {
+    /// How long a client should wait before it retries, where that is known.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
     /// What a client is told: the error's text, except a bug's, whose
     /// details stay in the log (they may name files, keys or hosts).
     pub fn client_message(&self) -> String {
@@ -73,6 +91,7 @@ impl SessionError {
             Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::Protocol(e) => e.code(),
             Self::Overloaded(_) | Self::Retired | Self::NotOwner => ErrorCode::Overloaded,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::Upstream(e) => e.code(),
             Self::Internal(_) => ErrorCode::Internal,
         }

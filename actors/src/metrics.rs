@@ -80,6 +80,14 @@ pub struct Metrics {
     pub cache_bytes_total: IntCounterVec,
     /// Bytes of answers held in this replica's memory.
     pub cache_local_bytes: IntGauge,
+    /// Requests refused by a limit, by limit (`requests`, `tokens`,
+    /// `generations`, `streams`, `sessions`, `file_bytes`, `provider`).
+    pub limited_total: IntCounterVec,
+    /// Limit checks that could not ask their backend (and let the request
+    /// through).
+    pub limit_errors_total: IntCounter,
+    /// Provider requests running on this replica, and waiting for a place.
+    pub provider_requests: IntGaugeVec,
 }
 
 impl Metrics {
@@ -257,6 +265,24 @@ impl Metrics {
                 "sluice_cache_local_bytes",
                 "Bytes of answers held in this replica's memory",
             )?,
+            limited_total: IntCounterVec::new(
+                Opts::new(
+                    "sluice_limited_total",
+                    "Requests refused by a limit, by limit",
+                ),
+                &["limit"],
+            )?,
+            limit_errors_total: IntCounter::new(
+                "sluice_limit_errors_total",
+                "Limit checks whose backend failed (the request went through)",
+            )?,
+            provider_requests: IntGaugeVec::new(
+                Opts::new(
+                    "sluice_provider_requests",
+                    "Provider requests on this replica, by state (running, waiting)",
+                ),
+                &["state"],
+            )?,
         };
         registry.register(Box::new(m.http_requests_total.clone()))?;
         registry.register(Box::new(m.http_request_duration_seconds.clone()))?;
@@ -291,6 +317,9 @@ impl Metrics {
         registry.register(Box::new(m.cache_requests_total.clone()))?;
         registry.register(Box::new(m.cache_bytes_total.clone()))?;
         registry.register(Box::new(m.cache_local_bytes.clone()))?;
+        registry.register(Box::new(m.limited_total.clone()))?;
+        registry.register(Box::new(m.limit_errors_total.clone()))?;
+        registry.register(Box::new(m.provider_requests.clone()))?;
         Ok(m)
     }
 

@@ -503,6 +503,13 @@ mod tests {
         ) -> BoxFuture<'static, Result<Vec<SessionRecord>, BackendError>> {
             self.inner.list_sessions(user_id, limit, before)
         }
+        fn count_sessions(
+            &self,
+            user_id: &str,
+            up_to: u64,
+        ) -> BoxFuture<'static, Result<u64, BackendError>> {
+            self.inner.count_sessions(user_id, up_to)
+        }
         fn delete_session(&self, id: &str) -> BoxFuture<'static, Result<bool, BackendError>> {
             self.inner.delete_session(id)
         }
@@ -584,6 +591,7 @@ mod tests {
                 crate::cache::Scope::User,
                 Metrics::unregistered(),
             ),
+            limits: crate::limits::Limits::unlimited(Metrics::unregistered()),
         });
         let registry = SessionRegistry::new(deps.clone(), Vec::new()).start();
         Fixture {

@@ -17,6 +17,7 @@ use sluice_protocol::openai::ChatRequest;
 
 use crate::cache::{Cache, Recorder};
 use crate::error::SessionError;
+use crate::limits::{Limits, SlotGuard, TokenMeter};
 use crate::metrics::{GaugeGuard, Metrics};
 use sluice_backends::responses::ResponseStore;
 
@@ -31,6 +32,8 @@ pub struct Relay {
     metrics: Metrics,
     /// Where stored responses live (`/v1/responses`).
     pub(crate) responses: Option<Arc<dyn ResponseStore>>,
+    /// What each user may use.
+    limits: Limits,
 }
 
 /// Most inputs in one `/v1/embeddings` request (OpenAI's own limit).
@@ -61,6 +64,9 @@ pub struct ChunkStream {
     metrics: Metrics,
     /// Where a cacheable answer is recorded, and its key.
     recording: Option<(String, Recorder, Cache)>,
+    /// The user's generation slot and token count (none for a cached
+    /// answer).
+    charged: Option<(Option<SlotGuard>, TokenMeter)>,
     _live: GaugeGuard,
 }
 
@@ -85,8 +91,15 @@ impl ChunkStream {
                 .into_iter()
                 .map(|item| match item {
                     Ok(chunk) => {
-                        if chunk.view.content().is_some_and(|c| !c.is_empty()) {
+                        let text = chunk.view.content().is_some_and(|c| !c.is_empty());
+                        if text {
                             self.tokens.inc();
+                        }
+                        if let Some((_, meter)) = &mut self.charged {
+                            meter.add(u64::from(text));
+                            if let Some(usage) = chunk.view.usage {
+                                meter.at_least(usage.completion_tokens);
+                            }
                         }
                         if let Some((_, recorder, _)) = &mut self.recording {
                             recorder.take(&chunk);
@@ -125,9 +138,16 @@ impl Relay {
             default_model,
             embedding_model: None,
             cache,
+            limits: Limits::unlimited(metrics.clone()),
             metrics,
             responses: None,
         }
+    }
+
+    /// What each user may use.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The model `/v1/embeddings` asks for when a request names none.
@@ -223,6 +243,7 @@ impl Relay {
                     chunks.into_iter().map(|c| Ok(c.raw)).collect(),
                     futures::stream::empty().boxed(),
                     None,
+                    None,
                 )))
             } else {
                 Completion::Whole(crate::cache::whole(&answer, &id, created))
@@ -236,11 +257,20 @@ impl Relay {
             completion,
             cached: false,
         };
+        let slot = self.limits.relay_generation(user_id).await?;
+        let mut meter = self.limits.meter(user_id);
         if !request.stream {
             let completion = self.llm.complete(request).await.inspect_err(|e| {
                 tracing::warn!(error = %e, "provider failed (OpenAI route)");
                 count_error(&self.metrics, e);
             })?;
+            meter.at_least(
+                completion
+                    .pointer("/usage/completion_tokens")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0),
+            );
+            drop((slot, meter));
             if let Some(key) = key
                 && let Some(recorded) = Recorder::from_completion(&completion)
             {
@@ -273,6 +303,7 @@ impl Relay {
                 .tokens_streamed_total
                 .with_label_values(&["openai"])
                 .inc();
+            meter.add(1);
         }
         let recording = key.map(|key| {
             let mut recorder = Recorder::default();
@@ -285,6 +316,7 @@ impl Relay {
             vec![Ok(first.raw)],
             rest,
             recording,
+            Some((slot, meter)),
         )))))
     }
 
@@ -293,6 +325,7 @@ impl Relay {
         first: Vec<Result<String, SessionError>>,
         rest: BoxStream<'static, Vec<Result<LlmChunk, LlmError>>>,
         recording: Option<(String, Recorder, Cache)>,
+        charged: Option<(Option<SlotGuard>, TokenMeter)>,
     ) -> ChunkStream {
         let metrics = &self.metrics;
         ChunkStream {
@@ -301,6 +334,7 @@ impl Relay {
             tokens: metrics.tokens_streamed_total.with_label_values(&["openai"]),
             metrics: metrics.clone(),
             recording,
+            charged,
             _live: GaugeGuard::new(metrics.live_connections.with_label_values(&["openai"])),
         }
     }

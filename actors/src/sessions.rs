@@ -148,6 +148,11 @@ impl Sessions {
                 "model must be 1 to {MAX_MODEL_BYTES} bytes"
             )));
         }
+        let most = self.deps.limits.settings().sessions;
+        if most > 0 {
+            let stored = self.deps.store.count_sessions(user_id, most).await?;
+            self.deps.limits.check_sessions(stored)?;
+        }
         let now = now_rfc3339();
         let record = SessionRecord {
             id: new_id(),
@@ -237,8 +242,20 @@ impl Sessions {
         message: SendMessage,
     ) -> Result<SendAccepted, SessionError> {
         message.validate()?;
+        // The generation's slot is taken here, named by the session (one
+        // generation at a time runs in it); the replica that runs it holds
+        // it from then on. A send that fails gives it back, unless another
+        // generation of the session holds it.
+        let limits = &self.deps.limits;
+        limits.admit_generation(user_id, id).await?;
         let mut message = message;
-        let stored = self.attach(user_id, id, &mut message).await?;
+        let stored = match self.attach(user_id, id, &mut message).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                limits.release_generation(user_id, id);
+                return Err(e);
+            }
+        };
         let sent = self
             .call(
                 user_id,
@@ -251,7 +268,10 @@ impl Sessions {
                 },
             )
             .await;
-        if sent.is_err() {
+        if let Err(e) = &sent {
+            if !matches!(e, SessionError::Conflict) {
+                limits.release_generation(user_id, id);
+            }
             self.forget(user_id, &stored).await;
         }
         sent

@@ -1,15 +1,15 @@
 //! Authentication (PROTOCOL.md §1): JWT HS256 when a secret is configured,
 //! otherwise local mode, where every request is user `local`.
 
-use std::future::{Ready, ready};
-
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, web};
+use futures::future::LocalBoxFuture;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sluice_protocol::ErrorCode;
 
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// The user id in local mode.
 pub const LOCAL_USER: &str = "local";
@@ -101,7 +101,8 @@ pub fn mint(secret: &str, sub: &str, exp: u64) -> Result<String, jsonwebtoken::e
 pub const QUERY_TOKEN_ROUTES: [&str; 2] = ["/v1/sessions/{id}/ws", "/v1/sessions/{id}/events"];
 
 /// The authenticated caller. On [`QUERY_TOKEN_ROUTES`] the token may also
-/// come as the `access_token` query parameter.
+/// come as the `access_token` query parameter. Each request it
+/// authenticates counts against the caller's requests per minute.
 #[derive(Debug, Clone)]
 pub struct User(pub String);
 
@@ -128,14 +129,23 @@ fn token_of(req: &HttpRequest) -> Option<String> {
 
 impl FromRequest for User {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let Some(auth) = req.app_data::<web::Data<Auth>>() else {
-            return ready(Err(ApiError::new(ErrorCode::Internal, "auth missing")));
+        let (Some(auth), Some(state)) = (
+            req.app_data::<web::Data<Auth>>(),
+            req.app_data::<web::Data<AppState>>(),
+        ) else {
+            return Box::pin(async { Err(ApiError::new(ErrorCode::Internal, "auth missing")) });
         };
         let token = token_of(req);
-        ready(auth.verify(token.as_deref()).map(User))
+        let user = auth.verify(token.as_deref());
+        let limits = state.limits.clone();
+        Box::pin(async move {
+            let user = user?;
+            limits.request(&user).await?;
+            Ok(User(user))
+        })
     }
 }
 

@@ -1,5 +1,7 @@
 //! [`ApiError`]: every error a client sees, in the OpenAI-style envelope.
 
+use std::time::Duration;
+
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use sluice_actors::{LlmError, Refusal, SessionError};
@@ -20,6 +22,9 @@ pub struct ApiError {
     /// A provider's refusal, passed on with its own status and fields
     /// instead of `code` (the OpenAI-compatible route).
     refusal: Option<Box<Refusal>>,
+    /// When a retry may succeed, for `Retry-After` (else
+    /// [`RETRY_AFTER_SECONDS`] where one is sent).
+    retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -29,6 +34,7 @@ impl ApiError {
             code,
             message: message.into(),
             refusal: None,
+            retry_after: None,
         }
     }
 
@@ -86,7 +92,14 @@ impl ResponseError for ApiError {
             body.error.message = format!("internal error; request id {id}");
         }
         if matches!(self.code, ErrorCode::Overloaded | ErrorCode::RateLimited) {
-            response.insert_header(("Retry-After", RETRY_AFTER_SECONDS));
+            match self.retry_after {
+                // Whole seconds, rounded up: never earlier than there is room.
+                Some(wait) => response.insert_header((
+                    "Retry-After",
+                    wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                )),
+                None => response.insert_header(("Retry-After", RETRY_AFTER_SECONDS)),
+            };
         }
         if matches!(
             self.code,
@@ -114,6 +127,7 @@ impl From<SessionError> for ApiError {
             code: e.code(),
             message,
             refusal,
+            retry_after: e.retry_after(),
         }
     }
 }

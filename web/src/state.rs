@@ -1,7 +1,7 @@
 //! What every handler can reach.
 
 use sluice_actors::supervisor::Health;
-use sluice_actors::{Files, Metrics, Relay, Sessions};
+use sluice_actors::{Files, Limits, Metrics, Relay, Sessions};
 use tokio::sync::watch;
 
 /// Shared application state. Cloning is cheap. (How requests are
@@ -14,6 +14,8 @@ pub struct AppState {
     pub files: Files,
     /// The OpenAI-compatible relay.
     pub relay: Relay,
+    /// What each user may use.
+    pub limits: Limits,
     /// The backends' supervisors, for `/ready`.
     pub health: Health,
     /// Metric handles.

@@ -28,6 +28,8 @@ pub enum Backend {
     Embedder,
     /// The response cache (in process, Redis).
     Cache,
+    /// Per-user limits (in process, Redis).
+    Limits,
 }
 
 impl Backend {
@@ -42,6 +44,7 @@ impl Backend {
             Self::Vectors => "vector index",
             Self::Embedder => "embedder",
             Self::Cache => "response cache",
+            Self::Limits => "limits",
         }
     }
 }

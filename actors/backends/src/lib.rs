@@ -9,6 +9,7 @@
 //! | resumable event log | [`log::EventLog`] | [`log::memory`] | [`log::redis`] |
 //! | messages between replicas | [`bus::Bus`] | [`bus::memory`] | [`bus::redis`] |
 //! | session ownership | [`lease::Leases`] | [`lease::memory`] | [`lease::redis`] |
+//! | per-user rates and slots | [`limits::Limiter`] | [`limits::memory`] | [`limits::redis`] |
 //! | the LLM provider | [`llm::LlmProvider`] | [`llm::demo`] | [`llm::openai`] |
 //! | text to vectors | [`embed::Embedder`] | [`embed::local`] | [`embed::provider`] |
 //! | uploaded files' metadata | [`files::FileStore`] | [`store::redb`] | [`store::postgres`] |
@@ -30,6 +31,7 @@ pub mod error;
 pub mod files;
 pub mod ids;
 pub mod lease;
+pub mod limits;
 pub mod llm;
 pub mod log;
 pub mod objects;

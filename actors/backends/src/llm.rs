@@ -43,6 +43,10 @@ pub enum LlmError {
     /// OpenAI-compatible route passes it on as it came.
     #[error("provider refused the request ({}): {}", .0.status, .0.message)]
     Refused(Refusal),
+    /// Sluice itself did not ask: its limit of provider requests at once
+    /// stayed full for as long as a request may wait.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// A provider's 4xx answer, with the fields of its OpenAI error object.
@@ -66,6 +70,7 @@ impl LlmError {
         match self {
             Self::Upstream(_) | Self::Refused(_) => ErrorCode::UpstreamError,
             Self::Timeout(_) => ErrorCode::UpstreamTimeout,
+            Self::Busy(_) => ErrorCode::Overloaded,
         }
     }
 }

@@ -175,6 +175,14 @@ pub trait SessionStore: Send + Sync + 'static {
         before: Option<&str>,
     ) -> BoxFuture<'static, Result<Vec<SessionRecord>, BackendError>>;
 
+    /// How many sessions the user has, counting no further than `up_to`
+    /// (so the cost is bounded by it).
+    fn count_sessions(
+        &self,
+        user_id: &str,
+        up_to: u64,
+    ) -> BoxFuture<'static, Result<u64, BackendError>>;
+
     /// Deletes the session and its messages; false if it did not exist.
     fn delete_session(&self, id: &str) -> BoxFuture<'static, Result<bool, BackendError>>;
 
@@ -289,6 +297,10 @@ pub(crate) mod conformance {
                 .unwrap()
                 .is_empty()
         );
+        assert_eq!(store.count_sessions("alice", 100).await.unwrap(), 4);
+        assert_eq!(store.count_sessions("alice", 3).await.unwrap(), 3);
+        assert_eq!(store.count_sessions("bob", 100).await.unwrap(), 1);
+        assert_eq!(store.count_sessions("carol", 100).await.unwrap(), 0);
         assert_eq!(
             store.get_session("05").await.unwrap().unwrap().user_id,
             "bob"

@@ -28,6 +28,7 @@ use super::recovery::Retirement;
 use super::{GenerationStep, Phase, SessionActor};
 use crate::cache::Recorder;
 use crate::error::SessionError;
+use crate::limits::SlotGuard;
 use crate::outbox::OutboxCmd;
 use crate::tools::Tools;
 
@@ -76,6 +77,8 @@ pub(super) struct Generation {
     sources: Vec<Source>,
     /// The answer came from the cache.
     cached: bool,
+    /// Its user's generation slot, held while it runs.
+    _slot: Option<SlotGuard>,
 }
 
 /// What a running generation waits on.
@@ -575,6 +578,10 @@ impl SessionActor {
             continued: matches!(start, Start::Continued),
             sources: Vec::new(),
             cached: false,
+            _slot: self
+                .deps
+                .limits
+                .hold_generation(&self.record.user_id, &self.record.id),
         }));
     }
 
@@ -756,6 +763,13 @@ impl SessionActor {
         message.status = status_for(ending.reason);
         message.usage = ending.usage;
         let message = message.clone();
+        if !ending.cached {
+            // The provider's count, else about four bytes a token.
+            let tokens = ending
+                .usage
+                .map_or(message.content.len() as u64 / 4, |u| u.completion_tokens);
+            self.deps.limits.charge_tokens(&self.record.user_id, tokens);
+        }
         saved.insert(0, message.clone());
         self.last_seq += 1;
         let end = Arc::new(EncodedEvent::new(Event {

@@ -51,11 +51,13 @@ pub async fn events(
     // An `EventSource` reconnecting sends where it got to as
     // `Last-Event-ID`, while its URL still holds the cursor it started from.
     let after = header_cursor.or(query.after);
+    let slot = state.limits.open_stream(&user.0).await?;
     let mut subscription = state.sessions.subscribe(&user.0, &id, after, "sse").await?;
     let live = GaugeGuard::new(state.metrics.live_connections.with_label_values(&["sse"]));
     let mut shutdown = state.shutdown.clone();
     let stream = async_stream::stream! {
         let _live = live;
+        let _slot = slot;
         let mut ping = tokio::time::interval(PING_INTERVAL);
         ping.tick().await;
         yield Ok::<_, Infallible>(Bytes::from(sse::retry(RECONNECT_MS)));

@@ -23,9 +23,10 @@ use actix::prelude::*;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_web_actors::ws::{self, CloseCode, CloseReason as WsCloseReason};
 use serde::Deserialize;
+use sluice_actors::limits::SlotGuard;
 use sluice_actors::metrics::GaugeGuard;
 use sluice_actors::subscriber::CloseReason;
-use sluice_actors::{Outgoing, SessionError, Sessions, Subscription};
+use sluice_actors::{Limits, Outgoing, SessionError, Sessions, Subscription};
 use sluice_protocol::limits::{MAX_SEQ, MAX_WS_FRAME_BYTES};
 use sluice_protocol::rest::SendMessage;
 use sluice_protocol::{ClientFrame, Control, ErrorCode, parse_client_frame};
@@ -61,6 +62,11 @@ pub async fn connect(
     ws::handshake(&req)
         .map_err(|e| ApiError::bad_request(format!("not a WebSocket handshake: {e}")))?;
     let session_id = id.into_inner();
+    let stream_slot = state
+        .limits
+        .open_stream(&user.0)
+        .await
+        .map_err(ApiError::from)?;
     let subscription = state
         .sessions
         .subscribe(&user.0, &session_id, query.after, "ws")
@@ -79,6 +85,8 @@ pub async fn connect(
         resumes: 0,
         commands,
         pending: Some(pending),
+        limits: state.limits.clone(),
+        _stream_slot: stream_slot,
         fragments: None,
         oversized,
         shutdown: state.shutdown.clone(),
@@ -109,6 +117,10 @@ pub struct WsConnection {
     commands: mpsc::Sender<Command>,
     /// The queue's other end until `started` hands it to the task.
     pending: Option<mpsc::Receiver<Command>>,
+    /// Each command counts as a request of the user.
+    limits: Limits,
+    /// The user's stream slot this connection holds.
+    _stream_slot: Option<SlotGuard>,
     /// A fragmented text message being reassembled, as bytes: a character
     /// may be split across fragments. Bounded by the frame limit.
     fragments: Option<Vec<u8>>,
@@ -153,12 +165,22 @@ enum CommandDone {
 async fn run_commands(
     mut pending: mpsc::Receiver<Command>,
     sessions: Sessions,
+    limits: Limits,
     user_id: String,
     session_id: String,
     connection: Addr<WsConnection>,
 ) {
     let (user, id) = (user_id.as_str(), session_id.as_str());
     while let Some(command) = pending.recv().await {
+        if let Err(e) = limits.request(user).await {
+            // Refused like any command: an `error` frame, the connection stays.
+            let done = match command {
+                Command::Resume { number, .. } => CommandDone::ResumeFailed { number, error: e },
+                _ => CommandDone::Failed(e),
+            };
+            connection.do_send(done);
+            continue;
+        }
         let done = match command {
             Command::Send(message) => match sessions.send(user, id, message).await {
                 Ok(_) => CommandDone::Quiet,
@@ -325,6 +347,7 @@ impl Actor for WsConnection {
             actix_rt::spawn(run_commands(
                 pending,
                 self.sessions.clone(),
+                self.limits.clone(),
                 self.user_id.clone(),
                 self.session_id.clone(),
                 ctx.address(),

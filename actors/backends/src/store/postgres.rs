@@ -404,6 +404,28 @@ impl SessionStore for PostgresSessionStore {
         })
     }
 
+    fn count_sessions(
+        &self,
+        user_id: &str,
+        up_to: u64,
+    ) -> BoxFuture<'static, Result<u64, BackendError>> {
+        let pool = self.pool.clone();
+        let user_id = user_id.to_owned();
+        let up_to = i64::try_from(up_to).unwrap_or(i64::MAX);
+        Box::pin(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let row = client
+                .query_one(
+                    "SELECT count(*) FROM (SELECT 1 FROM sessions WHERE user_id = $1 LIMIT $2) s",
+                    &[&user_id, &up_to],
+                )
+                .await
+                .map_err(err)?;
+            let counted: i64 = row.get(0);
+            Ok(counted.max(0) as u64)
+        })
+    }
+
     fn delete_session(&self, id: &str) -> BoxFuture<'static, Result<bool, BackendError>> {
         let pool = self.pool.clone();
         let id = id.to_owned();
