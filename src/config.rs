@@ -146,6 +146,47 @@ pub const VARS: &[Var] = &[
         },
     },
     Var {
+        name: "SLUICE_JWT_LEEWAY_SECONDS",
+        aliases: &[],
+        default: DefaultValue::Value("30"),
+        help: "clock skew allowed on a token's exp, nbf and iat, in seconds (0 to 300)",
+        parse: |c, v| {
+            c.jwt_leeway_seconds = integer(v, 0, 300)?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_JWT_ISSUER",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "the iss every token must carry; unset: not checked",
+        parse: |c, v| {
+            c.jwt_issuer = Some(bounded_text(v, 512)?);
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_JWT_AUDIENCE",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "the aud every token must carry; unset: not checked",
+        parse: |c, v| {
+            c.jwt_audience = Some(bounded_text(v, 512)?);
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_API_KEYS",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "static API keys for the OpenAI-compatible routes (server-to-server), separated by \
+               commas, each `user=key` (the key at least 32 bytes; needs SLUICE_JWT_SECRET)",
+        parse: |c, v| {
+            c.api_keys = api_keys(v)?;
+            Ok(())
+        },
+    },
+    Var {
         name: "SLUICE_REPLICA_ID",
         aliases: &[],
         default: DefaultValue::Computed("<hostname>:<port>"),
@@ -718,6 +759,14 @@ pub struct Config {
     pub mcp_servers: Vec<(String, String)>,
     /// Bearer tokens of MCP servers, by name.
     pub mcp_tokens: Vec<(String, Secret)>,
+    /// Clock skew allowed on tokens, in seconds.
+    pub jwt_leeway_seconds: u64,
+    /// The `iss` tokens must carry.
+    pub jwt_issuer: Option<String>,
+    /// The `aud` tokens must carry.
+    pub jwt_audience: Option<String>,
+    /// Static API keys: (user, key).
+    pub api_keys: Vec<(String, Secret)>,
     /// Per-user limits.
     pub limits: LimitSettings,
     /// Provider requests at once on this replica.
@@ -779,6 +828,10 @@ impl Config {
             default_tools: None,
             mcp_servers: Vec::new(),
             mcp_tokens: Vec::new(),
+            jwt_leeway_seconds: 0,
+            jwt_issuer: None,
+            jwt_audience: None,
+            api_keys: Vec::new(),
             limits: LimitSettings::default(),
             max_concurrent_requests: 0,
             provider_queue: Duration::ZERO,
@@ -852,6 +905,13 @@ impl Config {
                 reason: "local mode (no SLUICE_JWT_SECRET) listens on loopback only, since every \
                          request is user `local`; set SLUICE_JWT_SECRET or SLUICE_ADDR=127.0.0.1:PORT"
                     .into(),
+            });
+        }
+        if !self.api_keys.is_empty() && self.jwt_secret.is_none() {
+            return Err(ConfigError {
+                name: "SLUICE_API_KEYS",
+                value: "[redacted]".into(),
+                reason: "API keys need JWT mode: set SLUICE_JWT_SECRET too".into(),
             });
         }
         if let Some(addr) = self.metrics_addr
@@ -1121,6 +1181,35 @@ fn seconds(text: &str, min: f64, max: f64) -> Result<Duration, String> {
     number(text, min, max)
         .map(Duration::from_secs_f64)
         .map_err(|_| format!("must be a number of seconds from {min} to {max}"))
+}
+
+/// `user=key` pairs separated by commas; each user 1 to 128 bytes of
+/// letters, digits and `. _ : @ -`, each key at least 32 bytes, no user or
+/// key twice.
+fn api_keys(text: &str) -> Result<Vec<(String, Secret)>, String> {
+    let mut keys: Vec<(String, Secret)> = Vec::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((user, key)) = pair.split_once('=') else {
+            return Err("each entry must be user=key".into());
+        };
+        let (user, key) = (user.trim(), key.trim());
+        if user.is_empty()
+            || user.len() > 128
+            || !user
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._:@-".contains(c))
+        {
+            return Err("a user must be 1 to 128 letters, digits or . _ : @ -".into());
+        }
+        if key.len() < 32 {
+            return Err(format!("the key of {user} must be at least 32 bytes"));
+        }
+        if keys.iter().any(|(u, k)| u == user || k.expose() == key) {
+            return Err(format!("{user}, or its key, is named twice"));
+        }
+        keys.push((user.to_owned(), Secret::new(key)));
+    }
+    Ok(keys)
 }
 
 /// This machine's host name, for the default replica id.

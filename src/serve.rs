@@ -44,7 +44,7 @@ use sluice_backends::vectors::VectorIndex;
 use sluice_backends::vectors::chroma::ChromaIndex;
 use sluice_backends::vectors::redb::RedbVectorIndex;
 use sluice_web::ServerOptions;
-use sluice_web::auth::Auth;
+use sluice_web::auth::{Auth, JwtOptions};
 use sluice_web::state::AppState;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
@@ -336,7 +336,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {addr} for metrics"))
         })
         .transpose()?;
-    let auth = Auth::new(config.jwt_secret.as_ref().map(|s| s.expose()));
+    let auth = match &config.jwt_secret {
+        None => Auth::Local,
+        Some(secret) => Auth::jwt(JwtOptions {
+            secret: secret.expose().to_owned(),
+            leeway_seconds: config.jwt_leeway_seconds,
+            issuer: config.jwt_issuer.clone(),
+            audience: config.jwt_audience.clone(),
+            api_keys: config
+                .api_keys
+                .iter()
+                .map(|(user, key)| (user.clone(), key.expose().to_owned()))
+                .collect(),
+        }),
+    };
 
     let bound = listener.local_addr()?;
     let replica_id = config

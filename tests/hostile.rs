@@ -319,6 +319,53 @@ async fn cursors_beyond_the_largest_seq_are_refused() {
     assert_eq!(ws.next_json().await["type"], "pong");
 }
 
+/// The OpenAI-compatible route bounds what it relays: a 1 MB model name
+/// (which the answer used to echo), `n=100`, `max_tokens=-1` and
+/// `temperature: "NaN"` were all passed on to the provider. Each is now
+/// `400 bad_request` naming the field, and the provider is not asked.
+#[tokio::test]
+async fn the_openai_route_refuses_options_out_of_range() {
+    let h = Harness::start(BIN);
+    let huge_model = "m".repeat(1 << 19);
+    let many: Vec<Value> = (0..10_000)
+        .map(|_| json!({"role": "user", "content": "x"}))
+        .collect();
+    for (field, body) in [
+        (
+            "model",
+            json!({"model": huge_model, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "n",
+            json!({"n": 100, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "max_tokens",
+            json!({"max_tokens": -1, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "temperature",
+            json!({"temperature": "NaN", "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        ("messages", json!({"messages": many})),
+    ] {
+        let response = h
+            .http
+            .post(h.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{field}");
+        let envelope: Value = response.json().await.unwrap();
+        assert_eq!(envelope["error"]["code"], "bad_request", "{field}");
+        let message = envelope["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(field), "{field}: {message}");
+        assert!(message.len() < 200, "{field}: the answer echoes the input");
+    }
+    assert!(h.upstream.requests().is_empty(), "the provider was asked");
+}
+
 /// A WebSocket opened by hand on a raw socket, to send what no client
 /// library would.
 struct RawWs {

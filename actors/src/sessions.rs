@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use sluice_backends::ids::{new_id, now_rfc3339};
 use sluice_backends::store::SessionRecord;
 use sluice_protocol::Session;
-use sluice_protocol::limits::{MAX_SEQ, MAX_SYSTEM_PROMPT_BYTES, MAX_TITLE_BYTES};
+use sluice_protocol::limits::{MAX_MODEL_BYTES, MAX_SEQ, MAX_SYSTEM_PROMPT_BYTES, MAX_TITLE_BYTES};
 use sluice_protocol::rest::{
     CreateSession, SendAccepted, SendMessage, SessionList, SessionWithMessages,
 };
@@ -35,9 +35,6 @@ const ROUTE_RETRIES: usize = 4;
 
 /// Most sessions one `GET /v1/sessions` page returns.
 pub const MAX_PAGE: usize = 100;
-
-/// Longest model name a session may name.
-const MAX_MODEL_BYTES: usize = 200;
 
 /// The session layer, as the web layer sees it. Cloning is cheap.
 #[derive(Clone)]

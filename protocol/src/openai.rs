@@ -6,6 +6,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::limits::{
+    MAX_CHAT_CHOICES, MAX_CHAT_MESSAGE_BYTES, MAX_CHAT_MESSAGES, MAX_CHAT_TOKENS, MAX_CHAT_TOOLS,
+    MAX_MODEL_BYTES,
+};
 use crate::{FinishReason, ProtocolError, Usage};
 
 /// A chat-completions request. Unknown fields are kept in `extra` and relayed.
@@ -36,8 +40,10 @@ pub struct StreamOptions {
 }
 
 impl ChatRequest {
-    /// Parses and checks a request body: `messages` must be a non-empty list of
-    /// objects, each with a string `role`.
+    /// Parses and checks a request body: `messages` must be a non-empty list
+    /// of objects, each with a string `role`, and every option Sluice or the
+    /// provider would act on within its range ([`check_options`]). An error
+    /// names the field.
     pub fn parse(body: &[u8]) -> Result<Self, ProtocolError> {
         let request: ChatRequest = serde_json::from_slice(body)
             .map_err(|e| ProtocolError::Malformed(format!("invalid request: {e}")))?;
@@ -46,19 +52,140 @@ impl ChatRequest {
                 "messages must not be empty".into(),
             ));
         }
+        if request.messages.len() > MAX_CHAT_MESSAGES {
+            return Err(ProtocolError::Malformed(format!(
+                "messages: at most {MAX_CHAT_MESSAGES} messages"
+            )));
+        }
         for (i, m) in request.messages.iter().enumerate() {
             if !m.get("role").is_some_and(Value::is_string) {
                 return Err(ProtocolError::Malformed(format!(
                     "messages[{i}] must be an object with a string role"
                 )));
             }
+            if text_bytes(m.get("content")) > MAX_CHAT_MESSAGE_BYTES {
+                return Err(ProtocolError::Malformed(format!(
+                    "messages[{i}].content: at most {MAX_CHAT_MESSAGE_BYTES} bytes of text"
+                )));
+            }
         }
+        if let Some(model) = &request.model
+            && (model.len() > MAX_MODEL_BYTES || model.chars().any(char::is_control))
+        {
+            return Err(ProtocolError::Malformed(format!(
+                "model: at most {MAX_MODEL_BYTES} bytes, without control characters"
+            )));
+        }
+        check_options(&request.extra)?;
         Ok(request)
     }
 
     /// A plain text message, as the session actor builds its prompt.
     pub fn text_message(role: &str, content: &str) -> Value {
         serde_json::json!({"role": role, "content": content})
+    }
+}
+
+/// The bytes of text in a message's `content`: a string, or its parts'
+/// `text` together.
+fn text_bytes(content: Option<&Value>) -> usize {
+    match content {
+        Some(Value::String(s)) => s.len(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .map(str::len)
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// How an option's value must look.
+enum Range {
+    /// A number from .. to.
+    Number(f64, f64),
+    /// A whole number from .. to.
+    Whole(u64, u64),
+    /// A whole number, any sign, that fits in 64 bits.
+    Integer,
+    /// A boolean.
+    Bool,
+    /// Text of at most so many bytes.
+    Text(usize),
+    /// A list of at most so many items.
+    List(usize),
+    /// An object of at most so many keys.
+    Object(usize),
+}
+
+/// The options of a chat-completions request that Sluice checks, with their
+/// ranges (OpenAI's own, where it states them). `null` passes, as OpenAI
+/// takes it for "the default". Unlisted options are relayed as they are.
+const OPTIONS: &[(&str, Range)] = &[
+    ("temperature", Range::Number(0.0, 2.0)),
+    ("top_p", Range::Number(0.0, 1.0)),
+    ("presence_penalty", Range::Number(-2.0, 2.0)),
+    ("frequency_penalty", Range::Number(-2.0, 2.0)),
+    ("n", Range::Whole(1, MAX_CHAT_CHOICES)),
+    ("max_tokens", Range::Whole(1, MAX_CHAT_TOKENS)),
+    ("max_completion_tokens", Range::Whole(1, MAX_CHAT_TOKENS)),
+    ("logprobs", Range::Bool),
+    ("top_logprobs", Range::Whole(0, 20)),
+    ("parallel_tool_calls", Range::Bool),
+    ("store", Range::Bool),
+    ("seed", Range::Integer),
+    ("user", Range::Text(256)),
+    ("tools", Range::List(MAX_CHAT_TOOLS)),
+    ("logit_bias", Range::Object(300)),
+    ("metadata", Range::Object(16)),
+];
+
+/// Checks the options of [`OPTIONS`] in `extra`, and `stop`.
+pub fn check_options(extra: &Map<String, Value>) -> Result<(), ProtocolError> {
+    for (name, range) in OPTIONS {
+        let Some(value) = extra.get(*name).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let fits = match range {
+            Range::Number(min, max) => value
+                .as_f64()
+                .is_some_and(|n| n.is_finite() && (*min..=*max).contains(&n)),
+            Range::Whole(min, max) => value.as_u64().is_some_and(|n| (*min..=*max).contains(&n)),
+            Range::Integer => value.is_i64() || value.is_u64(),
+            Range::Bool => value.is_boolean(),
+            Range::Text(max) => value.as_str().is_some_and(|s| s.len() <= *max),
+            Range::List(max) => value.as_array().is_some_and(|a| a.len() <= *max),
+            Range::Object(max) => value.as_object().is_some_and(|o| o.len() <= *max),
+        };
+        if !fits {
+            let expected = match range {
+                Range::Number(min, max) => format!("a number from {min} to {max}"),
+                Range::Whole(min, max) => format!("a whole number from {min} to {max}"),
+                Range::Integer => "a whole number".to_owned(),
+                Range::Bool => "true or false".to_owned(),
+                Range::Text(max) => format!("text of at most {max} bytes"),
+                Range::List(max) => format!("a list of at most {max} items"),
+                Range::Object(max) => format!("an object of at most {max} keys"),
+            };
+            return Err(ProtocolError::Malformed(format!(
+                "{name}: must be {expected}"
+            )));
+        }
+    }
+    match extra.get("stop") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(s)) if s.len() <= 256 => Ok(()),
+        Some(Value::Array(stops))
+            if stops.len() <= 4
+                && stops
+                    .iter()
+                    .all(|s| s.as_str().is_some_and(|s| s.len() <= 256)) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(ProtocolError::Malformed(
+            "stop: must be text, or a list of at most 4, each at most 256 bytes".into(),
+        )),
     }
 }
 
@@ -265,6 +392,68 @@ mod tests {
         let again = serde_json::to_value(&req).unwrap();
         assert_eq!(again["temperature"], 0.2);
         assert_eq!(again["messages"][0]["content"][0]["text"], "hi");
+    }
+
+    /// Each option out of its range is refused naming the field; at the
+    /// edges of its range, and `null`, it passes.
+    #[test]
+    fn options_out_of_range_are_refused_naming_the_field() {
+        let with = |field: &str, value: Value| {
+            let mut body = serde_json::json!({"messages": [{"role": "user", "content": "hi"}]});
+            body[field] = value;
+            ChatRequest::parse(&serde_json::to_vec(&body).unwrap())
+        };
+        let huge = "m".repeat(MAX_MODEL_BYTES + 1);
+        for (field, value) in [
+            ("model", Value::String(huge)),
+            ("model", serde_json::json!("a\nb")),
+            ("n", serde_json::json!(100)),
+            ("n", serde_json::json!(0)),
+            ("max_tokens", serde_json::json!(-1)),
+            ("max_tokens", serde_json::json!(1e300)),
+            ("max_completion_tokens", serde_json::json!(0)),
+            ("temperature", serde_json::json!("NaN")),
+            ("temperature", serde_json::json!(2.5)),
+            ("top_p", serde_json::json!(-0.1)),
+            ("presence_penalty", serde_json::json!(3)),
+            ("top_logprobs", serde_json::json!(21)),
+            ("logprobs", serde_json::json!("yes")),
+            ("seed", serde_json::json!(1.5)),
+            ("user", Value::String("u".repeat(257))),
+            (
+                "tools",
+                serde_json::json!(vec![serde_json::json!({}); MAX_CHAT_TOOLS + 1]),
+            ),
+            ("stop", serde_json::json!(["a", "b", "c", "d", "e"])),
+            ("stop", serde_json::json!(7)),
+        ] {
+            let error = with(field, value.clone()).unwrap_err().to_string();
+            assert!(error.starts_with(field), "{field}={value}: {error}");
+        }
+        for (field, value) in [
+            ("n", serde_json::json!(MAX_CHAT_CHOICES)),
+            ("max_tokens", serde_json::json!(MAX_CHAT_TOKENS)),
+            ("temperature", serde_json::json!(0)),
+            ("temperature", serde_json::json!(2)),
+            ("temperature", Value::Null),
+            ("seed", serde_json::json!(-5)),
+            ("stop", serde_json::json!(["a", "b"])),
+            ("model", Value::String("m".repeat(MAX_MODEL_BYTES))),
+        ] {
+            with(field, value.clone()).unwrap_or_else(|e| panic!("{field}={value}: {e}"));
+        }
+        let many = serde_json::json!({"messages": vec![serde_json::json!({"role": "user", "content": "x"}); MAX_CHAT_MESSAGES + 1]});
+        let error = ChatRequest::parse(&serde_json::to_vec(&many).unwrap()).unwrap_err();
+        assert!(error.to_string().starts_with("messages"), "{error}");
+        let long = serde_json::json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "x".repeat(MAX_CHAT_MESSAGE_BYTES / 2 + 1)},
+            {"type": "text", "text": "x".repeat(MAX_CHAT_MESSAGE_BYTES / 2)},
+        ]}]});
+        let error = ChatRequest::parse(&serde_json::to_vec(&long).unwrap()).unwrap_err();
+        assert!(
+            error.to_string().starts_with("messages[0].content"),
+            "{error}"
+        );
     }
 
     #[test]
