@@ -319,6 +319,45 @@ async fn cursors_beyond_the_largest_seq_are_refused() {
     assert_eq!(ws.next_json().await["type"], "pong");
 }
 
+/// A client that hangs up on its SSE stream frees it at once: it used to be
+/// noticed only at the second write after it left (the second 15 s ping),
+/// so 3,000 closed streams held 3,000 sockets for 30 s, and a user who
+/// reloaded a few tabs found its streams per user used up.
+#[tokio::test]
+async fn a_stream_whose_client_left_is_freed_at_once() {
+    let h = Harness::start_with(BIN, &[("SLUICE_MAX_STREAMS_PER_USER", "5")]);
+    let id = h.create_session("fake:tokens=2").await;
+    let live = || async {
+        let metrics = h.metrics().await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("sluice_live_connections{transport=\"sse\"} "))
+            .map(|n| n.parse::<u64>().unwrap())
+            .unwrap_or(0)
+    };
+    for round in 0..3 {
+        let mut streams = Vec::new();
+        for _ in 0..5 {
+            let mut stream = TcpStream::connect(h.sluice.addr).await.unwrap();
+            let request =
+                format!("GET /v1/sessions/{id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut head = [0u8; 12];
+            stream.read_exact(&mut head).await.unwrap();
+            assert_eq!(&head, b"HTTP/1.1 200", "round {round}");
+            streams.push(stream);
+        }
+        assert_eq!(live().await, 5);
+        drop(streams);
+        // Well before the first ping (15 s) could have told.
+        let freed_by = Instant::now() + Duration::from_secs(5);
+        while live().await > 0 {
+            assert!(Instant::now() < freed_by, "closed streams still held");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// The OpenAI-compatible route bounds what it relays: a 1 MB model name
 /// (which the answer used to echo), `n=100`, `max_tokens=-1` and
 /// `temperature: "NaN"` were all passed on to the provider. Each is now

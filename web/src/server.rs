@@ -107,6 +107,12 @@ pub async fn run(
         // Nagle's algorithm holds each one until the client's (delayed)
         // ACK of the previous one, up to 40 ms.
         .tcp_nodelay(true)
+        // A client that closes its side is gone: its stream (SSE, a
+        // streamed completion) ends at once, freeing its socket and its
+        // user's stream slot, instead of at the second write after it
+        // left (30 s for an idle SSE stream). No client of this API sends
+        // a request and then waits with its side half-closed.
+        .h1_allow_half_closed(false)
         .disable_signals()
         .shutdown_timeout(options.shutdown_grace.as_secs().max(1))
         .listen(listener)?
