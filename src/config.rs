@@ -15,6 +15,8 @@ use std::time::Duration;
 use sluice_actors::{Continuation, LimitSettings, SessionConfig};
 use sluice_backends::llm::demo::DEMO_MODEL;
 use sluice_backends::secret::Secret;
+use sluice_web::browser::valid_origin;
+use sluice_web::state::OpsAccess;
 
 /// The default model when a provider is configured and names none.
 const PROVIDER_DEFAULT_MODEL: &str = "gpt-4o-mini";
@@ -183,6 +185,43 @@ pub const VARS: &[Var] = &[
                commas, each `user=key` (the key at least 32 bytes; needs SLUICE_JWT_SECRET)",
         parse: |c, v| {
             c.api_keys = api_keys(v)?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_CORS_ORIGINS",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "origins whose web pages may call this server (CORS, and WebSockets), separated by \
+               commas, each scheme://host[:port]; unset: none but the server's own",
+        parse: |c, v| {
+            let origins: Vec<String> = v
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if origins.len() > 100 || !origins.iter().all(|o| valid_origin(o)) {
+                return Err("must be at most 100 origins, each http(s)://host[:port]".into());
+            }
+            c.cors_origins = origins;
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_OPS_ENDPOINTS",
+        aliases: &[],
+        default: DefaultValue::Value("token"),
+        help: "who may read /metrics and /ready on the main listener: token (any valid token; \
+               anyone in local mode), open, or metrics-listener (only on SLUICE_METRICS_ADDR, \
+               which serves both to anyone who reaches it); /health is always open",
+        parse: |c, v| {
+            c.ops = match v {
+                "token" => OpsAccess::Token,
+                "open" => OpsAccess::Open,
+                "metrics-listener" => OpsAccess::MetricsListener,
+                _ => return Err("must be token, open or metrics-listener".into()),
+            };
             Ok(())
         },
     },
@@ -759,6 +798,10 @@ pub struct Config {
     pub mcp_servers: Vec<(String, String)>,
     /// Bearer tokens of MCP servers, by name.
     pub mcp_tokens: Vec<(String, Secret)>,
+    /// Origins whose pages may call this server.
+    pub cors_origins: Vec<String>,
+    /// Who may read `/metrics` and `/ready` on the main listener.
+    pub ops: OpsAccess,
     /// Clock skew allowed on tokens, in seconds.
     pub jwt_leeway_seconds: u64,
     /// The `iss` tokens must carry.
@@ -828,6 +871,8 @@ impl Config {
             default_tools: None,
             mcp_servers: Vec::new(),
             mcp_tokens: Vec::new(),
+            cors_origins: Vec::new(),
+            ops: OpsAccess::Open,
             jwt_leeway_seconds: 0,
             jwt_issuer: None,
             jwt_audience: None,

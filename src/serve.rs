@@ -45,6 +45,7 @@ use sluice_backends::vectors::chroma::ChromaIndex;
 use sluice_backends::vectors::redb::RedbVectorIndex;
 use sluice_web::ServerOptions;
 use sluice_web::auth::{Auth, JwtOptions};
+use sluice_web::browser::BrowserPolicy;
 use sluice_web::state::AppState;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
@@ -449,6 +450,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         files,
         relay,
         limits,
+        browser: BrowserPolicy::new(config.cors_origins.clone()),
+        ops: config.ops,
         health,
         metrics,
         registry,

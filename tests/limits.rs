@@ -168,7 +168,11 @@ async fn requests_per_minute_are_counted_per_user_over_http_and_websocket() {
     assert_eq!(other.status(), 200);
     let health = reqwest::get(h.url("/health")).await.unwrap();
     assert_eq!(health.status(), 200);
-    let metrics = h.metrics().await;
+    let metrics = request(reqwest::Method::GET, &h.url("/metrics"), &bob, None)
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics.contains("sluice_limited_total{limit=\"requests\"} 2"),
         "{metrics}"

@@ -38,6 +38,28 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code for an error status that no code was given for (an
+    /// answer of the HTTP framework's): its own where one has it, else
+    /// `bad_request` for a 4xx and `internal` for a 5xx.
+    pub fn from_status(status: u16) -> Self {
+        match status {
+            401 => Self::Unauthorized,
+            403 => Self::Forbidden,
+            404 => Self::NotFound,
+            405 => Self::MethodNotAllowed,
+            408 => Self::RequestTimeout,
+            409 => Self::Conflict,
+            413 => Self::PayloadTooLarge,
+            415 => Self::UnsupportedMediaType,
+            429 => Self::RateLimited,
+            502 => Self::UpstreamError,
+            503 => Self::Overloaded,
+            504 => Self::UpstreamTimeout,
+            500..=599 => Self::Internal,
+            _ => Self::BadRequest,
+        }
+    }
+
     /// The HTTP status that goes with the code.
     pub fn http_status(self) -> u16 {
         match self {

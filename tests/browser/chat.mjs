@@ -60,6 +60,10 @@ const browser = await chromium.launch({
          "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
 const page = await browser.newPage();
+// The page runs under a strict Content-Security-Policy: anything it blocks
+// (an inline handler, a style attribute, a foreign connection) fails.
+const blocked = [];
+page.on("console", (m) => { if (/Content.Security.Policy/i.test(m.text())) blocked.push(m.text()); });
 const answers = page.locator(".msg.assistant");
 const finished = (i) => page.waitForFunction(
   (i) => /\d+ tokens/.test(document.querySelectorAll(".msg.assistant .meta")[i]?.textContent ?? ""),
@@ -149,6 +153,9 @@ try {
     await page.waitForFunction(() => document.querySelectorAll(".msg.assistant .tool").length === 2);
     const again = await page.locator(".msg.assistant .tool").nth(0).textContent();
     assert(again.includes("42"), again);
+  });
+  await check("the page's security policy blocked nothing", async () => {
+    assert(blocked.length === 0, blocked.join("\n"));
   });
 } finally {
   await browser.close();

@@ -9,6 +9,8 @@
 //!   statuses and the OpenAI-style envelope (§2).
 //! - [`context`]: request ids, tracing spans and HTTP metrics for every request.
 //! - [`local`]: local mode's guard against other web sites (`Host`, `Origin`).
+//! - [`browser`]: CORS, WebSocket origins, security headers, and errors
+//!   the framework answers put in the envelope.
 //! - [`body`]: the JSON body extractor: media type, size and time limits.
 //! - [`unread`]: a request body left unread closes its connection.
 //!
@@ -18,6 +20,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod browser;
 pub mod context;
 pub mod error;
 pub mod local;

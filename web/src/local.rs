@@ -11,6 +11,9 @@
 //! - an `Origin`, when sent, must be this server's own (same scheme-less
 //!   host and port as `Host`); `Origin: null` is refused.
 //!
+//! An origin listed in `SLUICE_CORS_ORIGINS` passes too: the operator asked
+//! for its pages to call this server.
+//!
 //! Either failure is `403 forbidden` in the envelope, before any handler
 //! runs (for a WebSocket, before the upgrade). JWT mode needs none of this:
 //! a browser cannot attach another site's bearer token.
@@ -34,7 +37,11 @@ pub async fn local_guard(
     let local = req
         .app_data::<web::Data<Auth>>()
         .is_some_and(|auth| auth.is_local());
-    if local && let Err(refusal) = check(header(&req, "host"), header(&req, "origin")) {
+    let origin = header(&req, "origin");
+    // An origin the operator listed (`SLUICE_CORS_ORIGINS`) is let in.
+    let listed = origin.is_some_and(|o| crate::browser::policy(req.request()).lists(o));
+    let origin = if listed { None } else { origin };
+    if local && let Err(refusal) = check(header(&req, "host"), origin) {
         return Ok(req.error_response(refusal).map_into_right_body());
     }
     next.call(req)
@@ -135,7 +142,7 @@ fn is_label(label: &str) -> bool {
 
 /// The host and port of a serialized origin (`scheme://host[:port]`), with
 /// the scheme's default port made explicit.
-fn origin_authority(origin: &str) -> Option<(String, u16)> {
+pub(crate) fn origin_authority(origin: &str) -> Option<(String, u16)> {
     let (scheme, authority) = origin.split_once("://")?;
     let default = match scheme.to_ascii_lowercase().as_str() {
         "http" => 80,
@@ -149,7 +156,7 @@ fn origin_authority(origin: &str) -> Option<(String, u16)> {
 /// was sent to. A `Host` without a port is taken to have the origin's
 /// default one. (The scheme cannot be compared: `Host` does not carry it,
 /// and a TLS proxy in front changes it.)
-fn same_authority((origin_host, origin_port): (String, u16), host: &str) -> bool {
+pub(crate) fn same_authority((origin_host, origin_port): (String, u16), host: &str) -> bool {
     split_authority(host, origin_port)
         .is_some_and(|(host, port)| host == origin_host && port == origin_port)
 }

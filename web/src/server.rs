@@ -15,6 +15,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use tokio::sync::watch;
 
 use crate::auth::Auth;
+use crate::browser::browser_headers;
 use crate::context::request_context;
 use crate::error::ApiError;
 use crate::local::local_guard;
@@ -53,7 +54,8 @@ pub struct ServerOptions {
     pub shutdown_grace: Duration,
 }
 
-/// The application with every route, the local-mode guard and the
+/// The application with every route, the local-mode guard, CORS, the
+/// browser headers (which put any error answer in the envelope) and the
 /// request-context middleware (outermost, so it sees every answer).
 pub fn app(
     state: AppState,
@@ -67,6 +69,7 @@ pub fn app(
         InitError = (),
     >,
 > {
+    let cors = state.browser.cors();
     App::new()
         .app_data(web::Data::new(state))
         .app_data(auth)
@@ -82,6 +85,8 @@ pub fn app(
         .default_service(web::to(not_found))
         .wrap(from_fn(hold_unread_bodies))
         .wrap(from_fn(local_guard))
+        .wrap(cors)
+        .wrap(from_fn(browser_headers))
         .wrap(from_fn(request_context))
 }
 
@@ -121,20 +126,17 @@ pub async fn run(
 
     let metrics_server = match options.metrics_listener {
         Some(listener) => {
-            let registry = state.registry.clone();
+            let state = state.clone();
             let auth = auth.clone();
             let server = HttpServer::new(move || {
-                let registry = registry.clone();
                 App::new()
                     .app_data(auth.clone())
-                    .route(
-                        "/metrics",
-                        web::get().to(move || {
-                            let registry = registry.clone();
-                            async move { routes::ops::render_metrics(&registry) }
-                        }),
-                    )
+                    .app_data(web::Data::new(state.clone()))
+                    .route("/metrics", web::get().to(routes::ops::metrics_here))
+                    .route("/ready", web::get().to(routes::ops::ready_here))
+                    .default_service(web::to(not_found))
                     .wrap(from_fn(local_guard))
+                    .wrap(from_fn(browser_headers))
             })
             .workers(1)
             .disable_signals()

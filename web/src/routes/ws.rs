@@ -61,6 +61,21 @@ pub async fn connect(
     // A request that is no WebSocket handshake is told so in the envelope.
     ws::handshake(&req)
         .map_err(|e| ApiError::bad_request(format!("not a WebSocket handshake: {e}")))?;
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+    };
+    if !state
+        .browser
+        .allows_websocket(header("origin"), header("host"))
+    {
+        return Err(ApiError::new(
+            sluice_protocol::ErrorCode::Forbidden,
+            "a WebSocket from another site's page: its origin is not in SLUICE_CORS_ORIGINS",
+        )
+        .into());
+    }
     let session_id = id.into_inner();
     let stream_slot = state
         .limits
