@@ -197,8 +197,19 @@ async fn generations_at_once_are_bounded_across_sessions_and_the_openai_route() 
     )
     .await;
     assert_limited(relayed, "already being generated").await;
-    // A second send to the running session is the conflict it always was.
+    // A second send to the running session is the conflict it always was,
+    // and a send to it that fails otherwise does not free its slot.
     assert_eq!(send(&base, &alice, &slow).await.status(), 409);
+    let too_many: Vec<String> = (0..17).map(|i| format!("file-{i}")).collect();
+    let refused = request(
+        reqwest::Method::POST,
+        &format!("{base}/v1/sessions/{slow}/messages"),
+        &alice,
+        Some(json!({"content": "hi", "attachments": too_many})),
+    )
+    .await;
+    assert_eq!(refused.status(), 400);
+    assert_limited(send(&base, &alice, &other).await, "already being generated").await;
     // Bob is not limited by alice's generation.
     let bobs = created(&base, &bob, "fake:tokens=3").await;
     assert_eq!(send(&base, &bob, &bobs).await.status(), 202);

@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use sluice_backends::BackendError;
-use sluice_backends::limits::{Limiter, Rate, Verdict};
+use sluice_backends::limits::{Limiter, Rate, SlotTaken, Verdict};
+use sluice_backends::{Backend, BackendError, ErrorKind};
 
 use crate::error::SessionError;
 use crate::metrics::Metrics;
@@ -77,6 +77,7 @@ enum Kind {
     Tokens,
     Generations,
     Streams,
+    Sessions,
 }
 
 impl Kind {
@@ -86,6 +87,7 @@ impl Kind {
             Self::Tokens => "tokens",
             Self::Generations => "generations",
             Self::Streams => "streams",
+            Self::Sessions => "sessions",
         }
     }
 }
@@ -98,6 +100,15 @@ fn key(kind: Kind, user: &str) -> String {
     format!("{}:{hex}", kind.as_str())
 }
 
+/// Longest a limiter call made in the background (a release, a charge, a
+/// renewal) may take before it is given up: a Redis that hangs must not
+/// pile such tasks up.
+const BACKGROUND_CALL: Duration = Duration::from_secs(5);
+
+/// Most tokens one charge counts (a provider's `usage` is not trusted to
+/// be sane).
+const MAX_CHARGE: u64 = 1 << 40;
+
 impl Limits {
     /// Limits on `limiter`. Starts the task that renews held slots (it ends
     /// when the last clone is dropped).
@@ -109,7 +120,11 @@ impl Limits {
             held: Mutex::default(),
             next_guard: AtomicU64::new(0),
         });
-        spawn(renew(Arc::downgrade(&inner)));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(renew(Arc::downgrade(&inner)));
+        } else {
+            tracing::warn!("limits made outside a runtime: held slots will not be renewed");
+        }
         Self { inner }
     }
 
@@ -133,45 +148,64 @@ impl Limits {
         if limit == 0 {
             return Ok(());
         }
-        self.rate(Kind::Requests, user, limit, 1, || {
+        let verdict = self
+            .inner
+            .limiter
+            .admit(&key(Kind::Requests, user), Rate::per_minute(limit), 1)
+            .await;
+        self.judge(Kind::Requests, verdict.map(wait_of), || {
             format!("over {limit} requests per minute")
         })
-        .await
     }
 
     /// Checks that `user` may start a generation named `holder` (a session
-    /// id, or any unique name): under its tokens per minute, and a slot of
-    /// its generations at once. The slot is taken here; whoever runs the
-    /// generation holds it ([`Limits::hold_generation`]) or gives it back.
-    pub async fn admit_generation(&self, user: &str, holder: &str) -> Result<(), SessionError> {
+    /// id, or any unique name): that it is not over its tokens per minute,
+    /// and that a slot of its generations at once is free, which is taken.
+    /// True if this call took the slot (rather than finding it held by
+    /// `holder` already): a caller whose generation then does not start
+    /// gives it back ([`Limits::release_generation`]); false also when
+    /// there is no such limit.
+    pub async fn admit_generation(&self, user: &str, holder: &str) -> Result<bool, SessionError> {
         let tokens = self.inner.settings.tokens_per_minute;
         if tokens > 0 {
-            self.rate(Kind::Tokens, user, tokens, 0, || {
+            let verdict = self
+                .inner
+                .limiter
+                .admit(&key(Kind::Tokens, user), Rate::per_minute(tokens), 0)
+                .await;
+            self.judge(Kind::Tokens, verdict.map(wait_of), || {
                 format!("over {tokens} generated tokens per minute")
-            })
-            .await?;
+            })?;
         }
         let limit = self.inner.settings.generations;
         if limit == 0 {
-            return Ok(());
+            return Ok(false);
         }
-        self.slot(Kind::Generations, user, holder, limit, || {
-            format!(
-                "{limit} answers are already being generated for this user; wait for one to end"
-            )
-        })
-        .await
+        let taken = self
+            .take(Kind::Generations, user, holder, limit, || {
+                format!(
+                    "{limit} answers are already being generated for this user; wait for one to end"
+                )
+            })
+            .await?;
+        Ok(taken == Some(SlotTaken::Taken))
     }
 
     /// Holds `user`'s generation slot `holder` while the guard lives (taken
     /// by [`Limits::admit_generation`], or carried over from a replica that
     /// died), whatever the limit.
     pub fn hold_generation(&self, user: &str, holder: &str) -> Option<SlotGuard> {
-        (self.inner.settings.generations > 0)
-            .then(|| self.guard(key(Kind::Generations, user), holder.to_owned(), true))
+        if self.inner.settings.generations == 0 {
+            return None;
+        }
+        let key = key(Kind::Generations, user);
+        let held = self.inner.limiter.hold_slot(&key, holder, SLOT_TTL);
+        self.fire(held);
+        Some(self.guard(key, holder.to_owned()))
     }
 
-    /// Gives back a generation slot that nothing holds (a send that failed).
+    /// Gives back a generation slot that nothing holds (a send that failed
+    /// after [`Limits::admit_generation`] took it).
     pub fn release_generation(&self, user: &str, holder: &str) {
         if self.inner.settings.generations > 0 {
             self.release(key(Kind::Generations, user), holder.to_owned());
@@ -182,10 +216,8 @@ impl Limits {
     /// with a name of its own, and held while the guard lives.
     pub async fn relay_generation(&self, user: &str) -> Result<Option<SlotGuard>, SessionError> {
         let holder = sluice_backends::ids::new_id();
-        self.admit_generation(user, &holder).await?;
-        // Taken just now: the renewals are the task's.
-        Ok((self.inner.settings.generations > 0)
-            .then(|| self.guard(key(Kind::Generations, user), holder, false)))
+        let taken = self.admit_generation(user, &holder).await?;
+        Ok(taken.then(|| self.guard(key(Kind::Generations, user), holder)))
     }
 
     /// A stream (WebSocket or SSE) of `user`, held while the guard lives;
@@ -196,11 +228,12 @@ impl Limits {
             return Ok(None);
         }
         let holder = sluice_backends::ids::new_id();
-        self.slot(Kind::Streams, user, &holder, limit, || {
-            format!("{limit} streams are already open for this user; close one")
-        })
-        .await?;
-        Ok(Some(self.guard(key(Kind::Streams, user), holder, false)))
+        let taken = self
+            .take(Kind::Streams, user, &holder, limit, || {
+                format!("{limit} streams are already open for this user; close one")
+            })
+            .await?;
+        Ok((taken == Some(SlotTaken::Taken)).then(|| self.guard(key(Kind::Streams, user), holder)))
     }
 
     /// Refuses a new session past the sessions a user may store, given
@@ -210,15 +243,11 @@ impl Limits {
         if limit == 0 || stored < limit {
             return Ok(());
         }
-        self.inner
-            .metrics
-            .limited_total
-            .with_label_values(&["sessions"])
-            .inc();
-        Err(SessionError::RateLimited {
-            message: format!("this user has {limit} sessions, the most it may keep; delete some"),
-            retry_after: Duration::from_secs(60),
-        })
+        Err(self.refused(
+            Kind::Sessions,
+            format!("this user has {limit} sessions, the most it may keep; delete some"),
+            Duration::from_secs(60),
+        ))
     }
 
     /// Counts the tokens a generation of `user` produces; they are charged
@@ -237,58 +266,48 @@ impl Limits {
         if limit == 0 || tokens == 0 {
             return;
         }
-        let charged =
-            self.inner
-                .limiter
-                .charge(&key(Kind::Tokens, user), Rate::per_minute(limit), tokens);
-        let inner = self.inner.clone();
-        spawn(async move {
-            if let Err(e) = charged.await {
-                inner.failed(&e);
-            }
-        });
+        let charged = self.inner.limiter.charge(
+            &key(Kind::Tokens, user),
+            Rate::per_minute(limit),
+            tokens.min(MAX_CHARGE),
+        );
+        self.fire(charged);
     }
 
-    async fn rate(
-        &self,
-        kind: Kind,
-        user: &str,
-        limit: u64,
-        cost: u64,
-        message: impl FnOnce() -> String,
-    ) -> Result<(), SessionError> {
-        let verdict = self
-            .inner
-            .limiter
-            .admit(&key(kind, user), Rate::per_minute(limit), cost)
-            .await;
-        match verdict {
-            Ok(Verdict::Allowed) => Ok(()),
-            Ok(Verdict::Refused { retry_after }) => Err(self.refused(kind, message(), retry_after)),
-            Err(e) => {
-                self.inner.failed(&e);
-                Ok(())
-            }
-        }
-    }
-
-    async fn slot(
+    /// Takes a slot of `kind`: `None` if the limiter could not be asked
+    /// (the request goes through).
+    async fn take(
         &self,
         kind: Kind,
         user: &str,
         holder: &str,
         limit: u64,
         message: impl FnOnce() -> String,
-    ) -> Result<(), SessionError> {
+    ) -> Result<Option<SlotTaken>, SessionError> {
         let taken = self
             .inner
             .limiter
             .take_slot(&key(kind, user), holder, limit, SLOT_TTL)
             .await;
-        match taken {
-            Ok(true) => Ok(()),
-            // A slot frees when something ends; there is no telling when.
-            Ok(false) => Err(self.refused(kind, message(), Duration::from_secs(1))),
+        // A slot frees when something ends; there is no telling when.
+        let wait =
+            |taken: &SlotTaken| (*taken == SlotTaken::Full).then_some(Duration::from_secs(1));
+        let verdict = taken.as_ref().map(wait).map_err(Clone::clone);
+        self.judge(kind, verdict, message)?;
+        Ok(taken.ok())
+    }
+
+    /// A limiter's answer as the request's: refused with the wait it says,
+    /// or through (also when the limiter failed, which is counted).
+    fn judge(
+        &self,
+        kind: Kind,
+        verdict: Result<Option<Duration>, BackendError>,
+        message: impl FnOnce() -> String,
+    ) -> Result<(), SessionError> {
+        match verdict {
+            Ok(None) => Ok(()),
+            Ok(Some(retry_after)) => Err(self.refused(kind, message(), retry_after)),
             Err(e) => {
                 self.inner.failed(&e);
                 Ok(())
@@ -308,24 +327,15 @@ impl Limits {
         }
     }
 
-    /// A guard of `holder`'s slot of `key`, renewed from now on; `hold_now`
-    /// takes it at once (else it was just taken).
-    fn guard(&self, key: String, holder: String, hold_now: bool) -> SlotGuard {
+    /// A guard of `holder`'s slot of `key`, already taken, renewed from now
+    /// on and given back when dropped.
+    fn guard(&self, key: String, holder: String) -> SlotGuard {
         let id = self.inner.next_guard.fetch_add(1, Ordering::Relaxed);
         self.inner
             .held
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, (key.clone(), holder.clone()));
-        if hold_now {
-            let held = self.inner.limiter.hold_slot(&key, &holder, SLOT_TTL);
-            let inner = self.inner.clone();
-            spawn(async move {
-                if let Err(e) = held.await {
-                    inner.failed(&e);
-                }
-            });
-        }
+            .insert(id, (key, holder));
         SlotGuard {
             limits: self.clone(),
             id,
@@ -334,31 +344,48 @@ impl Limits {
 
     fn release(&self, key: String, holder: String) {
         let released = self.inner.limiter.release_slot(&key, &holder);
+        self.fire(released);
+    }
+
+    /// Runs a limiter call in the background, bounded in time; a failure
+    /// is counted and logged.
+    fn fire<T>(&self, call: impl Future<Output = Result<T, BackendError>> + Send + 'static) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // The runtime is gone (shutting down): held slots lapse by themselves.
+            return;
+        };
         let inner = self.inner.clone();
-        spawn(async move {
-            if let Err(e) = released.await {
-                inner.failed(&e);
+        runtime.spawn(async move {
+            match tokio::time::timeout(BACKGROUND_CALL, call).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => inner.failed(&e),
+                Err(_) => inner.failed(&BackendError::new(
+                    Backend::Limits,
+                    ErrorKind::Unavailable,
+                    "no answer in time",
+                )),
             }
         });
+    }
+}
+
+/// The wait a rate's verdict says, if refused.
+fn wait_of(verdict: Verdict) -> Option<Duration> {
+    match verdict {
+        Verdict::Allowed => None,
+        Verdict::Refused { retry_after } => Some(retry_after),
     }
 }
 
 impl Inner {
     fn failed(&self, e: &BackendError) {
         self.metrics.limit_errors_total.inc();
-        tracing::warn!(error = %e, "a limit could not be checked; the request went through");
+        tracing::warn!(error = %e, "a limit could not be checked or kept");
     }
 }
 
-/// Runs `future` on the current runtime, if there is one (a guard dropped
-/// after the runtime ended has nothing left to release: its slots expire).
-fn spawn(future: impl Future<Output = ()> + Send + 'static) {
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(future);
-    }
-}
-
-/// Renews every slot this replica holds, until the limits are dropped.
+/// Renews every slot this replica holds, until the limits are dropped. A
+/// slot given back meanwhile is not brought back.
 async fn renew(inner: Weak<Inner>) {
     let mut every = tokio::time::interval(RENEW_EVERY);
     every.tick().await;
@@ -373,9 +400,14 @@ async fn renew(inner: Weak<Inner>) {
             .cloned()
             .collect();
         for (key, holder) in held {
-            if let Err(e) = inner.limiter.hold_slot(&key, &holder, SLOT_TTL).await {
-                inner.failed(&e);
-                break;
+            let renewed = inner.limiter.renew_slot(&key, &holder, SLOT_TTL);
+            match tokio::time::timeout(BACKGROUND_CALL, renewed).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    inner.failed(&e);
+                    break;
+                }
+                Err(_) => break,
             }
         }
     }
@@ -415,10 +447,17 @@ impl TokenMeter {
         self.tokens = self.tokens.saturating_add(tokens);
     }
 
-    /// Counts at least `tokens` in all (a provider's usage report, which
-    /// replaces a count of chunks).
-    pub fn at_least(&mut self, tokens: u64) {
-        self.tokens = self.tokens.max(tokens);
+    /// The provider's own count (its `usage`), which replaces the estimate.
+    pub fn reported(&mut self, tokens: u64) {
+        self.tokens = tokens;
+    }
+
+    /// Counts the text of `bytes` bytes (a delta's text and tool-call
+    /// arguments): a token per four bytes, at least one for any text.
+    pub fn text(&mut self, bytes: usize) {
+        if bytes > 0 {
+            self.add((bytes as u64 / 4).max(1));
+        }
     }
 }
 
@@ -468,8 +507,8 @@ mod tests {
         tokio::task::yield_now().await;
 
         let mut meter = l.meter("a");
-        meter.add(3);
-        meter.at_least(25);
+        meter.text(12);
+        meter.reported(25);
         drop(meter);
         tokio::task::yield_now().await;
         let e = l.admit_generation("a", "s3").await.unwrap_err();

@@ -96,9 +96,9 @@ impl ChunkStream {
                             self.tokens.inc();
                         }
                         if let Some((_, meter)) = &mut self.charged {
-                            meter.add(u64::from(text));
+                            meter.text(delta_bytes(&chunk.view));
                             if let Some(usage) = chunk.view.usage {
-                                meter.at_least(usage.completion_tokens);
+                                meter.reported(usage.completion_tokens);
                             }
                         }
                         if let Some((_, recorder, _)) = &mut self.recording {
@@ -116,6 +116,19 @@ impl ChunkStream {
                 .collect(),
         )
     }
+}
+
+/// The bytes of generated text in a chunk: its text and its tool calls'
+/// arguments (what the provider charges as output).
+fn delta_bytes(view: &sluice_protocol::openai::ChunkView) -> usize {
+    let text = view.content().map_or(0, str::len);
+    let calls: usize = view
+        .tool_calls()
+        .iter()
+        .filter_map(|c| c.function.as_ref()?.arguments.as_ref())
+        .map(String::len)
+        .sum();
+    text + calls
 }
 
 fn count_error(metrics: &Metrics, e: &LlmError) {
@@ -264,12 +277,18 @@ impl Relay {
                 tracing::warn!(error = %e, "provider failed (OpenAI route)");
                 count_error(&self.metrics, e);
             })?;
-            meter.at_least(
-                completion
-                    .pointer("/usage/completion_tokens")
-                    .and_then(serde_json::Value::as_u64)
-                    .unwrap_or(0),
-            );
+            match completion
+                .pointer("/usage/completion_tokens")
+                .and_then(serde_json::Value::as_u64)
+            {
+                Some(tokens) => meter.reported(tokens),
+                // No usage: the answer's text and calls, by their length.
+                None => meter.text(
+                    completion
+                        .pointer("/choices/0/message")
+                        .map_or(0, |m| m.to_string().len()),
+                ),
+            }
             drop((slot, meter));
             if let Some(key) = key
                 && let Some(recorded) = Recorder::from_completion(&completion)
@@ -303,8 +322,8 @@ impl Relay {
                 .tokens_streamed_total
                 .with_label_values(&["openai"])
                 .inc();
-            meter.add(1);
         }
+        meter.text(delta_bytes(&first.view));
         let recording = key.map(|key| {
             let mut recorder = Recorder::default();
             recorder.take(&first);

@@ -241,15 +241,17 @@ impl Sessions {
         message.validate()?;
         // The generation's slot is taken here, named by the session (one
         // generation at a time runs in it); the replica that runs it holds
-        // it from then on. A send that fails gives it back, unless another
-        // generation of the session holds it.
+        // it from then on. A send that fails gives it back if this send took
+        // it, and not if the session's running generation holds it.
         let limits = &self.deps.limits;
-        limits.admit_generation(user_id, id).await?;
+        let took_slot = limits.admit_generation(user_id, id).await?;
         let mut message = message;
         let stored = match self.attach(user_id, id, &mut message).await {
             Ok(stored) => stored,
             Err(e) => {
-                limits.release_generation(user_id, id);
+                if took_slot {
+                    limits.release_generation(user_id, id);
+                }
                 return Err(e);
             }
         };
@@ -265,8 +267,8 @@ impl Sessions {
                 },
             )
             .await;
-        if let Err(e) = &sent {
-            if !matches!(e, SessionError::Conflict) {
+        if sent.is_err() {
+            if took_slot {
                 limits.release_generation(user_id, id);
             }
             self.forget(user_id, &stored).await;

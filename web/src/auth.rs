@@ -119,7 +119,13 @@ impl Auth {
         if api_key && let Some(user) = api_key_user(api_keys, token) {
             return Ok(user);
         }
-        check_header(token)?;
+        check_header(token).map_err(|e| {
+            if api_key && !api_keys.is_empty() {
+                unauthorized("invalid token: neither a known API key nor a JWT".into())
+            } else {
+                e
+            }
+        })?;
         let data = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map_err(|e| unauthorized(describe(&e)))?;
         let claims = data.claims;

@@ -74,9 +74,12 @@ impl BrowserPolicy {
                 HeaderName::from_static("x-sluice-cache"),
             ])
             .max_age(600);
-        for origin in self.origins.iter() {
-            cors = cors.allowed_origin(origin);
-        }
+        // The same comparison as everywhere else (`lists`), rather than
+        // actix-cors's byte for byte one.
+        let policy = self.clone();
+        cors = cors.allowed_origin_fn(move |origin, _| {
+            origin.to_str().is_ok_and(|origin| policy.lists(origin))
+        });
         Condition::new(!self.origins.is_empty(), cors)
     }
 
@@ -143,11 +146,22 @@ pub async fn browser_headers(
         .is_some_and(|v| v.starts_with("application/json"));
     if (status.is_client_error() || status.is_server_error()) && !json {
         let code = ErrorCode::from_status(status.as_u16());
-        let message = status
-            .canonical_reason()
-            .unwrap_or("error")
-            .to_ascii_lowercase();
         let (req, old) = response.into_parts();
+        let (old, body) = old.into_parts();
+        // The framework's own words, if short and plain, else the reason.
+        let said = actix_web::body::to_bytes_limited(body, 512)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
+            .map(|text| text.trim().to_owned())
+            .filter(|text| !text.is_empty() && !text.chars().any(char::is_control));
+        let message = said.unwrap_or_else(|| {
+            status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_ascii_lowercase()
+        });
         let mut answer = HttpResponse::build(status).json(ErrorBody::new(code, message));
         for (name, value) in old.headers() {
             if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {

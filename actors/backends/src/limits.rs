@@ -21,10 +21,12 @@
 //!   units, and then (only then) charges `c`; a refusal says how long until
 //!   there is room.
 //! - `charge` always charges.
-//! - `take_slot` succeeds for a holder that already holds a slot of the key
-//!   (renewing it) or while fewer than `limit` unexpired slots are held;
-//!   `hold_slot` takes or renews whatever the limit; `release_slot` gives
-//!   one back.
+//! - `take_slot` renews a slot the holder already holds (`Held`), or takes
+//!   one while fewer than `limit` unexpired slots are held (`Taken`), else
+//!   takes nothing (`Full`); `hold_slot` takes or renews whatever the
+//!   limit; `renew_slot` extends only a slot that is still held (so a slot
+//!   released meanwhile is not brought back); `release_slot` gives one
+//!   back.
 //! - State of a key that has nothing to remember is dropped: memory does not
 //!   grow with keys that are no longer used.
 
@@ -73,6 +75,28 @@ pub enum Verdict {
     },
 }
 
+/// What [`Limiter::take_slot`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotTaken {
+    /// The holder had none; it has one now.
+    Taken,
+    /// The holder already had one; it is renewed.
+    Held,
+    /// Every slot is held by others; nothing changed.
+    Full,
+}
+
+/// How a slot is claimed: the three ways of [`Limiter`] in one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Taken while fewer than this many are held (`take_slot`).
+    Within(u64),
+    /// Taken whatever the limit (`hold_slot`).
+    Whatever,
+    /// Renewed only if held already (`renew_slot`).
+    RenewOnly,
+}
+
 /// Per-key rates and slots.
 pub trait Limiter: Send + Sync + 'static {
     /// Admits `cost` units of `key` at `rate` if there is room for
@@ -92,15 +116,14 @@ pub trait Limiter: Send + Sync + 'static {
         cost: u64,
     ) -> BoxFuture<'static, Result<(), BackendError>>;
 
-    /// Takes one of `limit` slots of `key` for `holder`, for `ttl`; true if
-    /// taken (or renewed: `holder` held one already).
+    /// Takes one of `limit` slots of `key` for `holder`, for `ttl`.
     fn take_slot(
         &self,
         key: &str,
         holder: &str,
         limit: u64,
         ttl: Duration,
-    ) -> BoxFuture<'static, Result<bool, BackendError>>;
+    ) -> BoxFuture<'static, Result<SlotTaken, BackendError>>;
 
     /// Takes or renews `holder`'s slot of `key` for `ttl`, whatever the
     /// limit (a holder that already counted, moved or renewing).
@@ -110,6 +133,15 @@ pub trait Limiter: Send + Sync + 'static {
         holder: &str,
         ttl: Duration,
     ) -> BoxFuture<'static, Result<(), BackendError>>;
+
+    /// Extends `holder`'s slot of `key` for `ttl` if it still holds one;
+    /// false if not (released, or expired).
+    fn renew_slot(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'static, Result<bool, BackendError>>;
 
     /// Gives `holder`'s slot of `key` back.
     fn release_slot(&self, key: &str, holder: &str)
@@ -220,36 +252,47 @@ pub(crate) mod conformance {
     }
 
     async fn slots<L: Limiter>(limiter: &L) {
-        assert!(limiter.take_slot("u", "g1", 2, LONG).await.unwrap());
-        assert!(limiter.take_slot("u", "g2", 2, LONG).await.unwrap());
-        assert!(!limiter.take_slot("u", "g3", 2, LONG).await.unwrap());
-        assert!(
-            limiter.take_slot("u", "g1", 2, LONG).await.unwrap(),
+        use SlotTaken::{Full, Held, Taken};
+        let take = |holder: &'static str, limit| limiter.take_slot("u", holder, limit, LONG);
+        assert_eq!(take("g1", 2).await.unwrap(), Taken);
+        assert_eq!(take("g2", 2).await.unwrap(), Taken);
+        assert_eq!(take("g3", 2).await.unwrap(), Full);
+        assert_eq!(
+            take("g1", 2).await.unwrap(),
+            Held,
             "a holder renews its own"
         );
-        assert!(
+        assert_eq!(
             limiter.take_slot("v", "g3", 2, LONG).await.unwrap(),
+            Taken,
             "keys are apart"
         );
         limiter.release_slot("u", "g1").await.unwrap();
-        assert!(limiter.take_slot("u", "g3", 2, LONG).await.unwrap());
+        assert_eq!(take("g3", 2).await.unwrap(), Taken);
         // Holding ignores the limit (u now has g2, g3 and g4).
         limiter.hold_slot("u", "g4", LONG).await.unwrap();
         limiter.release_slot("u", "g2").await.unwrap();
-        assert!(!limiter.take_slot("u", "g5", 2, LONG).await.unwrap());
+        assert_eq!(take("g5", 2).await.unwrap(), Full);
+        // Renewing extends what is held, and brings back nothing released.
+        assert!(limiter.renew_slot("u", "g3", LONG).await.unwrap());
+        assert!(!limiter.renew_slot("u", "g2", LONG).await.unwrap());
+        assert_eq!(take("g5", 2).await.unwrap(), Full);
         limiter.release_slot("u", "g3").await.unwrap();
         limiter.release_slot("u", "g4").await.unwrap();
         limiter.release_slot("u", "unknown").await.unwrap();
-        assert!(limiter.take_slot("u", "g5", 1, LONG).await.unwrap());
+        assert_eq!(take("g5", 1).await.unwrap(), Taken);
     }
 
     async fn slots_expire<L: Limiter>(limiter: &L) {
         let short = Duration::from_millis(200);
-        assert!(limiter.take_slot("x", "dead", 1, short).await.unwrap());
-        assert!(!limiter.take_slot("x", "live", 1, LONG).await.unwrap());
+        let take = |holder: &'static str, ttl| limiter.take_slot("x", holder, 1, ttl);
+        assert_eq!(take("dead", short).await.unwrap(), SlotTaken::Taken);
+        assert_eq!(take("live", LONG).await.unwrap(), SlotTaken::Full);
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert!(
-            limiter.take_slot("x", "live", 1, LONG).await.unwrap(),
+        assert!(!limiter.renew_slot("x", "dead", LONG).await.unwrap());
+        assert_eq!(
+            take("live", LONG).await.unwrap(),
+            SlotTaken::Taken,
             "a holder that stopped renewing gave its slot back"
         );
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, ready};
 
-use super::{Limiter, Rate, Verdict, gcra};
+use super::{Claim, Limiter, Rate, SlotTaken, Verdict, gcra};
 use crate::BackendError;
 
 /// The in-process limiter. Cloning shares it.
@@ -68,19 +68,27 @@ impl State {
         verdict
     }
 
-    fn slot(&mut self, key: &str, holder: &str, limit: Option<u64>, ttl: Duration) -> bool {
+    fn slot(&mut self, key: &str, holder: &str, claim: Claim, ttl: Duration) -> SlotTaken {
         let now = Instant::now();
         let holders = self.slots.entry(key.to_owned()).or_default();
         holders.retain(|_, expiry| *expiry > now);
-        let room = holders.contains_key(holder)
-            || limit.is_none_or(|limit| (holders.len() as u64) < limit);
-        if room {
-            holders.insert(holder.to_owned(), now + ttl);
-        } else if holders.is_empty() {
-            self.slots.remove(key);
+        let taken = match claim {
+            _ if holders.contains_key(holder) => SlotTaken::Held,
+            Claim::Within(limit) if (holders.len() as u64) < limit => SlotTaken::Taken,
+            Claim::Whatever => SlotTaken::Taken,
+            Claim::Within(_) | Claim::RenewOnly => SlotTaken::Full,
+        };
+        match taken {
+            SlotTaken::Full if holders.is_empty() => {
+                self.slots.remove(key);
+            }
+            SlotTaken::Full => {}
+            SlotTaken::Taken | SlotTaken::Held => {
+                holders.insert(holder.to_owned(), now + ttl);
+            }
         }
         self.sweep();
-        room
+        taken
     }
 }
 
@@ -122,8 +130,8 @@ impl Limiter for MemoryLimiter {
         holder: &str,
         limit: u64,
         ttl: Duration,
-    ) -> BoxFuture<'static, Result<bool, BackendError>> {
-        let taken = self.with(|s| s.slot(key, holder, Some(limit), ttl));
+    ) -> BoxFuture<'static, Result<SlotTaken, BackendError>> {
+        let taken = self.with(|s| s.slot(key, holder, Claim::Within(limit), ttl));
         Box::pin(ready(Ok(taken)))
     }
 
@@ -133,8 +141,18 @@ impl Limiter for MemoryLimiter {
         holder: &str,
         ttl: Duration,
     ) -> BoxFuture<'static, Result<(), BackendError>> {
-        self.with(|s| s.slot(key, holder, None, ttl));
+        self.with(|s| s.slot(key, holder, Claim::Whatever, ttl));
         Box::pin(ready(Ok(())))
+    }
+
+    fn renew_slot(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'static, Result<bool, BackendError>> {
+        let held = self.with(|s| s.slot(key, holder, Claim::RenewOnly, ttl)) == SlotTaken::Held;
+        Box::pin(ready(Ok(held)))
     }
 
     fn release_slot(

@@ -11,13 +11,14 @@ use std::time::Duration;
 use fred::prelude::*;
 use futures::future::BoxFuture;
 
-use super::{Limiter, Rate, Verdict};
+use super::{Claim, Limiter, Rate, SlotTaken, Verdict};
 use crate::redis::redis_error;
 use crate::{Backend, BackendError};
 
 /// The GCRA step of `super::gcra`, in milliseconds. ARGV: period (ms),
 /// limit, cost, 1 to admit or 0 to charge. Returns 0 if allowed, else the
-/// milliseconds until there is room (at least 1).
+/// milliseconds until there is room (at least 1). Waits and expiries are
+/// capped at 10^11 ms (three years), which Lua still writes as an integer.
 const RATE: &str = "local t = redis.call('TIME') \
     local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 \
     local period = tonumber(ARGV[1]) \
@@ -26,26 +27,31 @@ const RATE: &str = "local t = redis.call('TIME') \
     local base = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now) \
     if ARGV[4] == '1' then \
       local over = base + math.max(cost, 1) * interval - now - period \
-      if over > 0.000001 then return math.max(1, math.ceil(over)) end \
+      if over > 0.000001 then return math.min(math.max(1, math.ceil(over)), 100000000000) end \
     end \
     if cost > 0 then \
       local tat = base + cost * interval \
-      redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.max(1, math.ceil(tat - now))) \
+      local ttl = math.min(math.max(1, math.ceil(tat - now)), 100000000000) \
+      redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', ttl) \
     end \
     return 0";
 
-/// Takes or renews ARGV[1]'s slot for ARGV[3] ms if it holds one already or
-/// fewer than ARGV[2] are held (ARGV[2] = -1: whatever the limit). 1 or 0.
+/// Claims ARGV[1]'s slot for ARGV[3] ms. ARGV[2] is the claim: a limit
+/// (taken while fewer are held), -1 (taken whatever the limit) or -2
+/// (renewed only if held). Returns 2 if it was held (renewed), 1 if taken
+/// now, 0 if not.
 const SLOT: &str = "local t = redis.call('TIME') \
     local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
     redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) \
-    local limit = tonumber(ARGV[2]) \
-    if limit >= 0 and not redis.call('ZSCORE', KEYS[1], ARGV[1]) \
-       and redis.call('ZCARD', KEYS[1]) >= limit then return 0 end \
+    local claim = tonumber(ARGV[2]) \
     local ttl = tonumber(ARGV[3]) \
+    local result = 1 \
+    if redis.call('ZSCORE', KEYS[1], ARGV[1]) then result = 2 \
+    elseif claim == -2 then return 0 \
+    elseif claim >= 0 and redis.call('ZCARD', KEYS[1]) >= claim then return 0 end \
     redis.call('ZADD', KEYS[1], now + ttl, ARGV[1]) \
     if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end \
-    return 1";
+    return result";
 
 /// Gives ARGV[1]'s slot back.
 const RELEASE: &str = "return redis.call('ZREM', KEYS[1], ARGV[1])";
@@ -105,16 +111,24 @@ impl RedisLimiter {
         &self,
         key_: &str,
         holder: &str,
-        limit: Option<u64>,
+        claim: Claim,
         ttl: Duration,
-    ) -> BoxFuture<'static, Result<bool, BackendError>> {
+    ) -> BoxFuture<'static, Result<SlotTaken, BackendError>> {
         let client = self.client.clone();
         let keys = vec![key(key_)];
-        let limit = limit.map_or(-1, |l| l.min(i64::MAX as u64) as i64);
-        let args = vec![holder.to_owned(), limit.to_string(), millis(ttl)];
+        let claim = match claim {
+            Claim::Within(limit) => limit.min(i64::MAX as u64) as i64,
+            Claim::Whatever => -1,
+            Claim::RenewOnly => -2,
+        };
+        let args = vec![holder.to_owned(), claim.to_string(), millis(ttl)];
         Box::pin(async move {
             let taken: i64 = client.eval(SLOT, keys, args).await.map_err(err)?;
-            Ok(taken == 1)
+            Ok(match taken {
+                2 => SlotTaken::Held,
+                1 => SlotTaken::Taken,
+                _ => SlotTaken::Full,
+            })
         })
     }
 }
@@ -145,8 +159,8 @@ impl Limiter for RedisLimiter {
         holder: &str,
         limit: u64,
         ttl: Duration,
-    ) -> BoxFuture<'static, Result<bool, BackendError>> {
-        self.slot(key, holder, Some(limit), ttl)
+    ) -> BoxFuture<'static, Result<SlotTaken, BackendError>> {
+        self.slot(key, holder, Claim::Within(limit), ttl)
     }
 
     fn hold_slot(
@@ -155,8 +169,18 @@ impl Limiter for RedisLimiter {
         holder: &str,
         ttl: Duration,
     ) -> BoxFuture<'static, Result<(), BackendError>> {
-        let held = self.slot(key, holder, None, ttl);
+        let held = self.slot(key, holder, Claim::Whatever, ttl);
         Box::pin(async move { held.await.map(drop) })
+    }
+
+    fn renew_slot(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'static, Result<bool, BackendError>> {
+        let renewed = self.slot(key, holder, Claim::RenewOnly, ttl);
+        Box::pin(async move { Ok(renewed.await? == SlotTaken::Held) })
     }
 
     fn release_slot(
