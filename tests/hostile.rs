@@ -358,6 +358,28 @@ async fn a_stream_whose_client_left_is_freed_at_once() {
     }
 }
 
+/// A request the HTTP parser refuses is answered, and is not an ERROR in
+/// the log: any client could write those at will ("stream error: request
+/// parse error" used to be logged at ERROR for each).
+#[tokio::test]
+async fn requests_that_break_http_are_not_errors_in_the_log() {
+    let h = Harness::start(BIN);
+    for request in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n",
+        b"POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -5\r\n\r\n",
+    ] {
+        let answer = raw(&h, request).await;
+        assert_eq!(status_of(&answer), 400, "{answer}");
+    }
+    // The server still serves, and logged none of it as an error.
+    let health = h.http.get(h.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let logs = h.sluice.logs.lock().unwrap().clone();
+    let errors: Vec<&String> = logs.iter().filter(|l| l.contains("\"ERROR\"")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
 /// The OpenAI-compatible route bounds what it relays: a 1 MB model name
 /// (which the answer used to echo), `n=100`, `max_tokens=-1` and
 /// `temperature: "NaN"` were all passed on to the provider. Each is now
