@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sluice_actors::{Continuation, LimitSettings, SessionConfig};
+use sluice_backends::crypto;
 use sluice_backends::llm::demo::DEMO_MODEL;
 use sluice_backends::secret::Secret;
 use sluice_web::browser::valid_origin;
@@ -222,6 +223,37 @@ pub const VARS: &[Var] = &[
                 "metrics-listener" => OpsAccess::MetricsListener,
                 _ => return Err("must be token, open or metrics-listener".into()),
             };
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_ENCRYPTION_KEY",
+        aliases: &["ENCRYPTION_KEY"],
+        default: DefaultValue::Unset,
+        help: "seals message text and uploaded files at rest (XChaCha20-Poly1305): 32 bytes as 64 hex \
+               digits or base64, or a passphrase of at least 32 characters; unset: stored in the clear",
+        parse: |c, v| {
+            crypto::parse_key(v)?;
+            c.encryption_key = Some(Secret::new(v));
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_ENCRYPTION_OLD_KEYS",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "earlier encryption keys, separated by commas: they still open what they sealed \
+               (rotation: the new key in SLUICE_ENCRYPTION_KEY, the old one here)",
+        parse: |c, v| {
+            let keys: Vec<&str> = v
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .collect();
+            for key in &keys {
+                crypto::parse_key(key)?;
+            }
+            c.encryption_old_keys = keys.into_iter().map(Secret::new).collect();
             Ok(())
         },
     },
@@ -798,6 +830,10 @@ pub struct Config {
     pub mcp_servers: Vec<(String, String)>,
     /// Bearer tokens of MCP servers, by name.
     pub mcp_tokens: Vec<(String, Secret)>,
+    /// The key sealing data at rest.
+    pub encryption_key: Option<Secret>,
+    /// Earlier keys, still opening what they sealed.
+    pub encryption_old_keys: Vec<Secret>,
     /// Origins whose pages may call this server.
     pub cors_origins: Vec<String>,
     /// Who may read `/metrics` and `/ready` on the main listener.
@@ -871,6 +907,8 @@ impl Config {
             default_tools: None,
             mcp_servers: Vec::new(),
             mcp_tokens: Vec::new(),
+            encryption_key: None,
+            encryption_old_keys: Vec::new(),
             cors_origins: Vec::new(),
             ops: OpsAccess::Open,
             jwt_leeway_seconds: 0,
@@ -952,6 +990,13 @@ impl Config {
                     .into(),
             });
         }
+        if !self.encryption_old_keys.is_empty() && self.encryption_key.is_none() {
+            return Err(ConfigError {
+                name: "SLUICE_ENCRYPTION_OLD_KEYS",
+                value: "[redacted]".into(),
+                reason: "old keys need a current one: set SLUICE_ENCRYPTION_KEY too".into(),
+            });
+        }
         if !self.api_keys.is_empty() && self.jwt_secret.is_none() {
             return Err(ConfigError {
                 name: "SLUICE_API_KEYS",
@@ -1002,6 +1047,15 @@ impl Config {
                 format!("http://{host}:{}", self.chroma_port)
             })
         })
+    }
+
+    /// The keys sealing data at rest, if a key is set (each was checked
+    /// when it was read).
+    pub fn keyring(&self) -> Option<crypto::Keyring> {
+        let key = |s: &Secret| crypto::parse_key(s.expose()).ok();
+        let current = key(self.encryption_key.as_ref()?)?;
+        let older: Vec<[u8; 32]> = self.encryption_old_keys.iter().filter_map(key).collect();
+        Some(crypto::Keyring::new(current, &older))
     }
 
     /// The default model: the configured one, else the demo model without a

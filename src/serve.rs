@@ -15,6 +15,10 @@ use sluice_actors::supervisor::Health;
 use sluice_actors::tools::mcp::{self, McpServer};
 use sluice_actors::{Files, Limits, Metrics, Relay, Sessions, Tools};
 use sluice_backends::cache::ResponseCache;
+use sluice_backends::crypto::Keyring;
+use sluice_backends::crypto::objects::SealedObjects;
+use sluice_backends::crypto::store::SealedStore;
+use sluice_backends::crypto::vectors::SealedVectors;
 use sluice_backends::embed::Embedder;
 use sluice_backends::embed::local::LocalEmbedder;
 use sluice_backends::embed::provider::ProviderEmbedder;
@@ -30,6 +34,7 @@ use sluice_backends::log::memory::MemoryEventLog;
 use sluice_backends::log::redis::RedisEventLog;
 use sluice_backends::objects::ObjectStore;
 use sluice_backends::objects::fs::FsObjectStore;
+use sluice_backends::objects::read_all;
 use sluice_backends::objects::s3::{S3Config, S3ObjectStore};
 use sluice_backends::probe::{
     EmbedderProbe, EventLogProbe, LlmProbe, ObjectsProbe, Probe, RedisProbe, StoreProbe,
@@ -320,10 +325,81 @@ async fn log_and_cluster(
     Ok((Arc::new(log), cluster, Some(redis)))
 }
 
+/// Where the encryption key check lives in the object store.
+const KEY_CHECK: &str = "sluice/key-check";
+/// What the check holds, sealed.
+const KEY_CHECK_TEXT: &[u8] = b"sluice: the encryption key opens this";
+
+/// Stops the start if the stored data was sealed with a key this
+/// configuration cannot open, or if it is sealed and no key is set: a
+/// wrong key must fail here, loudly, and never later as garbage. The check
+/// is a small object sealed with the current key (written if missing, and
+/// again when the key has rotated). An object store that does not answer
+/// puts the check off; what it seals is still checked on every read.
+async fn check_encryption(
+    config: &Config,
+    objects: &Arc<dyn ObjectStore>,
+    keys: Option<&Arc<Keyring>>,
+) -> anyhow::Result<()> {
+    let stored = match read_all(objects.as_ref(), KEY_CHECK, 4096).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check the encryption key now: the object store does not answer");
+            return Ok(());
+        }
+    };
+    let sealed_with = stored
+        .as_deref()
+        .filter(|b| b.starts_with(b"SLE1") && b.len() >= 12)
+        .map(|b| String::from_utf8_lossy(&b[4..12]).into_owned());
+    let Some(keys) = keys else {
+        if let Some(id) = sealed_with {
+            anyhow::bail!(
+                "the stored data is encrypted (key {id}): set SLUICE_ENCRYPTION_KEY (ENCRYPTION_KEY) to its key"
+            );
+        }
+        return Ok(());
+    };
+    let sealed = SealedObjects::new(objects.clone(), keys.clone());
+    if let Some(id) = &sealed_with {
+        match read_all(&sealed, KEY_CHECK, 4096).await {
+            Ok(Some(text)) if text == KEY_CHECK_TEXT => {}
+            _ => anyhow::bail!(
+                "SLUICE_ENCRYPTION_KEY does not open the stored data (sealed with key {id}); \
+                 set that key, or list it in SLUICE_ENCRYPTION_OLD_KEYS"
+            ),
+        }
+        if id == keys.current_id() {
+            return Ok(());
+        }
+    }
+    std::fs::create_dir_all(&config.data_dir)?;
+    let path = config.data_dir.join(".key-check");
+    std::fs::write(&path, KEY_CHECK_TEXT)?;
+    let written = sealed
+        .put_file(
+            KEY_CHECK,
+            &path,
+            KEY_CHECK_TEXT.len() as u64,
+            "application/octet-stream",
+        )
+        .await;
+    let _ = std::fs::remove_file(&path);
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "cannot store the encryption key check now");
+    }
+    Ok(())
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry)?;
     let (store, file_store, response_store) = session_store(&config).await?;
+    let keys = config.keyring().map(Arc::new);
+    let store: Arc<dyn SessionStore> = match &keys {
+        Some(keys) => Arc::new(SealedStore::new(store, keys.clone())),
+        None => store,
+    };
 
     // Bound first, so that the default replica id names the real port.
     // Every listener is bound before anything starts, so an address in use
@@ -386,7 +462,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     ));
     probes.push(Arc::new(EventLogProbe(log.clone())));
     probes.push(Arc::new(LlmProbe(llm.clone())));
-    let file_backends = file_backends(&config, &llm, file_store, &mut probes)?;
+    let mut file_backends = file_backends(&config, &llm, file_store, &mut probes)?;
+    check_encryption(&config, &file_backends.objects, keys.as_ref()).await?;
+    if let Some(keys) = &keys {
+        tracing::info!(
+            key = keys.current_id(),
+            "message text and uploads are sealed at rest"
+        );
+        file_backends.objects = Arc::new(SealedObjects::new(file_backends.objects, keys.clone()));
+        file_backends.vectors = Arc::new(SealedVectors::new(file_backends.vectors, keys.clone()));
+    }
     let files = Files::start(
         file_backends,
         FilesConfig {

@@ -26,6 +26,7 @@
 
 pub mod bus;
 pub mod cache;
+pub mod crypto;
 pub mod embed;
 pub mod error;
 pub mod files;

@@ -1,0 +1,194 @@
+//! [`SealedStore`]: a session store whose user text is sealed at rest:
+//! messages' content and tool arguments, sessions' titles and system
+//! prompts. Everything else (ids, times, statuses, counts) stays readable,
+//! so the store can still index, order and fence by it.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use super::Keyring;
+use crate::BackendError;
+use crate::store::{MessageRecord, PoolStatus, SessionRecord, SessionStore};
+
+/// `inner`, with user text sealed by `keys`.
+pub struct SealedStore {
+    inner: Arc<dyn SessionStore>,
+    keys: Arc<Keyring>,
+}
+
+impl SealedStore {
+    /// Seals what goes into `inner` and opens what comes out.
+    pub fn new(inner: Arc<dyn SessionStore>, keys: Arc<Keyring>) -> Self {
+        Self { inner, keys }
+    }
+}
+
+fn seal_session(keys: &Keyring, mut session: SessionRecord) -> SessionRecord {
+    if !session.title.is_empty() {
+        session.title = keys.seal_text(&session.title);
+    }
+    session.system_prompt = session.system_prompt.map(|p| keys.seal_text(&p));
+    session
+}
+
+fn open_session(keys: &Keyring, mut session: SessionRecord) -> Result<SessionRecord, BackendError> {
+    session.title = keys.open_text(session.title)?;
+    session.system_prompt = session
+        .system_prompt
+        .map(|p| keys.open_text(p))
+        .transpose()?;
+    Ok(session)
+}
+
+fn seal_message(keys: &Keyring, mut message: MessageRecord) -> MessageRecord {
+    message.content = keys.seal_text(&message.content);
+    if let Some(tool) = &mut message.tool {
+        tool.arguments = keys.seal_text(&tool.arguments);
+    }
+    message
+}
+
+fn open_message(keys: &Keyring, mut message: MessageRecord) -> Result<MessageRecord, BackendError> {
+    message.content = keys.open_text(message.content)?;
+    if let Some(tool) = &mut message.tool {
+        tool.arguments = keys.open_text(std::mem::take(&mut tool.arguments))?;
+    }
+    Ok(message)
+}
+
+impl SessionStore for SealedStore {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn create_session(
+        &self,
+        session: SessionRecord,
+    ) -> BoxFuture<'static, Result<(), BackendError>> {
+        self.inner.create_session(seal_session(&self.keys, session))
+    }
+
+    fn claim_session(
+        &self,
+        id: &str,
+    ) -> BoxFuture<'static, Result<Option<SessionRecord>, BackendError>> {
+        let (claimed, keys) = (self.inner.claim_session(id), self.keys.clone());
+        Box::pin(async move { claimed.await?.map(|s| open_session(&keys, s)).transpose() })
+    }
+
+    fn get_session(
+        &self,
+        id: &str,
+    ) -> BoxFuture<'static, Result<Option<SessionRecord>, BackendError>> {
+        let (got, keys) = (self.inner.get_session(id), self.keys.clone());
+        Box::pin(async move { got.await?.map(|s| open_session(&keys, s)).transpose() })
+    }
+
+    fn list_sessions(
+        &self,
+        user_id: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> BoxFuture<'static, Result<Vec<SessionRecord>, BackendError>> {
+        let (listed, keys) = (
+            self.inner.list_sessions(user_id, limit, before),
+            self.keys.clone(),
+        );
+        Box::pin(async move {
+            listed
+                .await?
+                .into_iter()
+                .map(|s| open_session(&keys, s))
+                .collect()
+        })
+    }
+
+    fn count_sessions(
+        &self,
+        user_id: &str,
+        up_to: u64,
+    ) -> BoxFuture<'static, Result<u64, BackendError>> {
+        self.inner.count_sessions(user_id, up_to)
+    }
+
+    fn delete_session(&self, id: &str) -> BoxFuture<'static, Result<bool, BackendError>> {
+        self.inner.delete_session(id)
+    }
+
+    fn messages(
+        &self,
+        session_id: &str,
+    ) -> BoxFuture<'static, Result<Vec<MessageRecord>, BackendError>> {
+        let (read, keys) = (self.inner.messages(session_id), self.keys.clone());
+        Box::pin(async move {
+            read.await?
+                .into_iter()
+                .map(|m| open_message(&keys, m))
+                .collect()
+        })
+    }
+
+    fn save(
+        &self,
+        session: SessionRecord,
+        messages: Vec<MessageRecord>,
+    ) -> BoxFuture<'static, Result<(), BackendError>> {
+        let keys = &self.keys;
+        self.inner.save(
+            seal_session(keys, session),
+            messages
+                .into_iter()
+                .map(|m| seal_message(keys, m))
+                .collect(),
+        )
+    }
+
+    fn ping(&self) -> BoxFuture<'static, Result<(), BackendError>> {
+        self.inner.ping()
+    }
+
+    fn pool_status(&self) -> Option<PoolStatus> {
+        self.inner.pool_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::redb::RedbSessionStore;
+
+    #[tokio::test]
+    async fn a_sealed_redb_store_conforms_and_keeps_no_text_in_the_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn SessionStore> =
+            Arc::new(RedbSessionStore::open(&dir.path().join("s.redb")).unwrap());
+        let keys = Arc::new(Keyring::new([8; 32], &[]));
+        crate::store::conformance::run(SealedStore::new(inner.clone(), keys.clone())).await;
+        // What the inner store holds is sealed.
+        let sealed = SealedStore::new(inner.clone(), keys);
+        let mut session = crate::store::conformance::session("enc", "alice");
+        session.title = "my secret title".into();
+        sealed.create_session(session.clone()).await.unwrap();
+        let mut message = crate::store::conformance::message(
+            "enc",
+            "m1",
+            sluice_protocol::MessageStatus::Complete,
+        );
+        message.content = "the launch code is 0000".into();
+        sealed.save(session, vec![message]).await.unwrap();
+        let raw = inner.messages("enc").await.unwrap();
+        assert!(raw[0].content.starts_with("sle1:"), "{}", raw[0].content);
+        let raw_session = inner.get_session("enc").await.unwrap().unwrap();
+        assert!(!raw_session.title.contains("secret"));
+        let opened = sealed.messages("enc").await.unwrap();
+        assert_eq!(opened[0].content, "the launch code is 0000");
+        assert_eq!(
+            sealed.get_session("enc").await.unwrap().unwrap().title,
+            "my secret title"
+        );
+        // Another key fails loudly rather than returning sealed text.
+        let other = SealedStore::new(inner, Arc::new(Keyring::new([9; 32], &[])));
+        assert!(other.messages("enc").await.is_err());
+    }
+}
