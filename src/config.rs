@@ -231,7 +231,8 @@ pub const VARS: &[Var] = &[
         aliases: &["ENCRYPTION_KEY"],
         default: DefaultValue::Unset,
         help: "seals message text and uploaded files at rest (XChaCha20-Poly1305): 32 bytes as 64 hex \
-               digits or base64, or a passphrase of at least 32 characters; unset: stored in the clear",
+               digits or base64 (openssl rand -hex 32), or a passphrase of at least 32 bytes; \
+               unset: stored in the clear",
         parse: |c, v| {
             crypto::parse_key(v)?;
             c.encryption_key = Some(Secret::new(v));
@@ -242,8 +243,8 @@ pub const VARS: &[Var] = &[
         name: "SLUICE_ENCRYPTION_OLD_KEYS",
         aliases: &[],
         default: DefaultValue::Unset,
-        help: "earlier encryption keys, separated by commas: they still open what they sealed \
-               (rotation: the new key in SLUICE_ENCRYPTION_KEY, the old one here)",
+        help: "other encryption keys, separated by commas: they open what they sealed but seal \
+               nothing (see docs/security.md for turning encryption on and rotating keys)",
         parse: |c, v| {
             let keys: Vec<&str> = v
                 .split(',')
@@ -990,13 +991,6 @@ impl Config {
                     .into(),
             });
         }
-        if !self.encryption_old_keys.is_empty() && self.encryption_key.is_none() {
-            return Err(ConfigError {
-                name: "SLUICE_ENCRYPTION_OLD_KEYS",
-                value: "[redacted]".into(),
-                reason: "old keys need a current one: set SLUICE_ENCRYPTION_KEY too".into(),
-            });
-        }
         if !self.api_keys.is_empty() && self.jwt_secret.is_none() {
             return Err(ConfigError {
                 name: "SLUICE_API_KEYS",
@@ -1053,9 +1047,9 @@ impl Config {
     /// when it was read).
     pub fn keyring(&self) -> Option<crypto::Keyring> {
         let key = |s: &Secret| crypto::parse_key(s.expose()).ok();
-        let current = key(self.encryption_key.as_ref()?)?;
+        let current = self.encryption_key.as_ref().and_then(key);
         let older: Vec<[u8; 32]> = self.encryption_old_keys.iter().filter_map(key).collect();
-        Some(crypto::Keyring::new(current, &older))
+        (current.is_some() || !older.is_empty()).then(|| crypto::Keyring::new(current, &older))
     }
 
     /// The default model: the configured one, else the demo model without a

@@ -34,7 +34,6 @@ use sluice_backends::log::memory::MemoryEventLog;
 use sluice_backends::log::redis::RedisEventLog;
 use sluice_backends::objects::ObjectStore;
 use sluice_backends::objects::fs::FsObjectStore;
-use sluice_backends::objects::read_all;
 use sluice_backends::objects::s3::{S3Config, S3ObjectStore};
 use sluice_backends::probe::{
     EmbedderProbe, EventLogProbe, LlmProbe, ObjectsProbe, Probe, RedisProbe, StoreProbe,
@@ -325,68 +324,87 @@ async fn log_and_cluster(
     Ok((Arc::new(log), cluster, Some(redis)))
 }
 
-/// Where the encryption key check lives in the object store.
-const KEY_CHECK: &str = "sluice/key-check";
-/// What the check holds, sealed.
-const KEY_CHECK_TEXT: &[u8] = b"sluice: the encryption key opens this";
+/// The session store's setting that holds the encryption key check.
+const KEY_CHECK: &str = "encryption_check";
+/// What the check holds, sealed, and what it is sealed for.
+const KEY_CHECK_TEXT: &str = "sluice: the encryption key opens this";
+const KEY_CHECK_CONTEXT: &str = "setting\0encryption_check";
 
 /// Stops the start if the stored data was sealed with a key this
-/// configuration cannot open, or if it is sealed and no key is set: a
-/// wrong key must fail here, loudly, and never later as garbage. The check
-/// is a small object sealed with the current key (written if missing, and
-/// again when the key has rotated). An object store that does not answer
-/// puts the check off; what it seals is still checked on every read.
+/// configuration cannot open, or is sealed and no key is set: a wrong key
+/// must fail here, loudly, and never later as garbage. The check is a value
+/// sealed with the current key in the session store (which every replica
+/// shares, and which must answer at start): set if missing (the first
+/// replica to set it wins a race, and the others check against it), and
+/// sealed again with a new current key once the old one is among the older
+/// keys.
 async fn check_encryption(
-    config: &Config,
-    objects: &Arc<dyn ObjectStore>,
-    keys: Option<&Arc<Keyring>>,
+    store: &Arc<dyn SessionStore>,
+    keys: Option<&Keyring>,
 ) -> anyhow::Result<()> {
-    let stored = match read_all(objects.as_ref(), KEY_CHECK, 4096).await {
-        Ok(stored) => stored,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot check the encryption key now: the object store does not answer");
-            return Ok(());
-        }
+    let stored = store
+        .setting(KEY_CHECK)
+        .await
+        .context("cannot read the encryption key check from the session store")?;
+    let sealed_with = |value: &str| {
+        value
+            .strip_prefix("sle1:")
+            .and_then(|rest| rest.split(':').next())
+            .map(str::to_owned)
     };
-    let sealed_with = stored
-        .as_deref()
-        .filter(|b| b.starts_with(b"SLE1") && b.len() >= 12)
-        .map(|b| String::from_utf8_lossy(&b[4..12]).into_owned());
     let Some(keys) = keys else {
-        if let Some(id) = sealed_with {
+        if let Some(id) = stored.as_deref().and_then(sealed_with) {
             anyhow::bail!(
                 "the stored data is encrypted (key {id}): set SLUICE_ENCRYPTION_KEY (ENCRYPTION_KEY) to its key"
             );
         }
         return Ok(());
     };
-    let sealed = SealedObjects::new(objects.clone(), keys.clone());
-    if let Some(id) = &sealed_with {
-        match read_all(&sealed, KEY_CHECK, 4096).await {
-            Ok(Some(text)) if text == KEY_CHECK_TEXT => {}
-            _ => anyhow::bail!(
-                "SLUICE_ENCRYPTION_KEY does not open the stored data (sealed with key {id}); \
-                 set that key, or list it in SLUICE_ENCRYPTION_OLD_KEYS"
-            ),
-        }
-        if id == keys.current_id() {
-            return Ok(());
-        }
-    }
-    std::fs::create_dir_all(&config.data_dir)?;
-    let path = config.data_dir.join(".key-check");
-    std::fs::write(&path, KEY_CHECK_TEXT)?;
-    let written = sealed
-        .put_file(
-            KEY_CHECK,
-            &path,
-            KEY_CHECK_TEXT.len() as u64,
-            "application/octet-stream",
+    let opens = |value: &str| {
+        keys.open_text(value.to_owned(), KEY_CHECK_CONTEXT)
+            .is_ok_and(|text| text == KEY_CHECK_TEXT)
+    };
+    let refused = |id: &str| {
+        anyhow::anyhow!(
+            "SLUICE_ENCRYPTION_KEY does not open the stored data (sealed with key {id}); set that key, \
+             or list it in SLUICE_ENCRYPTION_OLD_KEYS"
         )
-        .await;
-    let _ = std::fs::remove_file(&path);
-    if let Err(e) = written {
-        tracing::warn!(error = %e, "cannot store the encryption key check now");
+    };
+    let Some(current) = keys.current_id() else {
+        // Only older keys (the first step of a rotation): they must open.
+        return match stored
+            .as_deref()
+            .and_then(|v| sealed_with(v).map(|id| (v, id)))
+        {
+            Some((value, id)) if !opens(value) => Err(refused(&id)),
+            _ => Ok(()),
+        };
+    };
+    let sealed = keys.seal_text(KEY_CHECK_TEXT, KEY_CHECK_CONTEXT);
+    match stored
+        .as_deref()
+        .and_then(|v| sealed_with(v).map(|id| (v, id)))
+    {
+        Some((value, id)) => {
+            if !opens(value) {
+                return Err(refused(&id));
+            }
+            if id != current {
+                store
+                    .set_setting(KEY_CHECK, &sealed)
+                    .await
+                    .context("cannot store the encryption key check")?;
+            }
+        }
+        None => {
+            let held = store
+                .init_setting(KEY_CHECK, &sealed)
+                .await
+                .context("cannot store the encryption key check")?;
+            if !opens(&held) {
+                return Err(refused(sealed_with(&held).as_deref().unwrap_or("?")));
+            }
+        }
     }
     Ok(())
 }
@@ -396,6 +414,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new(&registry)?;
     let (store, file_store, response_store) = session_store(&config).await?;
     let keys = config.keyring().map(Arc::new);
+    check_encryption(&store, keys.as_deref()).await?;
     let store: Arc<dyn SessionStore> = match &keys {
         Some(keys) => Arc::new(SealedStore::new(store, keys.clone())),
         None => store,
@@ -463,12 +482,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     probes.push(Arc::new(EventLogProbe(log.clone())));
     probes.push(Arc::new(LlmProbe(llm.clone())));
     let mut file_backends = file_backends(&config, &llm, file_store, &mut probes)?;
-    check_encryption(&config, &file_backends.objects, keys.as_ref()).await?;
     if let Some(keys) = &keys {
-        tracing::info!(
-            key = keys.current_id(),
-            "message text and uploads are sealed at rest"
-        );
+        match keys.current_id() {
+            Some(key) => tracing::info!(key, "message text and uploads are sealed at rest"),
+            None => tracing::warn!(
+                "only older encryption keys: sealed data is read, new data is stored in the clear"
+            ),
+        }
         file_backends.objects = Arc::new(SealedObjects::new(file_backends.objects, keys.clone()));
         file_backends.vectors = Arc::new(SealedVectors::new(file_backends.vectors, keys.clone()));
     }

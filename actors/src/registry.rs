@@ -510,6 +510,23 @@ mod tests {
         ) -> BoxFuture<'static, Result<u64, BackendError>> {
             self.inner.count_sessions(user_id, up_to)
         }
+        fn setting(&self, name: &str) -> BoxFuture<'static, Result<Option<String>, BackendError>> {
+            self.inner.setting(name)
+        }
+        fn init_setting(
+            &self,
+            name: &str,
+            value: &str,
+        ) -> BoxFuture<'static, Result<String, BackendError>> {
+            self.inner.init_setting(name, value)
+        }
+        fn set_setting(
+            &self,
+            name: &str,
+            value: &str,
+        ) -> BoxFuture<'static, Result<(), BackendError>> {
+            self.inner.set_setting(name, value)
+        }
         fn delete_session(&self, id: &str) -> BoxFuture<'static, Result<bool, BackendError>> {
             self.inner.delete_session(id)
         }

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::MAX_FILENAME_BYTES;
+
 /// Where an uploaded file is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -51,4 +53,38 @@ pub struct FileList {
     pub data: Vec<FileObject>,
     /// Whether older files exist (pass the last id as `before`).
     pub has_more: bool,
+}
+
+/// A file name as kept: its last path segment, without control
+/// characters, at most [`MAX_FILENAME_BYTES`](crate::limits::MAX_FILENAME_BYTES); `upload` if nothing is left.
+pub fn clean_filename(name: &str) -> String {
+    let last = name.rsplit(['/', '\\']).next().unwrap_or_default();
+    let mut out = String::new();
+    for c in last.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > MAX_FILENAME_BYTES {
+            break;
+        }
+        out.push(c);
+    }
+    let out = out.trim().to_owned();
+    if out.is_empty() || out == "." || out == ".." {
+        "upload".into()
+    } else {
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_are_cleaned() {
+        assert_eq!(clean_filename("../../etc/passwd"), "passwd");
+        assert_eq!(clean_filename("C:\\x\\report.pdf"), "report.pdf");
+        assert_eq!(clean_filename("a\u{0}b\nc.txt"), "abc.txt");
+        assert_eq!(clean_filename(""), "upload");
+        assert_eq!(clean_filename(".."), "upload");
+        assert!(clean_filename(&"é".repeat(300)).len() <= MAX_FILENAME_BYTES);
+    }
 }

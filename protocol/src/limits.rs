@@ -12,6 +12,9 @@ pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
 /// Largest `client_msg_id`, in bytes.
 pub const MAX_CLIENT_MSG_ID_BYTES: usize = 128;
 
+/// Longest file name kept, in bytes.
+pub const MAX_FILENAME_BYTES: usize = 255;
+
 /// Longest model name, in bytes.
 pub const MAX_MODEL_BYTES: usize = 200;
 

@@ -189,6 +189,39 @@ pub fn check_options(extra: &Map<String, Value>) -> Result<(), ProtocolError> {
     }
 }
 
+/// What one `data:` line of a provider's chat-completions stream says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChunkData {
+    /// `[DONE]`: the stream is over.
+    Done,
+    /// An error object in the stream, with its message (at most 500
+    /// characters of it).
+    Error(String),
+    /// A chunk.
+    Chunk(ChunkView),
+}
+
+/// Reads one `data:` line of a provider's stream; an error says why the
+/// line is not a chunk.
+pub fn read_chunk(data: &str) -> Result<ChunkData, String> {
+    if data.trim() == "[DONE]" {
+        return Ok(ChunkData::Done);
+    }
+    if data.contains("\"error\"")
+        && let Ok(value) = serde_json::from_str::<Value>(data)
+        && let Some(error) = value.get("error")
+    {
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown error");
+        return Ok(ChunkData::Error(message.chars().take(500).collect()));
+    }
+    serde_json::from_str::<ChunkView>(data)
+        .map(ChunkData::Chunk)
+        .map_err(|e| e.to_string())
+}
+
 /// What Sluice reads from one streamed chunk. Unknown fields are ignored here;
 /// the raw chunk is what gets relayed.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -74,9 +74,13 @@ impl Key {
     }
 }
 
-/// The keys: the current one seals, each opens what it sealed.
+/// The keys: the current one seals, each opens what it sealed. Without a
+/// current key nothing is sealed (values are written in the clear), but
+/// what the older keys sealed still opens: the first step of turning
+/// encryption on, or of a rotation, across replicas that restart one at a
+/// time.
 pub struct Keyring {
-    current: Key,
+    current: Option<Key>,
     older: Vec<Key>,
 }
 
@@ -108,31 +112,38 @@ fn corrupt(message: impl std::fmt::Display) -> BackendError {
 }
 
 impl Keyring {
-    /// A keyring sealing with `current` and also opening with `older`.
-    pub fn new(current: [u8; 32], older: &[[u8; 32]]) -> Self {
+    /// A keyring sealing with `current` (if any) and also opening with
+    /// `older`.
+    pub fn new(current: Option<[u8; 32]>, older: &[[u8; 32]]) -> Self {
         Self {
-            current: Key::new(current),
+            current: current.map(Key::new),
             older: older.iter().copied().map(Key::new).collect(),
         }
     }
 
-    /// The current key's id.
-    pub fn current_id(&self) -> &str {
-        &self.current.id
+    /// The current key's id, if there is a current key.
+    pub fn current_id(&self) -> Option<&str> {
+        self.current.as_ref().map(|key| key.id.as_str())
     }
 
     fn key(&self, id: &str) -> Option<&Key> {
-        std::iter::once(&self.current)
+        self.current
+            .iter()
             .chain(&self.older)
             .find(|key| key.id == id)
     }
 
-    /// `plain`, sealed with the current key.
-    pub fn seal_text(&self, plain: &str) -> String {
+    /// `plain`, sealed with the current key and bound to `context` (which
+    /// record and field it is, so a sealed value moved elsewhere does not
+    /// open); as it is without a current key.
+    pub fn seal_text(&self, plain: &str, context: &str) -> String {
+        let Some(key) = &self.current else {
+            return plain.to_owned();
+        };
         let nonce = XNonce::generate();
-        let aad = format!("{TEXT_PREFIX}{}", self.current.id);
-        let sealed = self
-            .current
+        let prefix = format!("{TEXT_PREFIX}{}", key.id);
+        let aad = format!("{prefix}\0{context}");
+        let sealed = key
             .cipher
             .encrypt(
                 &nonce,
@@ -145,14 +156,14 @@ impl Keyring {
         let mut bytes = nonce.to_vec();
         bytes.extend_from_slice(&sealed);
         format!(
-            "{aad}:{}",
+            "{prefix}:{}",
             base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
         )
     }
 
-    /// The text `stored` holds: opened if sealed, as it is if it was stored
-    /// before encryption was on.
-    pub fn open_text(&self, stored: String) -> Result<String, BackendError> {
+    /// The text `stored` holds, sealed for `context`: opened if sealed, as
+    /// it is if it was stored in the clear.
+    pub fn open_text(&self, stored: String, context: &str) -> Result<String, BackendError> {
         let Some(rest) = stored.strip_prefix(TEXT_PREFIX) else {
             return Ok(stored);
         };
@@ -172,7 +183,7 @@ impl Keyring {
         }
         let (nonce, sealed) = bytes.split_at(24);
         let nonce = XNonce::try_from(nonce).map_err(|_| corrupt("bad nonce"))?;
-        let aad = format!("{TEXT_PREFIX}{id}");
+        let aad = format!("{TEXT_PREFIX}{id}\0{context}");
         let plain = key
             .cipher
             .decrypt(
@@ -182,19 +193,25 @@ impl Keyring {
                     aad: aad.as_bytes(),
                 },
             )
-            .map_err(|_| corrupt(format!("text does not open with key {id}")))?;
+            .map_err(|_| corrupt(format!("text does not open with key {id} (or was moved)")))?;
         String::from_utf8(plain).map_err(|_| corrupt("sealed text is not UTF-8"))
     }
 
-    /// Seals the file at `from` into `to` (blocking: run it off the async
-    /// threads); the sealed length.
-    pub fn seal_file(&self, from: &Path, to: &Path) -> std::io::Result<u64> {
+    /// Seals the file at `from` into `to`, bound to `context` (the object's
+    /// key), with the current key (blocking: run it off the async threads);
+    /// the sealed length. `None` without a current key: store the file as
+    /// it is.
+    pub fn seal_file(&self, from: &Path, to: &Path, context: &str) -> std::io::Result<Option<u64>> {
+        let Some(current) = &self.current else {
+            return Ok(None);
+        };
         let len = std::fs::metadata(from)?.len();
         let mut input = std::io::BufReader::new(std::fs::File::open(from)?);
         let mut output = std::io::BufWriter::new(std::fs::File::create(to)?);
         let mut prefix = [0u8; PREFIX_LEN];
         prefix.copy_from_slice(&XNonce::generate()[..PREFIX_LEN]);
-        let header = header(&self.current.id, &prefix);
+        let header = header(&current.id, &prefix);
+        let aad = [header.as_slice(), context.as_bytes()].concat();
         output.write_all(&header)?;
         let segments = segments_of(len);
         let mut buffer = vec![0u8; SEGMENT];
@@ -204,14 +221,13 @@ impl Keyring {
                 .unwrap_or(SEGMENT);
             input.read_exact(&mut buffer[..size])?;
             let last = index + 1 == segments;
-            let sealed = self
-                .current
+            let sealed = current
                 .cipher
                 .encrypt(
                     &segment_nonce(&prefix, index, last)?,
                     Payload {
                         msg: &buffer[..size],
-                        aad: &header,
+                        aad: &aad,
                     },
                 )
                 .map_err(|_| std::io::Error::other("a segment could not be sealed"))?;
@@ -220,13 +236,13 @@ impl Keyring {
         }
         output.flush()?;
         output.into_inner()?.sync_all()?;
-        Ok(written)
+        Ok(Some(written))
     }
 
-    /// `object` opened: its plaintext length, and its bytes opened a segment
-    /// at a time as they arrive. An object stored before encryption was on
-    /// (without the header) is passed on as it is.
-    pub async fn open_object(&self, object: Object) -> Result<Object, BackendError> {
+    /// `object` (stored under `context`) opened: its plaintext length, and
+    /// its bytes opened a segment at a time as they arrive. An object
+    /// stored in the clear (without the header) is passed on as it is.
+    pub async fn open_object(&self, object: Object, context: &str) -> Result<Object, BackendError> {
         let Object { len, mut body } = object;
         let mut head = BytesMut::new();
         while head.len() < OBJECT_HEADER {
@@ -243,6 +259,7 @@ impl Keyring {
             return Ok(Object { len, body });
         }
         let header = head.split_to(OBJECT_HEADER).freeze();
+        let aad = Bytes::from([&header[..], context.as_bytes()].concat());
         let id = std::str::from_utf8(&header[4..4 + KEY_ID_LEN])
             .map_err(|_| corrupt("a sealed object's key id is not text"))?
             .to_owned();
@@ -259,7 +276,7 @@ impl Keyring {
         let mut prefix = [0u8; PREFIX_LEN];
         prefix.copy_from_slice(&header[4 + KEY_ID_LEN..]);
         let cipher = key.cipher.clone();
-        let body = open_segments(cipher, header, prefix, sealed_len, head, body);
+        let body = open_segments(cipher, aad, prefix, head, body);
         Ok(Object {
             len: plain_len,
             body,
@@ -300,35 +317,38 @@ fn segment_nonce(prefix: &[u8; PREFIX_LEN], index: u64, last: bool) -> std::io::
     Ok(nonce.into())
 }
 
-/// Opens the segments of `body` (of `sealed_len` bytes after the header,
-/// of which `pending` have arrived) as they arrive.
+/// Opens the segments of `body` (after its header; `pending` arrived
+/// already) as they arrive. A segment is the last when the stream ends
+/// after it, whatever length the store reported: bytes after the last
+/// segment, or a stream cut at a segment's end, do not open.
 fn open_segments(
     cipher: XChaCha20Poly1305,
-    header: Bytes,
+    aad: Bytes,
     prefix: [u8; PREFIX_LEN],
-    sealed_len: u64,
     mut pending: BytesMut,
     mut body: BoxStream<'static, Result<Bytes, BackendError>>,
 ) -> BoxStream<'static, Result<Bytes, BackendError>> {
+    const FULL: usize = SEGMENT + TAG;
     async_stream::try_stream! {
-        let mut offset = 0u64;
         let mut index = 0u64;
-        while offset < sealed_len || index == 0 {
-            let size = (sealed_len - offset).min((SEGMENT + TAG) as u64) as usize;
-            while pending.len() < size {
+        let mut ended = false;
+        loop {
+            // A full segment is known not to be the last once a byte after
+            // it has arrived.
+            while !ended && pending.len() <= FULL {
                 match body.next().await {
                     Some(piece) => pending.extend_from_slice(&piece?),
-                    None => Err::<(), _>(corrupt("a sealed object ended early"))?,
+                    None => ended = true,
                 }
             }
+            let last = ended && pending.len() <= FULL;
+            let size = if last { pending.len() } else { FULL };
             let segment = pending.split_to(size);
-            let last = offset + size as u64 == sealed_len;
             let nonce = segment_nonce(&prefix, index, last)
                 .map_err(|e| corrupt(e.to_string()))?;
             let plain = cipher
-                .decrypt(&nonce, Payload { msg: &segment, aad: &header })
-                .map_err(|_| corrupt("a sealed object does not open: wrong key, or altered"))?;
-            offset += size as u64;
+                .decrypt(&nonce, Payload { msg: &segment, aad: &aad })
+                .map_err(|_| corrupt("a sealed object does not open: wrong key, moved, or altered"))?;
             index += 1;
             yield Bytes::from(plain);
             if last {
@@ -344,7 +364,7 @@ mod tests {
     use super::*;
 
     fn ring(seed: u8) -> Keyring {
-        Keyring::new([seed; 32], &[])
+        Keyring::new(Some([seed; 32]), &[])
     }
 
     #[test]
@@ -360,65 +380,84 @@ mod tests {
     }
 
     #[test]
-    fn text_round_trips_and_fails_loudly_with_another_key() {
+    fn text_round_trips_and_fails_loudly_with_another_key_or_record() {
         let keys = ring(1);
-        let sealed = keys.seal_text("hello, world");
+        let sealed = keys.seal_text("hello, world", "m1");
         assert!(sealed.starts_with("sle1:"));
         assert!(!sealed.contains("hello"));
         assert_ne!(
             sealed,
-            keys.seal_text("hello, world"),
+            keys.seal_text("hello, world", "m1"),
             "a fresh nonce each time"
         );
-        assert_eq!(keys.open_text(sealed.clone()).unwrap(), "hello, world");
-        let err = ring(2).open_text(sealed.clone()).unwrap_err();
+        assert_eq!(
+            keys.open_text(sealed.clone(), "m1").unwrap(),
+            "hello, world"
+        );
+        let err = ring(2).open_text(sealed.clone(), "m1").unwrap_err();
         assert_eq!(err.kind, ErrorKind::Corrupt);
+        // Moved to another record, it does not open.
+        assert!(keys.open_text(sealed.clone(), "m2").is_err());
         // An older key still opens it after a rotation.
-        let rotated = Keyring::new([2; 32], &[[1; 32]]);
-        assert_eq!(rotated.open_text(sealed.clone()).unwrap(), "hello, world");
-        assert!(rotated.seal_text("x").contains(rotated.current_id()));
+        let rotated = Keyring::new(Some([2; 32]), &[[1; 32]]);
+        assert_eq!(
+            rotated.open_text(sealed.clone(), "m1").unwrap(),
+            "hello, world"
+        );
+        assert!(
+            rotated
+                .seal_text("x", "m")
+                .contains(rotated.current_id().unwrap())
+        );
+        // Without a current key nothing is sealed, and the old key opens.
+        let reader = Keyring::new(None, &[[1; 32]]);
+        assert_eq!(reader.seal_text("x", "m"), "x");
+        assert_eq!(
+            reader.open_text(sealed.clone(), "m1").unwrap(),
+            "hello, world"
+        );
         // Altered text is refused; plain text passes as it is.
         let mut altered = sealed.into_bytes();
         let last = altered.len() - 2;
         altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
-        assert!(keys.open_text(String::from_utf8(altered).unwrap()).is_err());
-        assert_eq!(keys.open_text("plain".into()).unwrap(), "plain");
-        assert_eq!(keys.open_text(keys.seal_text("")).unwrap(), "");
+        assert!(
+            keys.open_text(String::from_utf8(altered).unwrap(), "m1")
+                .is_err()
+        );
+        assert_eq!(keys.open_text("plain".into(), "m1").unwrap(), "plain");
+        assert_eq!(keys.open_text(keys.seal_text("", "e"), "e").unwrap(), "");
     }
 
-    async fn sealed_and_opened(
-        keys: &Keyring,
-        opener: &Keyring,
-        plain: &[u8],
-    ) -> Result<Vec<u8>, BackendError> {
-        let dir = tempfile::tempdir().unwrap();
-        let (from, to) = (dir.path().join("plain"), dir.path().join("sealed"));
-        std::fs::write(&from, plain).unwrap();
-        let len = keys.seal_file(&from, &to).unwrap();
-        let sealed = std::fs::read(&to).unwrap();
-        assert_eq!(sealed.len() as u64, len);
-        if plain.len() >= 16 {
-            assert!(
-                !sealed.windows(16).any(|w| w == &plain[..16]),
-                "plaintext in the file"
-            );
-        }
-        // Delivered in awkward pieces, as a network would.
-        let pieces: Vec<Result<Bytes, BackendError>> = sealed
-            .chunks(7_777)
+    fn object_of(bytes: &[u8], piece: usize) -> Object {
+        let pieces: Vec<Result<Bytes, BackendError>> = bytes
+            .chunks(piece.max(1))
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
-        let object = Object {
-            len,
+        Object {
+            len: bytes.len() as u64,
             body: futures::stream::iter(pieces).boxed(),
-        };
-        let mut opened = opener.open_object(object).await?;
-        assert_eq!(opened.len, plain.len() as u64);
+        }
+    }
+
+    async fn opened(keys: &Keyring, object: Object, key: &str) -> Result<Vec<u8>, BackendError> {
+        let mut opened = keys.open_object(object, key).await?;
+        let len = opened.len;
         let mut out = Vec::new();
         while let Some(piece) = opened.body.next().await {
             out.extend_from_slice(&piece?);
         }
+        assert_eq!(out.len() as u64, len, "the announced length");
         Ok(out)
+    }
+
+    fn sealed_file(keys: &Keyring, plain: &[u8], key: &str) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("plain"), dir.path().join("sealed"));
+        std::fs::write(&from, plain).unwrap();
+        let len = keys.seal_file(&from, &to, key).unwrap().unwrap();
+        let sealed = std::fs::read(&to).unwrap();
+        assert_eq!(sealed.len() as u64, len);
+        sealed
     }
 
     #[tokio::test]
@@ -434,44 +473,58 @@ mod tests {
             3 * SEGMENT + 5,
         ] {
             let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let out = sealed_and_opened(&keys, &keys, &plain).await.unwrap();
+            let sealed = sealed_file(&keys, &plain, "files/a");
+            if len >= 16 {
+                assert!(
+                    !sealed.windows(16).any(|w| w == &plain[..16]),
+                    "plaintext in the file"
+                );
+            }
+            // Delivered in awkward pieces, as a network would.
+            let out = opened(&keys, object_of(&sealed, 7_777), "files/a")
+                .await
+                .unwrap();
             assert_eq!(out, plain, "{len} bytes");
         }
-        let err = sealed_and_opened(&keys, &ring(4), b"secret bytes here")
+        let sealed = sealed_file(&keys, b"secret bytes here", "files/a");
+        let err = opened(&ring(4), object_of(&sealed, 100), "files/a")
             .await
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Corrupt);
+        // Without a current key, a file is not sealed.
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("p"), dir.path().join("s"));
+        std::fs::write(&from, b"x").unwrap();
+        assert_eq!(
+            Keyring::new(None, &[]).seal_file(&from, &to, "k").unwrap(),
+            None
+        );
     }
 
     #[tokio::test]
-    async fn cut_or_altered_objects_do_not_open() {
+    async fn cut_extended_moved_or_altered_objects_do_not_open() {
         let keys = ring(5);
-        let dir = tempfile::tempdir().unwrap();
-        let (from, to) = (dir.path().join("p"), dir.path().join("s"));
-        std::fs::write(&from, vec![9u8; 2 * SEGMENT + 10]).unwrap();
-        keys.seal_file(&from, &to).unwrap();
-        let sealed = std::fs::read(&to).unwrap();
-        let open = |bytes: Vec<u8>| async {
-            let object = Object {
-                len: bytes.len() as u64,
-                body: futures::stream::iter([Ok(Bytes::from(bytes))]).boxed(),
-            };
-            let mut opened = keys.open_object(object).await?;
-            let mut out = Vec::new();
-            while let Some(piece) = opened.body.next().await {
-                out.extend_from_slice(&piece?);
-            }
-            Ok::<_, BackendError>(out)
+        let plain = vec![9u8; 2 * SEGMENT + 10];
+        let sealed = sealed_file(&keys, &plain, "files/b");
+        let open = |bytes: Vec<u8>, key: &'static str| {
+            let keys = &keys;
+            async move { opened(keys, object_of(&bytes, 5_000), key).await }
         };
+        assert_eq!(open(sealed.clone(), "files/b").await.unwrap(), plain);
         // Cut at a segment's end: the one before is not marked last.
         let cut = sealed[..OBJECT_HEADER + 2 * (SEGMENT + TAG)].to_vec();
-        assert!(open(cut).await.is_err());
+        assert!(open(cut, "files/b").await.is_err());
         let mut altered = sealed.clone();
         altered[OBJECT_HEADER + 100] ^= 1;
-        assert!(open(altered).await.is_err());
+        assert!(open(altered, "files/b").await.is_err());
+        let mut extended = sealed.clone();
+        extended.extend_from_slice(b"more");
+        assert!(open(extended, "files/b").await.is_err());
+        // Under another key (moved), it does not open.
+        assert!(open(sealed, "files/c").await.is_err());
         // An object stored in the clear is passed on as it is.
         assert_eq!(
-            open(b"plain old file".to_vec()).await.unwrap(),
+            open(b"plain old file".to_vec(), "files/b").await.unwrap(),
             b"plain old file"
         );
     }

@@ -201,6 +201,21 @@ pub trait SessionStore: Send + Sync + 'static {
         messages: Vec<MessageRecord>,
     ) -> BoxFuture<'static, Result<(), BackendError>>;
 
+    /// The store's own setting `name` (such as the encryption key check),
+    /// if set.
+    fn setting(&self, name: &str) -> BoxFuture<'static, Result<Option<String>, BackendError>>;
+
+    /// Sets `name` to `value` unless it is set; the value it holds after
+    /// (the one set first, when replicas race).
+    fn init_setting(
+        &self,
+        name: &str,
+        value: &str,
+    ) -> BoxFuture<'static, Result<String, BackendError>>;
+
+    /// Sets `name` to `value`, whatever it held.
+    fn set_setting(&self, name: &str, value: &str) -> BoxFuture<'static, Result<(), BackendError>>;
+
     /// Checks that the store answers.
     fn ping(&self) -> BoxFuture<'static, Result<(), BackendError>>;
 
@@ -301,6 +316,15 @@ pub(crate) mod conformance {
         assert_eq!(store.count_sessions("alice", 3).await.unwrap(), 3);
         assert_eq!(store.count_sessions("bob", 100).await.unwrap(), 1);
         assert_eq!(store.count_sessions("carol", 100).await.unwrap(), 0);
+        // Settings: the first value set stays, unless set again on purpose.
+        assert_eq!(store.setting("check").await.unwrap(), None);
+        assert_eq!(store.init_setting("check", "one").await.unwrap(), "one");
+        assert_eq!(store.init_setting("check", "two").await.unwrap(), "one");
+        store.set_setting("check", "three").await.unwrap();
+        assert_eq!(
+            store.setting("check").await.unwrap().as_deref(),
+            Some("three")
+        );
         assert_eq!(
             store.get_session("05").await.unwrap().unwrap().user_id,
             "bob"

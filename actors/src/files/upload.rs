@@ -10,12 +10,10 @@ use tokio::io::AsyncWriteExt;
 
 use super::Files;
 use crate::SessionError;
+pub use sluice_protocol::files::clean_filename;
 
 /// Bytes kept from the start of an upload to tell its type.
 const SNIFF_BYTES: usize = 8192;
-
-/// Longest file name kept, in bytes.
-const MAX_FILENAME_BYTES: usize = 255;
 
 /// Types accepted by their magic numbers; anything else must be text.
 const BINARY_TYPES: &[&str] = &[
@@ -139,25 +137,6 @@ impl Upload {
             filename: self.filename,
             purpose: self.purpose,
         })
-    }
-}
-
-/// A file name as kept: its last path segment, without control
-/// characters, at most [`MAX_FILENAME_BYTES`]; `upload` if nothing is left.
-pub fn clean_filename(name: &str) -> String {
-    let last = name.rsplit(['/', '\\']).next().unwrap_or_default();
-    let mut out = String::new();
-    for c in last.chars().filter(|c| !c.is_control()) {
-        if out.len() + c.len_utf8() > MAX_FILENAME_BYTES {
-            break;
-        }
-        out.push(c);
-    }
-    let out = out.trim().to_owned();
-    if out.is_empty() || out == "." || out == ".." {
-        "upload".into()
-    } else {
-        out
     }
 }
 
@@ -296,15 +275,5 @@ mod tests {
         let mut latin1 = TextCheck::default();
         latin1.feed(b"caf\xe9 ok");
         assert!(!latin1.is_text());
-    }
-
-    #[test]
-    fn file_names_are_cleaned() {
-        assert_eq!(clean_filename("../../etc/passwd"), "passwd");
-        assert_eq!(clean_filename("C:\\x\\report.pdf"), "report.pdf");
-        assert_eq!(clean_filename("a\u{0}b\nc.txt"), "abc.txt");
-        assert_eq!(clean_filename(""), "upload");
-        assert_eq!(clean_filename(".."), "upload");
-        assert!(clean_filename(&"é".repeat(300)).len() <= MAX_FILENAME_BYTES);
     }
 }

@@ -259,6 +259,19 @@ mod tests {
         fn delete_session(&self, _: &str) -> BoxFuture<'static, Result<bool, BackendError>> {
             unused()
         }
+        fn setting(&self, _: &str) -> BoxFuture<'static, Result<Option<String>, BackendError>> {
+            unused()
+        }
+        fn init_setting(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> BoxFuture<'static, Result<String, BackendError>> {
+            unused()
+        }
+        fn set_setting(&self, _: &str, _: &str) -> BoxFuture<'static, Result<(), BackendError>> {
+            unused()
+        }
         fn messages(
             &self,
             _: &str,

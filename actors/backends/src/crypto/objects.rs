@@ -1,5 +1,6 @@
-//! [`SealedObjects`]: an object store whose objects are sealed at rest. A
-//! file is sealed into a temporary file beside it (a segment at a time, off
+//! [`SealedObjects`]: an object store whose objects are sealed at rest,
+//! each for its key (moved under another, it does not open). A file is
+//! sealed into a temporary file beside it (a segment at a time, off
 //! the async threads), and that is what the inner store keeps; reading
 //! opens it a segment at a time.
 
@@ -34,43 +35,49 @@ impl ObjectStore for SealedObjects {
         &self,
         key: &str,
         path: &Path,
-        _len: u64,
+        len: u64,
         content_type: &str,
     ) -> BoxFuture<'static, Result<(), BackendError>> {
         let (inner, keys) = (self.inner.clone(), self.keys.clone());
         let (key, path, content_type) = (key.to_owned(), path.to_owned(), content_type.to_owned());
         Box::pin(async move {
-            let sealed_path = path.with_extension("sealed");
-            let (from, to) = (path.clone(), sealed_path.clone());
-            let sealed = tokio::task::spawn_blocking(move || keys.seal_file(&from, &to))
-                .await
-                .map_err(|e| {
-                    BackendError::new(Backend::Objects, ErrorKind::Rejected, e.to_string())
-                })
-                .and_then(|sealed| {
-                    sealed.map_err(|e| {
-                        BackendError::new(
-                            Backend::Objects,
-                            ErrorKind::Unavailable,
-                            format!("cannot seal an upload: {e}"),
-                        )
-                    })
-                });
-            let put = match sealed {
-                Ok(len) => inner.put_file(&key, &sealed_path, len, &content_type).await,
-                Err(e) => Err(e),
+            let unavailable = |e: String| {
+                BackendError::new(
+                    Backend::Objects,
+                    ErrorKind::Unavailable,
+                    format!("cannot seal an upload: {e}"),
+                )
             };
-            let _ = tokio::fs::remove_file(&sealed_path).await;
-            put
+            // Beside the upload, under a name of its own; removed when dropped.
+            let dir = path.parent().map(Path::to_owned).unwrap_or_default();
+            let sealed_file = tempfile::Builder::new()
+                .prefix("sealed-")
+                .tempfile_in(&dir)
+                .map_err(|e| unavailable(e.to_string()))?
+                .into_temp_path();
+            let (from, to, context) = (path.clone(), sealed_file.to_path_buf(), key.clone());
+            let sealed = tokio::task::spawn_blocking(move || keys.seal_file(&from, &to, &context))
+                .await
+                .map_err(|e| unavailable(e.to_string()))?
+                .map_err(|e| unavailable(e.to_string()))?;
+            match sealed {
+                Some(sealed_len) => {
+                    inner
+                        .put_file(&key, &sealed_file, sealed_len, &content_type)
+                        .await
+                }
+                // No current key: stored as it is.
+                None => inner.put_file(&key, &path, len, &content_type).await,
+            }
         })
     }
 
     fn get(&self, key: &str) -> BoxFuture<'static, Result<Option<Object>, BackendError>> {
-        let (got, keys) = (self.inner.get(key), self.keys.clone());
+        let (got, keys, context) = (self.inner.get(key), self.keys.clone(), key.to_owned());
         Box::pin(async move {
             match got.await? {
                 Some(object) => keys
-                    .open_object(object)
+                    .open_object(object, &context)
                     .await
                     .map(Some)
                     .map_err(|e| BackendError::new(Backend::Objects, e.kind, e.message)),
@@ -97,7 +104,7 @@ mod tests {
     async fn a_sealed_directory_store_conforms_and_keeps_no_bytes_in_the_clear() {
         let dir = tempfile::tempdir().unwrap();
         let inner: Arc<dyn ObjectStore> = Arc::new(FsObjectStore::open(dir.path()).unwrap());
-        let keys = Arc::new(Keyring::new([6; 32], &[]));
+        let keys = Arc::new(Keyring::new(Some([6; 32]), &[]));
         let sealed = SealedObjects::new(inner.clone(), keys);
         crate::objects::conformance::run(&sealed).await;
         let upload = tempfile::NamedTempFile::new().unwrap();
@@ -117,9 +124,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(opened, b"a very private document");
-        assert!(
-            !upload.path().with_extension("sealed").exists(),
-            "the sealed copy is removed"
-        );
+        let left: Vec<_> = std::fs::read_dir(upload.path().parent().unwrap())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("sealed-"))
+            .collect();
+        assert!(left.is_empty(), "the sealed copy is removed");
     }
 }

@@ -1,7 +1,8 @@
 //! [`SealedStore`]: a session store whose user text is sealed at rest:
 //! messages' content and tool arguments, sessions' titles and system
 //! prompts. Everything else (ids, times, statuses, counts) stays readable,
-//! so the store can still index, order and fence by it.
+//! so the store can still index, order and fence by it. Each value is
+//! sealed for its record and field: moved to another, it does not open.
 
 use std::sync::Arc;
 
@@ -24,35 +25,50 @@ impl SealedStore {
     }
 }
 
+/// Which record and field a value belongs to.
+fn session_field(session: &SessionRecord, field: &str) -> String {
+    format!("session\0{}\0{field}", session.id)
+}
+
+fn message_field(message: &MessageRecord, field: &str) -> String {
+    format!("message\0{}\0{}\0{field}", message.session_id, message.id)
+}
+
 fn seal_session(keys: &Keyring, mut session: SessionRecord) -> SessionRecord {
     if !session.title.is_empty() {
-        session.title = keys.seal_text(&session.title);
+        session.title = keys.seal_text(&session.title, &session_field(&session, "title"));
     }
-    session.system_prompt = session.system_prompt.map(|p| keys.seal_text(&p));
+    let prompt = session_field(&session, "system_prompt");
+    session.system_prompt = session.system_prompt.map(|p| keys.seal_text(&p, &prompt));
     session
 }
 
 fn open_session(keys: &Keyring, mut session: SessionRecord) -> Result<SessionRecord, BackendError> {
-    session.title = keys.open_text(session.title)?;
+    let title = session_field(&session, "title");
+    let prompt = session_field(&session, "system_prompt");
+    session.title = keys.open_text(std::mem::take(&mut session.title), &title)?;
     session.system_prompt = session
         .system_prompt
-        .map(|p| keys.open_text(p))
+        .map(|p| keys.open_text(p, &prompt))
         .transpose()?;
     Ok(session)
 }
 
 fn seal_message(keys: &Keyring, mut message: MessageRecord) -> MessageRecord {
-    message.content = keys.seal_text(&message.content);
+    message.content = keys.seal_text(&message.content, &message_field(&message, "content"));
+    let arguments = message_field(&message, "arguments");
     if let Some(tool) = &mut message.tool {
-        tool.arguments = keys.seal_text(&tool.arguments);
+        tool.arguments = keys.seal_text(&tool.arguments, &arguments);
     }
     message
 }
 
 fn open_message(keys: &Keyring, mut message: MessageRecord) -> Result<MessageRecord, BackendError> {
-    message.content = keys.open_text(message.content)?;
+    let content = message_field(&message, "content");
+    let arguments = message_field(&message, "arguments");
+    message.content = keys.open_text(std::mem::take(&mut message.content), &content)?;
     if let Some(tool) = &mut message.tool {
-        tool.arguments = keys.open_text(std::mem::take(&mut tool.arguments))?;
+        tool.arguments = keys.open_text(std::mem::take(&mut tool.arguments), &arguments)?;
     }
     Ok(message)
 }
@@ -95,12 +111,22 @@ impl SessionStore for SealedStore {
             self.inner.list_sessions(user_id, limit, before),
             self.keys.clone(),
         );
+        // One session that does not open is listed without its title and
+        // prompt, rather than failing the user's whole list.
         Box::pin(async move {
-            listed
+            Ok(listed
                 .await?
                 .into_iter()
-                .map(|s| open_session(&keys, s))
-                .collect()
+                .map(|s| {
+                    let mut bare = s.clone();
+                    open_session(&keys, s).unwrap_or_else(|e| {
+                        tracing::error!(session = %bare.id, error = %e, "a session's title does not open");
+                        bare.title.clear();
+                        bare.system_prompt = None;
+                        bare
+                    })
+                })
+                .collect())
         })
     }
 
@@ -110,6 +136,22 @@ impl SessionStore for SealedStore {
         up_to: u64,
     ) -> BoxFuture<'static, Result<u64, BackendError>> {
         self.inner.count_sessions(user_id, up_to)
+    }
+
+    fn setting(&self, name: &str) -> BoxFuture<'static, Result<Option<String>, BackendError>> {
+        self.inner.setting(name)
+    }
+
+    fn init_setting(
+        &self,
+        name: &str,
+        value: &str,
+    ) -> BoxFuture<'static, Result<String, BackendError>> {
+        self.inner.init_setting(name, value)
+    }
+
+    fn set_setting(&self, name: &str, value: &str) -> BoxFuture<'static, Result<(), BackendError>> {
+        self.inner.set_setting(name, value)
     }
 
     fn delete_session(&self, id: &str) -> BoxFuture<'static, Result<bool, BackendError>> {
@@ -163,7 +205,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let inner: Arc<dyn SessionStore> =
             Arc::new(RedbSessionStore::open(&dir.path().join("s.redb")).unwrap());
-        let keys = Arc::new(Keyring::new([8; 32], &[]));
+        let keys = Arc::new(Keyring::new(Some([8; 32]), &[]));
         crate::store::conformance::run(SealedStore::new(inner.clone(), keys.clone())).await;
         // What the inner store holds is sealed.
         let sealed = SealedStore::new(inner.clone(), keys);
@@ -188,7 +230,14 @@ mod tests {
             "my secret title"
         );
         // Another key fails loudly rather than returning sealed text.
-        let other = SealedStore::new(inner, Arc::new(Keyring::new([9; 32], &[])));
+        let other = SealedStore::new(inner.clone(), Arc::new(Keyring::new(Some([9; 32]), &[])));
         assert!(other.messages("enc").await.is_err());
+        // A sealed message moved into another session does not open there.
+        let target = crate::store::conformance::session("enc2", "mallory");
+        inner.create_session(target.clone()).await.unwrap();
+        let mut moved = raw[0].clone();
+        moved.session_id = "enc2".into();
+        inner.save(target, vec![moved]).await.unwrap();
+        assert!(sealed.messages("enc2").await.is_err());
     }
 }

@@ -23,6 +23,11 @@ impl SealedVectors {
     }
 }
 
+/// Which chunk a text belongs to.
+fn chunk_field(user_id: &str, file_id: &str, ordinal: u32) -> String {
+    format!("chunk\0{user_id}\0{file_id}\0{ordinal}")
+}
+
 impl VectorIndex for SealedVectors {
     fn name(&self) -> &'static str {
         self.inner.name()
@@ -35,9 +40,12 @@ impl VectorIndex for SealedVectors {
     ) -> BoxFuture<'static, Result<(), BackendError>> {
         let sealed = chunks
             .into_iter()
-            .map(|chunk| Chunk {
-                text: self.keys.seal_text(&chunk.text),
-                ..chunk
+            .map(|chunk| {
+                let field = chunk_field(user_id, &chunk.file_id, chunk.ordinal);
+                Chunk {
+                    text: self.keys.seal_text(&chunk.text, &field),
+                    ..chunk
+                }
             })
             .collect();
         self.inner.upsert(user_id, sealed)
@@ -54,17 +62,24 @@ impl VectorIndex for SealedVectors {
             self.inner.search(user_id, query, files, k),
             self.keys.clone(),
         );
+        let user = user_id.to_owned();
+        // A chunk that does not open is left out (and logged) rather than
+        // failing the search.
         Box::pin(async move {
-            found
+            Ok(found
                 .await?
                 .into_iter()
-                .map(|hit| {
-                    Ok(Hit {
-                        text: keys.open_text(hit.text)?,
-                        ..hit
-                    })
+                .filter_map(|hit| {
+                    let field = chunk_field(&user, &hit.file_id, hit.ordinal);
+                    match keys.open_text(hit.text.clone(), &field) {
+                        Ok(text) => Some(Hit { text, ..hit }),
+                        Err(e) => {
+                            tracing::error!(file = %hit.file_id, error = %e, "a chunk does not open");
+                            None
+                        }
+                    }
                 })
-                .collect()
+                .collect())
         })
     }
 
@@ -91,7 +106,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let inner: Arc<dyn VectorIndex> =
             Arc::new(RedbVectorIndex::open(&dir.path().join("v.redb"), "test").unwrap());
-        let sealed = SealedVectors::new(inner, Arc::new(Keyring::new([4; 32], &[])));
+        let sealed = SealedVectors::new(inner, Arc::new(Keyring::new(Some([4; 32]), &[])));
         crate::vectors::conformance::run(&sealed).await;
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use reqwest_eventsource::{Event, EventSource, retry::Never};
-use sluice_protocol::openai::{ChatRequest, ChunkView};
+use sluice_protocol::openai::{ChatRequest, ChunkData, read_chunk};
 
 use super::{ChunkStream, LlmChunk, LlmError, LlmProvider, Refusal};
 use crate::secret::Secret;
@@ -284,19 +284,6 @@ async fn event_failure(e: reqwest_eventsource::Error) -> Failure {
 
 /// A chunk that is an error object (`{"error": {...}}`), as some providers
 /// send mid-stream.
-fn chunk_error(data: &str) -> Option<LlmError> {
-    if !data.contains("\"error\"") {
-        return None;
-    }
-    let value: serde_json::Value = serde_json::from_str(data).ok()?;
-    let error = value.get("error")?;
-    let message = error
-        .get("message")
-        .and_then(|m| m.as_str())
-        .unwrap_or("unknown error");
-    Some(LlmError::Upstream(format!("provider error: {message}")))
-}
-
 impl LlmProvider for OpenAiProvider {
     fn name(&self) -> &'static str {
         "openai"
@@ -334,17 +321,17 @@ impl LlmProvider for OpenAiProvider {
                         Some(Ok(Event::Open)) => {}
                         Some(Ok(Event::Message(message))) => {
                             let data = message.data;
-                            if data.trim() == "[DONE]" {
-                                source.close();
-                                return;
-                            }
-                            if let Some(error) = chunk_error(&data) {
-                                source.close();
-                                yield Err(error);
-                                return;
-                            }
-                            match serde_json::from_str::<ChunkView>(&data) {
-                                Ok(view) => {
+                            match read_chunk(&data) {
+                                Ok(ChunkData::Done) => {
+                                    source.close();
+                                    return;
+                                }
+                                Ok(ChunkData::Error(message)) => {
+                                    source.close();
+                                    yield Err(LlmError::Upstream(format!("provider error: {message}")));
+                                    return;
+                                }
+                                Ok(ChunkData::Chunk(view)) => {
                                     got_first = true;
                                     finished |= view.finish_reason().is_some();
                                     yield Ok(LlmChunk { raw: data, view });

@@ -113,6 +113,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
         created_at timestamptz NOT NULL
     );",
     ),
+    // The store's own settings (the encryption key check).
+    (
+        6,
+        "CREATE TABLE settings (name text PRIMARY KEY, value text NOT NULL);",
+    ),
 ];
 
 /// The PostgreSQL store. Cloning shares the pool.
@@ -423,6 +428,60 @@ impl SessionStore for PostgresSessionStore {
                 .map_err(err)?;
             let counted: i64 = row.get(0);
             Ok(counted.max(0) as u64)
+        })
+    }
+
+    fn setting(&self, name: &str) -> BoxFuture<'static, Result<Option<String>, BackendError>> {
+        let pool = self.pool.clone();
+        let name = name.to_owned();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let row = client
+                .query_opt("SELECT value FROM settings WHERE name = $1", &[&name])
+                .await
+                .map_err(err)?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn init_setting(
+        &self,
+        name: &str,
+        value: &str,
+    ) -> BoxFuture<'static, Result<String, BackendError>> {
+        let pool = self.pool.clone();
+        let (name, value) = (name.to_owned(), value.to_owned());
+        Box::pin(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            client
+                .execute(
+                    "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                    &[&name, &value],
+                )
+                .await
+                .map_err(err)?;
+            let row = client
+                .query_one("SELECT value FROM settings WHERE name = $1", &[&name])
+                .await
+                .map_err(err)?;
+            Ok(row.get(0))
+        })
+    }
+
+    fn set_setting(&self, name: &str, value: &str) -> BoxFuture<'static, Result<(), BackendError>> {
+        let pool = self.pool.clone();
+        let (name, value) = (name.to_owned(), value.to_owned());
+        Box::pin(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            client
+                .execute(
+                    "INSERT INTO settings (name, value) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                    &[&name, &value],
+                )
+                .await
+                .map_err(err)?;
+            Ok(())
         })
     }
 

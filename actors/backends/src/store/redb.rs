@@ -28,6 +28,8 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const USER_SESSIONS: TableDefinition<(&str, &str), ()> = TableDefinition::new("user_sessions");
 /// (session id, message id) → JSON [`MessageRecord`].
 const MESSAGES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("messages");
+/// The store's own settings: name → value.
+const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
 
 /// Most saves committed in one transaction.
 const MAX_GROUP: usize = 1024;
@@ -157,6 +159,38 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 }
 
 impl RedbSessionStore {
+    /// Writes a setting (unless it is set and `replace` is false), in one
+    /// transaction; the value it holds after.
+    fn write_setting(
+        &self,
+        name: &str,
+        value: &str,
+        replace: bool,
+    ) -> BoxFuture<'static, Result<String, BackendError>> {
+        let (name, value) = (name.to_owned(), value.to_owned());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            let held = {
+                let mut settings = txn.open_table(SETTINGS).map_err(err)?;
+                let existing = settings
+                    .get(name.as_str())
+                    .map_err(err)?
+                    .map(|v| v.value().to_owned());
+                match existing {
+                    Some(existing) if !replace => existing,
+                    _ => {
+                        settings
+                            .insert(name.as_str(), value.as_str())
+                            .map_err(err)?;
+                        value
+                    }
+                }
+            };
+            txn.commit().map_err(err)?;
+            Ok(held)
+        })
+    }
+
     /// Opens (or creates) the database file at `path` and its tables.
     pub fn open(path: &Path) -> Result<Self, BackendError> {
         let db = redb::Builder::new()
@@ -174,6 +208,7 @@ impl RedbSessionStore {
         txn.open_table(SESSIONS).map_err(err)?;
         txn.open_table(USER_SESSIONS).map_err(err)?;
         txn.open_table(MESSAGES).map_err(err)?;
+        txn.open_table(SETTINGS).map_err(err)?;
         txn.open_table(files::FILES).map_err(err)?;
         txn.open_table(files::USER_FILES).map_err(err)?;
         txn.open_table(files::UNINDEXED).map_err(err)?;
@@ -328,6 +363,29 @@ impl SessionStore for RedbSessionStore {
                 .count();
             Ok(counted as u64)
         })
+    }
+
+    fn setting(&self, name: &str) -> BoxFuture<'static, Result<Option<String>, BackendError>> {
+        let name = name.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let settings = txn.open_table(SETTINGS).map_err(err)?;
+            let value = settings.get(name.as_str()).map_err(err)?;
+            Ok(value.map(|v| v.value().to_owned()))
+        })
+    }
+
+    fn init_setting(
+        &self,
+        name: &str,
+        value: &str,
+    ) -> BoxFuture<'static, Result<String, BackendError>> {
+        self.write_setting(name, value, false)
+    }
+
+    fn set_setting(&self, name: &str, value: &str) -> BoxFuture<'static, Result<(), BackendError>> {
+        let written = self.write_setting(name, value, true);
+        Box::pin(async move { written.await.map(drop) })
     }
 
     fn delete_session(&self, id: &str) -> BoxFuture<'static, Result<bool, BackendError>> {
