@@ -44,6 +44,18 @@ pub fn parse_cursor(value: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Every seq reads back as itself, with or without spaces around
+        /// it; anything with another character in it is no cursor.
+        #[test]
+        fn cursors_read_back_as_the_seq_they_print(seq: u64, pad in 0usize..3, junk in "[^0-9\\s]") {
+            let spaces = " ".repeat(pad);
+            proptest::prop_assert_eq!(parse_cursor(&format!("{spaces}{seq}{spaces}")), Some(seq));
+            proptest::prop_assert_eq!(parse_cursor(&format!("{seq}{junk}")), None);
+            proptest::prop_assert_eq!(parse_cursor(&format!("-{seq}")), None);
+        }
+    }
+
     #[test]
     fn events_carry_id_and_control_frames_do_not() {
         assert_eq!(
