@@ -475,6 +475,11 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsConnection {
                     &format!("frame over {MAX_WS_FRAME_BYTES} bytes"),
                 );
             }
+            // A text frame that is not UTF-8 (RFC 6455: 1007). actix-web-actors
+            // reports it only as an I/O error carrying the UTF-8 error's words.
+            Err(ws::ProtocolError::Io(e)) if e.to_string().contains("utf-8") => {
+                return Self::close(ctx, CloseCode::Invalid, "a text frame that is not UTF-8");
+            }
             Err(e) => return Self::close(ctx, CloseCode::Protocol, &e.to_string()),
         };
         match message {
