@@ -688,6 +688,16 @@ pub const VARS: &[Var] = &[
         },
     },
     Var {
+        name: "SLUICE_MAX_FILE_BYTES_PER_USER",
+        aliases: &[],
+        default: DefaultValue::Value("1073741824"),
+        help: "bytes of uploaded files a user may keep (inline images included); 0: no limit",
+        parse: |c, v| {
+            c.limits.file_bytes = integer(v, 0, 1 << 50)?;
+            Ok(())
+        },
+    },
+    Var {
         name: "SLUICE_MAX_CONCURRENT_REQUESTS",
         aliases: &["MAX_CONCURRENT_REQUESTS"],
         default: DefaultValue::Value("256"),

@@ -496,6 +496,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         file_backends,
         FilesConfig {
             max_upload_bytes: config.max_upload_bytes,
+            max_user_bytes: config.limits.file_bytes,
             spool_dir: config.data_dir.join("spool").join(&replica_id),
             replica_id: replica_id.clone(),
             // PDFs are parsed by this binary in a child process it limits.

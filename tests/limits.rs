@@ -388,3 +388,48 @@ async fn replicas_share_the_limits_through_redis() {
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test]
+async fn the_bytes_of_files_a_user_keeps_are_bounded() {
+    let h = server(&[("SLUICE_MAX_FILE_BYTES_PER_USER", "100")]);
+    let base = h.url("");
+    let (alice, bob) = (mint("alice"), mint("bob"));
+    let upload = |who: &str, bytes: usize| {
+        let (http, base, who) = (h.http.clone(), base.clone(), who.to_owned());
+        async move {
+            sluice_test_support::files::upload(&http, &base, Some(&who), "f.txt", vec![b'a'; bytes])
+                .await
+        }
+    };
+    let first = upload(&alice, 60).await;
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    // Past what is left: refused as too large, saying why; nothing stored.
+    let over = upload(&alice, 60).await;
+    assert_eq!(over.status(), 413);
+    let body: Value = over.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("other files"),
+        "{body}"
+    );
+    assert_eq!(upload(&alice, 40).await.status(), 201);
+    // Full: refused before a byte is read.
+    assert_limited(upload(&alice, 1).await, "the most it may keep").await;
+    assert_eq!(
+        upload(&bob, 60).await.status(),
+        201,
+        "bob has room of his own"
+    );
+    let deleted = request(
+        reqwest::Method::DELETE,
+        &format!("{base}/v1/files/{}", first["id"].as_str().unwrap()),
+        &alice,
+        None,
+    )
+    .await;
+    assert_eq!(deleted.status(), 200);
+    assert_eq!(upload(&alice, 50).await.status(), 201);
+}

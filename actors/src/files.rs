@@ -42,6 +42,8 @@ pub const MAX_ATTACHMENTS: usize = 16;
 pub struct FilesConfig {
     /// Largest upload, in bytes.
     pub max_upload_bytes: u64,
+    /// Most bytes of files one user may keep (0: no limit).
+    pub max_user_bytes: u64,
     /// Where uploads are spooled while they arrive.
     pub spool_dir: PathBuf,
     /// This replica's name (it holds indexing claims).
@@ -104,13 +106,39 @@ impl Files {
         self.inner.config.max_upload_bytes
     }
 
-    /// Starts receiving an upload for `user_id`.
-    pub fn begin_upload(
+    /// Starts receiving an upload for `user_id`: refused if the user's
+    /// files already take all the storage it may keep; otherwise the upload
+    /// may take what is left of it, up to the upload limit. (Uploads of one
+    /// user running at once may together go over it by what they take.)
+    pub async fn begin_upload(
         &self,
         user_id: &str,
         filename: &str,
         purpose: &str,
     ) -> Result<Upload, SessionError> {
+        let config = &self.inner.config;
+        let (mut limit, mut by_quota) = (config.max_upload_bytes, false);
+        if config.max_user_bytes > 0 {
+            let used = self.inner.backends.store.used_bytes(user_id).await?;
+            let left = config.max_user_bytes.saturating_sub(used);
+            if left == 0 {
+                self.inner
+                    .metrics
+                    .limited_total
+                    .with_label_values(&["file_bytes"])
+                    .inc();
+                return Err(SessionError::RateLimited {
+                    message: format!(
+                        "this user's files take {used} bytes, the most it may keep is {}; delete some",
+                        config.max_user_bytes
+                    ),
+                    retry_after: std::time::Duration::from_secs(60),
+                });
+            }
+            if left < limit {
+                (limit, by_quota) = (left, true);
+            }
+        }
         let (file, temp) = tempfile::Builder::new()
             .prefix("upload-")
             .tempfile_in(&self.inner.config.spool_dir)
@@ -125,6 +153,8 @@ impl Files {
             out: tokio::io::BufWriter::with_capacity(64 * 1024, tokio::fs::File::from_std(file)),
             hasher: Default::default(),
             len: 0,
+            limit,
+            by_quota,
             head: Vec::new(),
             text: TextCheck::default(),
         })
@@ -138,7 +168,7 @@ impl Files {
         filename: &str,
         bytes: &[u8],
     ) -> Result<Sealed, SessionError> {
-        let mut upload = self.begin_upload(user_id, filename, "vision")?;
+        let mut upload = self.begin_upload(user_id, filename, "vision").await?;
         upload.write(bytes).await?;
         upload.finish().await
     }
@@ -350,6 +380,7 @@ pub(crate) fn for_tests(dir: &std::path::Path) -> Files {
     };
     let config = FilesConfig {
         max_upload_bytes: 1 << 20,
+        max_user_bytes: 0,
         spool_dir: dir.join("spool"),
         replica_id: "test".into(),
         extractor: extract::Extractor::InProcess,

@@ -52,6 +52,9 @@ pub struct LimitSettings {
     pub streams: u64,
     /// Sessions stored per user.
     pub sessions: u64,
+    /// Bytes of files stored per user (checked by `Files` when an upload
+    /// begins).
+    pub file_bytes: u64,
 }
 
 /// The limits. Cloning shares them.
@@ -489,6 +492,7 @@ mod tests {
             generations: 1,
             streams: 1,
             sessions: 3,
+            file_bytes: 0,
         });
         l.request("a").await.unwrap();
         l.request("a").await.unwrap();

@@ -115,6 +115,9 @@ pub trait FileStore: Send + Sync + 'static {
     /// Deletes the file's row; false if there was none.
     fn delete_file(&self, id: &str) -> BoxFuture<'static, Result<bool, BackendError>>;
 
+    /// The bytes of all the user's files.
+    fn used_bytes(&self, user_id: &str) -> BoxFuture<'static, Result<u64, BackendError>>;
+
     /// Takes the file for indexing for `ttl`, for `holder`, if it can be
     /// claimed now: the attempt's number (from 1), or `None`.
     fn claim_indexing(
@@ -205,6 +208,8 @@ pub(crate) mod conformance {
             file("f4", "bob")
         );
         assert!(store.get_file("nope").await.unwrap().is_none());
+        assert_eq!(store.used_bytes("alice").await.unwrap(), 3 * 42);
+        assert_eq!(store.used_bytes("carol").await.unwrap(), 0);
 
         // Everything stored waits for indexing, oldest first.
         assert_eq!(

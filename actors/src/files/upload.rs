@@ -35,6 +35,11 @@ pub struct Upload {
     pub(super) out: tokio::io::BufWriter<tokio::fs::File>,
     pub(super) hasher: Sha256,
     pub(super) len: u64,
+    /// The most it may take: the upload limit, or what is left of the
+    /// user's storage if that is less.
+    pub(super) limit: u64,
+    /// Whether `limit` is what is left of the user's storage.
+    pub(super) by_quota: bool,
     pub(super) head: Vec<u8>,
     pub(super) text: TextCheck,
 }
@@ -76,7 +81,7 @@ impl Upload {
     /// Appends a piece of the file; refuses it past the upload limit.
     pub async fn write(&mut self, piece: &[u8]) -> Result<(), SessionError> {
         self.len += piece.len() as u64;
-        let limit = self.files.inner.config.max_upload_bytes;
+        let limit = self.limit;
         if self.len > limit {
             self.files
                 .inner
@@ -85,7 +90,11 @@ impl Upload {
                 .with_label_values(&["too_large"])
                 .inc();
             return Err(sluice_protocol::ProtocolError::TooLarge {
-                what: "upload",
+                what: if self.by_quota {
+                    "this upload with the user's other files"
+                } else {
+                    "upload"
+                },
                 size: self.len as usize,
                 limit: limit as usize,
             }

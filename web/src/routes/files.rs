@@ -153,7 +153,10 @@ pub async fn upload(
                     .and_then(|d| d.get_filename())
                     .unwrap_or("upload")
                     .to_owned();
-                let mut upload = state.files.begin_upload(&user.0, &filename, &purpose)?;
+                let mut upload = state
+                    .files
+                    .begin_upload(&user.0, &filename, &purpose)
+                    .await?;
                 while let Some(piece) = next(&mut field).await? {
                     pace.arrived(piece.len())?;
                     upload.write(&piece).await?;

@@ -94,6 +94,23 @@ impl FileStore for PostgresSessionStore {
         })
     }
 
+    fn used_bytes(&self, user_id: &str) -> BoxFuture<'static, Result<u64, BackendError>> {
+        let pool = self.pool.clone();
+        let user_id = user_id.to_owned();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let row = client
+                .query_one(
+                    "SELECT COALESCE(sum(bytes), 0)::bigint FROM files WHERE user_id = $1",
+                    &[&user_id],
+                )
+                .await
+                .map_err(err)?;
+            let used: i64 = row.get(0);
+            Ok(used.max(0) as u64)
+        })
+    }
+
     fn delete_file(&self, id: &str) -> BoxFuture<'static, Result<bool, BackendError>> {
         let pool = self.pool.clone();
         let id = id.to_owned();

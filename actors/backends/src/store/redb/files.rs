@@ -90,6 +90,27 @@ impl FileStore for RedbSessionStore {
         })
     }
 
+    fn used_bytes(&self, user_id: &str) -> BoxFuture<'static, Result<u64, BackendError>> {
+        let user_id = user_id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let index = txn.open_table(USER_FILES).map_err(err)?;
+            let files = txn.open_table(FILES).map_err(err)?;
+            let range = index
+                .range((user_id.as_str(), "")..=(user_id.as_str(), ID_MAX))
+                .map_err(err)?;
+            let mut used = 0u64;
+            for entry in range {
+                let (key, _) = entry.map_err(err)?;
+                if let Some(bytes) = files.get(key.value().1).map_err(err)? {
+                    let record: FileRecord = decode(bytes.value())?;
+                    used = used.saturating_add(record.bytes);
+                }
+            }
+            Ok(used)
+        })
+    }
+
     fn delete_file(&self, id: &str) -> BoxFuture<'static, Result<bool, BackendError>> {
         let id = id.to_owned();
         self.blocking(move |db| {
