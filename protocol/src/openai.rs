@@ -489,6 +489,17 @@ mod tests {
         );
     }
 
+    /// Found by fuzzing: a number past 64 bits in a field Sluice does not
+    /// read came out of the relay one unit in the last place off (serde's
+    /// fast float parsing is not exact); it is relayed exactly now.
+    #[test]
+    fn numbers_are_relayed_exactly() {
+        let body = br#"{"messages":[{"role":"user","content":"hi"}],"x":1111111111111111111110,"y":0.1}"#;
+        let request = ChatRequest::parse(body).unwrap();
+        let again = ChatRequest::parse(&serde_json::to_vec(&request).unwrap()).unwrap();
+        assert_eq!(again, request);
+    }
+
     #[test]
     fn bad_requests_are_refused() {
         for body in [
