@@ -358,19 +358,43 @@ async fn a_stream_whose_client_left_is_freed_at_once() {
     }
 }
 
-/// A request the HTTP parser refuses is answered, and is not an ERROR in
-/// the log: any client could write those at will ("stream error: request
-/// parse error" used to be logged at ERROR for each).
+/// A request the HTTP parser refuses is answered in the envelope (it used
+/// to be an empty `400`, `431` or `408`, made by actix-http before any of
+/// Sluice's code ran), and is not an ERROR in the log: any client could
+/// write those at will ("stream error: request parse error" used to be
+/// logged at ERROR for each).
 #[tokio::test]
-async fn requests_that_break_http_are_not_errors_in_the_log() {
+async fn requests_that_break_http_are_answered_in_the_envelope_and_not_errors_in_the_log() {
     let h = Harness::start(BIN);
-    for request in [
-        &b"GARBAGE\r\n\r\n"[..],
-        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n",
-        b"POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -5\r\n\r\n",
+    let huge_header = [
+        &b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: "[..],
+        &vec![b'a'; 300_000],
+        b"\r\n\r\n",
+    ]
+    .concat();
+    for (request, status, code) in [
+        (&b"GARBAGE\r\n\r\n"[..], 400, "bad_request"),
+        (
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            b"POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -5\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        (&huge_header, 431, "bad_request"),
+        // A head that never ends.
+        (
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+            408,
+            "request_timeout",
+        ),
     ] {
         let answer = raw(&h, request).await;
-        assert_eq!(status_of(&answer), 400, "{answer}");
+        assert_eq!(status_of(&answer), status, "{answer}");
+        assert_eq!(envelope_of(&answer)["error"]["code"], code, "{answer}");
     }
     // The server still serves, and logged none of it as an error.
     let health = h.http.get(h.url("/health")).send().await.unwrap();

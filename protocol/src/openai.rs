@@ -494,7 +494,8 @@ mod tests {
     /// fast float parsing is not exact); it is relayed exactly now.
     #[test]
     fn numbers_are_relayed_exactly() {
-        let body = br#"{"messages":[{"role":"user","content":"hi"}],"x":1111111111111111111110,"y":0.1}"#;
+        let body =
+            br#"{"messages":[{"role":"user","content":"hi"}],"x":1111111111111111111110,"y":0.1}"#;
         let request = ChatRequest::parse(body).unwrap();
         let again = ChatRequest::parse(&serde_json::to_vec(&request).unwrap()).unwrap();
         assert_eq!(again, request);

@@ -22,6 +22,7 @@ pub mod auth;
 pub mod body;
 pub mod browser;
 pub mod context;
+pub mod enveloped;
 pub mod error;
 pub mod local;
 pub mod routes;

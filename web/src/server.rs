@@ -8,7 +8,11 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
+use actix_http::error::DispatchError;
+use actix_http::{HttpService, Protocol};
+use actix_service::{ServiceFactoryExt, fn_service, map_config};
 use actix_web::body::MessageBody;
+use actix_web::dev::AppConfig;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, HttpServer, web};
@@ -17,6 +21,7 @@ use tokio::sync::watch;
 use crate::auth::Auth;
 use crate::browser::browser_headers;
 use crate::context::request_context;
+use crate::enveloped::Enveloped;
 use crate::error::ApiError;
 use crate::local::local_guard;
 use crate::routes;
@@ -106,21 +111,37 @@ pub async fn run(
     let app_state = state.clone();
     let auth = web::Data::new(auth);
     let app_auth = auth.clone();
-    let server = HttpServer::new(move || app(app_state.clone(), app_auth.clone()))
+    let local_addr = listener.local_addr()?;
+    // actix-server and actix-http directly rather than `HttpServer`, for
+    // one thing `HttpServer` cannot do: wrap each connection's I/O
+    // (`Enveloped`), so that the answers actix-http makes itself carry the
+    // envelope too.
+    let server = actix_server::Server::build()
         .workers(options.workers)
-        // Tokens are small writes that must leave at once: without this,
-        // Nagle's algorithm holds each one until the client's (delayed)
-        // ACK of the previous one, up to 40 ms.
-        .tcp_nodelay(true)
-        // A client that closes its side is gone: its stream (SSE, a
-        // streamed completion) ends at once, freeing its socket and its
-        // user's stream slot, instead of at the second write after it
-        // left (30 s for an idle SSE stream). No client of this API sends
-        // a request and then waits with its side half-closed.
-        .h1_allow_half_closed(false)
         .disable_signals()
         .shutdown_timeout(options.shutdown_grace.as_secs().max(1))
-        .listen(listener)?
+        .listen("sluice", listener, move || {
+            let app = app(app_state.clone(), app_auth.clone());
+            let http = HttpService::build()
+                // A client that closes its side is gone: its stream (SSE, a
+                // streamed completion) ends at once, freeing its socket and
+                // its user's stream slot, instead of at the second write
+                // after it left (30 s for an idle SSE stream). No client of
+                // this API sends a request and then waits with its side
+                // half-closed.
+                .h1_allow_half_closed(false)
+                .local_addr(local_addr)
+                .finish(map_config(app, |_| AppConfig::default()));
+            fn_service(|io: actix_rt::net::TcpStream| async move {
+                // Tokens are small writes that must leave at once: without
+                // this, Nagle's algorithm holds each one until the client's
+                // (delayed) ACK of the previous one, up to 40 ms.
+                io.set_nodelay(true)?;
+                let peer = io.peer_addr().ok();
+                Ok::<_, DispatchError>((Enveloped::new(io), Protocol::Http1, peer))
+            })
+            .and_then(http)
+        })?
         .run();
     let handle = server.handle();
 
