@@ -122,7 +122,19 @@ pub async fn run(
         .shutdown_timeout(options.shutdown_grace.as_secs().max(1))
         .listen("sluice", listener, move || {
             let app = app(app_state.clone(), app_auth.clone());
+            let stopping = app_state.shutdown.clone();
             let http = HttpService::build()
+                // Once shutdown begins, idle keep-alive connections close
+                // and busy ones close after their answer (as `HttpServer`
+                // does; the hook is actix-http's own, hidden from its
+                // docs): a proxy holding a pooled connection to this
+                // replica must not send a reconnecting client back here.
+                .graceful_shutdown_signal(move || {
+                    let mut stopping = stopping.clone();
+                    async move {
+                        let _ = stopping.wait_for(|stopping| *stopping).await;
+                    }
+                })
                 // A client that closes its side is gone: its stream (SSE, a
                 // streamed completion) ends at once, freeing its socket and
                 // its user's stream slot, instead of at the second write
