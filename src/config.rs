@@ -1001,6 +1001,14 @@ impl Config {
                     .into(),
             });
         }
+        if self.ops == OpsAccess::MetricsListener && self.metrics_addr.is_none() {
+            return Err(ConfigError {
+                name: "SLUICE_OPS_ENDPOINTS",
+                value: "metrics-listener".into(),
+                reason: "/metrics and /ready would be served nowhere: set SLUICE_METRICS_ADDR (or METRICS_PORT) too"
+                    .into(),
+            });
+        }
         if !self.api_keys.is_empty() && self.jwt_secret.is_none() {
             return Err(ConfigError {
                 name: "SLUICE_API_KEYS",

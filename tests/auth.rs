@@ -93,6 +93,10 @@ async fn refusals_say_what_is_wrong_in_words() {
             signed(json!({"sub": "a", "exp": now() - 120, "iss": "https://id.example"})),
             "expired",
         ),
+        (
+            signed(json!({"sub": "a\nb", "exp": later, "iss": "https://id.example"})),
+            "without control characters",
+        ),
     ] {
         let (status, message) = get(&h, "/v1/sessions", Some(&token)).await;
         assert_eq!(status, 401, "{words}");
@@ -182,6 +186,11 @@ fn api_keys_need_jwt_mode_and_long_keys() {
                 ("SLUICE_API_KEYS", "a=short".to_owned()),
             ],
             "at least 32 bytes",
+        ),
+        // Found by attack: /metrics and /ready would be served nowhere.
+        (
+            vec![("SLUICE_OPS_ENDPOINTS", "metrics-listener".to_owned())],
+            "served nowhere",
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();

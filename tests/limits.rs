@@ -412,7 +412,7 @@ async fn the_bytes_of_files_a_user_keeps_are_bounded() {
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("other files"),
+            .contains("over the 100 bytes"),
         "{body}"
     );
     assert_eq!(upload(&alice, 40).await.status(), 201);
@@ -432,4 +432,107 @@ async fn the_bytes_of_files_a_user_keeps_are_bounded() {
     .await;
     assert_eq!(deleted.status(), 200);
     assert_eq!(upload(&alice, 50).await.status(), 201);
+}
+
+/// Found by attack: sessions created at once, and uploads finishing at
+/// once, all passed a check that read what was stored (12 creates against
+/// a limit of 5 all succeeded). The store now counts and inserts in one
+/// step.
+#[tokio::test]
+async fn limits_on_what_is_kept_hold_under_concurrency() {
+    let h = server(&[
+        ("SLUICE_MAX_SESSIONS_PER_USER", "5"),
+        ("SLUICE_MAX_FILE_BYTES_PER_USER", "100000"),
+    ]);
+    let base = h.url("");
+    let alice = mint("alice");
+    let creates = (0..12).map(|_| create(&base, &alice, "fake:tokens=3"));
+    let created = futures::future::join_all(creates)
+        .await
+        .iter()
+        .filter(|r| r.status() == 201)
+        .count();
+    assert_eq!(created, 5);
+    let uploads = (0..6).map(|_| {
+        let (http, base, alice) = (h.http.clone(), base.clone(), alice.clone());
+        async move {
+            sluice_test_support::files::upload(
+                &http,
+                &base,
+                Some(&alice),
+                "f.txt",
+                vec![b'a'; 90_000],
+            )
+            .await
+            .status()
+        }
+    });
+    let stored = futures::future::join_all(uploads)
+        .await
+        .into_iter()
+        .filter(|s| *s == 201)
+        .count();
+    assert_eq!(stored, 1);
+}
+
+/// Found by attack: a send retried with its `client_msg_id` after its
+/// answer ended took a generation slot that nothing held or gave back, for
+/// a minute, and each retry renewed it.
+#[tokio::test]
+async fn a_retried_send_holds_no_generation_slot() {
+    let h = server(&[("SLUICE_MAX_GENERATIONS_PER_USER", "1")]);
+    let base = h.url("");
+    let alice = mint("alice");
+    let (one, two) = (
+        created(&base, &alice, "fake:tokens=3").await,
+        created(&base, &alice, "fake:tokens=3").await,
+    );
+    let body = json!({"content": "hi", "client_msg_id": "once"});
+    let url = format!("{base}/v1/sessions/{one}/messages");
+    let first = request(reqwest::Method::POST, &url, &alice, Some(body.clone())).await;
+    assert_eq!(first.status(), 202);
+    settled(&base, &alice, &one).await;
+    // The slot comes back once the answer ends.
+    wait_until("the slot is given back", || async {
+        let response = send(&base, &alice, &two).await;
+        (response.status() == 202).then_some(())
+    })
+    .await;
+    settled(&base, &alice, &two).await;
+    wait_until("the slot is given back again", || async {
+        let probe = request(
+            reqwest::Method::POST,
+            &format!("{base}/v1/embeddings"),
+            &alice,
+            Some(json!({"model": "e", "input": "x"})),
+        )
+        .await;
+        (probe.status() == 200).then_some(())
+    })
+    .await;
+    let again = request(reqwest::Method::POST, &url, &alice, Some(body)).await;
+    assert_eq!(again.status(), 202);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["replayed"], true, "{again}");
+    // Nothing runs, so a new answer may start at once.
+    assert_eq!(send(&base, &alice, &two).await.status(), 202);
+}
+
+/// Found by attack: `/v1/embeddings` answers of megabytes were not a
+/// generation, so one user could hold any number at once.
+#[tokio::test]
+async fn embeddings_count_as_generations_at_once() {
+    let h = server(&[("SLUICE_MAX_GENERATIONS_PER_USER", "1")]);
+    let base = h.url("");
+    let alice = mint("alice");
+    let slow = created(&base, &alice, "fake:tokens=30,delay_ms=50").await;
+    assert_eq!(send(&base, &alice, &slow).await.status(), 202);
+    let embedded = request(
+        reqwest::Method::POST,
+        &format!("{base}/v1/embeddings"),
+        &alice,
+        Some(json!({"model": "e", "input": ["a", "b"]})),
+    )
+    .await;
+    assert_limited(embedded, "already being generated").await;
 }

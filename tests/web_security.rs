@@ -175,6 +175,7 @@ async fn metrics_and_ready_want_a_token_or_their_own_listener() {
     for path in ["/metrics", "/ready"] {
         let anonymous = h.http.get(h.url(path)).send().await.unwrap();
         assert_eq!(anonymous.status(), 401, "{path}");
+        assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
         assert_eq!(envelope_code(anonymous).await, "unauthorized");
         let with_token = h
             .http

@@ -23,6 +23,9 @@ pub enum SessionError {
     /// No such stored response for this user (named, as a client sent it).
     #[error("no such response: {0}")]
     ResponseNotFound(String),
+    /// An upload over what its user may still keep.
+    #[error("{0}")]
+    OverStorage(String),
     /// An upload of a type the server does not accept.
     #[error("{0}")]
     UnsupportedMedia(String),
@@ -87,6 +90,7 @@ impl SessionError {
                 ErrorCode::NotFound
             }
             Self::UnsupportedMedia(_) => ErrorCode::UnsupportedMediaType,
+            Self::OverStorage(_) => ErrorCode::PayloadTooLarge,
             Self::Conflict => ErrorCode::Conflict,
             Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::Protocol(e) => e.code(),

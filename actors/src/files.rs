@@ -34,6 +34,13 @@ use tokio::sync::mpsc;
 use crate::{Metrics, SessionError};
 use upload::{Sealed, Spooled, TextCheck, Upload};
 
+/// The refusal of an upload its user has no room for.
+pub(crate) fn over_storage(quota: u64) -> SessionError {
+    SessionError::OverStorage(format!(
+        "this upload would take the user's files over the {quota} bytes it may keep; delete some"
+    ))
+}
+
 /// Most files attached to one message.
 pub const MAX_ATTACHMENTS: usize = 16;
 
@@ -204,11 +211,21 @@ impl Files {
             objects
                 .put_file(&key, &spooled.temp, spooled.len, &record.content_type)
                 .await?;
-            if let Err(e) = inner.backends.store.create_file(record.clone()).await {
+            let quota = inner.config.max_user_bytes;
+            let created = inner
+                .backends
+                .store
+                .create_file(record.clone(), quota)
+                .await;
+            if !matches!(created, Ok(true)) {
                 if let Err(cleanup) = objects.delete(&key).await {
                     tracing::warn!(file = %record.id, error = %cleanup, "an upload's object outlived its failed row");
                 }
-                return Err(e.into());
+                return Err(match created {
+                    Err(e) => e.into(),
+                    // Other uploads of the user's finished first.
+                    _ => over_storage(quota),
+                });
             }
             drop(spooled.temp);
             inner

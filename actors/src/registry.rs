@@ -479,6 +479,13 @@ mod tests {
         fn create_session(&self, s: SessionRecord) -> BoxFuture<'static, Result<(), BackendError>> {
             self.inner.create_session(s)
         }
+        fn create_session_within(
+            &self,
+            session: SessionRecord,
+            max_per_user: u64,
+        ) -> BoxFuture<'static, Result<bool, BackendError>> {
+            self.inner.create_session_within(session, max_per_user)
+        }
         fn claim_session(
             &self,
             id: &str,

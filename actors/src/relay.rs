@@ -176,6 +176,7 @@ impl Relay {
     /// `model` still needs `SLUICE_EMBEDDING_MODEL`).
     pub async fn embeddings(
         &self,
+        user_id: &str,
         mut request: serde_json::Value,
     ) -> Result<serde_json::Value, SessionError> {
         let Some(fields) = request.as_object_mut() else {
@@ -213,6 +214,9 @@ impl Relay {
                 ));
             }
         }
+        // An answer of 2,048 vectors is megabytes: it counts as one of the
+        // user's generations at once, so one user cannot hold many.
+        let _slot = self.limits.relay_generation(user_id).await?;
         self.llm.embeddings(request).await.map_err(|e| {
             tracing::warn!(error = %e, "provider failed (embeddings)");
             count_error(&self.metrics, &e);

@@ -183,6 +183,7 @@ impl SessionActor {
                     SendAccepted {
                         message_id: m.id.clone(),
                         generation_id: m.generation_id.clone().unwrap_or_default(),
+                        replayed: false,
                     },
                 ))
             })

@@ -136,19 +136,12 @@ impl Sessions {
                 .check_names(tools)
                 .map_err(SessionError::BadRequest)?;
         }
-        if request
-            .model
-            .as_ref()
-            .is_some_and(|m| m.is_empty() || m.len() > MAX_MODEL_BYTES)
-        {
+        if request.model.as_ref().is_some_and(|m| {
+            m.is_empty() || m.len() > MAX_MODEL_BYTES || m.chars().any(char::is_control)
+        }) {
             return Err(SessionError::BadRequest(format!(
-                "model must be 1 to {MAX_MODEL_BYTES} bytes"
+                "model must be 1 to {MAX_MODEL_BYTES} bytes, without control characters"
             )));
-        }
-        let most = self.deps.limits.settings().sessions;
-        if most > 0 {
-            let stored = self.deps.store.count_sessions(user_id, most).await?;
-            self.deps.limits.check_sessions(stored)?;
         }
         let now = now_rfc3339();
         let record = SessionRecord {
@@ -165,7 +158,19 @@ impl Sessions {
             fence: 0,
             tools: request.tools,
         };
-        self.deps.store.create_session(record.clone()).await?;
+        let most = self.deps.limits.settings().sessions;
+        if most == 0 {
+            self.deps.store.create_session(record.clone()).await?;
+        } else if !self
+            .deps
+            .store
+            .create_session_within(record.clone(), most)
+            .await?
+        {
+            // Counted and refused in one step in the store, so creates at
+            // once cannot both take the last place.
+            self.deps.limits.check_sessions(most)?;
+        }
         Ok(record.to_session())
     }
 
@@ -267,11 +272,19 @@ impl Sessions {
                 },
             )
             .await;
-        if sent.is_err() {
-            if took_slot {
+        match &sent {
+            // A retry of a send already accepted started nothing: the slot
+            // it took (its answer had ended) is not held by anything.
+            Ok(accepted) if accepted.replayed && took_slot => {
                 limits.release_generation(user_id, id);
             }
-            self.forget(user_id, &stored).await;
+            Ok(_) => {}
+            Err(_) => {
+                if took_slot {
+                    limits.release_generation(user_id, id);
+                }
+                self.forget(user_id, &stored).await;
+            }
         }
         sent
     }

@@ -240,6 +240,10 @@ pub struct SendAccepted {
     pub message_id: String,
     /// The generation started for it.
     pub generation_id: String,
+    /// This send was a retry (the same `client_msg_id`) of one already
+    /// accepted: nothing new was started. Sent only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
 }
 
 /// Answer of `GET /v1/sessions`.

@@ -22,6 +22,9 @@ use crate::state::AppState;
 /// The user id in local mode.
 pub const LOCAL_USER: &str = "local";
 
+/// Longest user id (`sub`) a token may carry.
+pub const MAX_SUB_BYTES: usize = 256;
+
 /// How JWT mode checks tokens.
 #[derive(Default)]
 pub struct JwtOptions {
@@ -131,6 +134,11 @@ impl Auth {
         let claims = data.claims;
         if claims.sub.is_empty() {
             return Err(unauthorized("invalid token: its sub is empty".into()));
+        }
+        if claims.sub.len() > MAX_SUB_BYTES || claims.sub.chars().any(char::is_control) {
+            return Err(unauthorized(format!(
+                "invalid token: its sub must be at most {MAX_SUB_BYTES} bytes, without control characters"
+            )));
         }
         if claims
             .iat

@@ -91,6 +91,9 @@ impl ResponseError for ApiError {
             tracing::error!(request_id = %id, error = %self.message, "internal error");
             body.error.message = format!("internal error; request id {id}");
         }
+        if self.code == ErrorCode::Unauthorized {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
         if matches!(self.code, ErrorCode::Overloaded | ErrorCode::RateLimited) {
             match self.retry_after {
                 // Whole seconds, rounded up: never earlier than there is room.

@@ -99,7 +99,16 @@ pub enum IndexOutcome {
 /// Storage of files' metadata.
 pub trait FileStore: Send + Sync + 'static {
     /// Inserts a new file.
-    fn create_file(&self, file: FileRecord) -> BoxFuture<'static, Result<(), BackendError>>;
+    ///
+    /// With `max_user_bytes` above 0, the file is inserted only if the
+    /// user's files would then take at most that many bytes, checked and
+    /// inserted in one step (uploads finishing at once cannot both pass);
+    /// false if refused.
+    fn create_file(
+        &self,
+        file: FileRecord,
+        max_user_bytes: u64,
+    ) -> BoxFuture<'static, Result<bool, BackendError>>;
 
     /// The file with this id, whoever owns it.
     fn get_file(&self, id: &str) -> BoxFuture<'static, Result<Option<FileRecord>, BackendError>>;
@@ -183,9 +192,9 @@ pub(crate) mod conformance {
 
     pub async fn run<S: FileStore>(store: S) {
         for id in ["f1", "f2", "f3"] {
-            store.create_file(file(id, "alice")).await.unwrap();
+            assert!(store.create_file(file(id, "alice"), 0).await.unwrap());
         }
-        store.create_file(file("f4", "bob")).await.unwrap();
+        assert!(store.create_file(file("f4", "bob"), 0).await.unwrap());
         let ids = |v: Vec<FileRecord>| v.into_iter().map(|f| f.id).collect::<Vec<_>>();
         assert_eq!(
             ids(store.list_files("alice", 10, None).await.unwrap()),
@@ -210,6 +219,11 @@ pub(crate) mod conformance {
         assert!(store.get_file("nope").await.unwrap().is_none());
         assert_eq!(store.used_bytes("alice").await.unwrap(), 3 * 42);
         assert_eq!(store.used_bytes("carol").await.unwrap(), 0);
+        // Within a bound: 42 more fits in 168, not in 167.
+        assert!(!store.create_file(file("f5", "alice"), 167).await.unwrap());
+        assert!(store.get_file("f5").await.unwrap().is_none());
+        assert!(store.create_file(file("f5", "alice"), 168).await.unwrap());
+        assert!(store.delete_file("f5").await.unwrap());
 
         // Everything stored waits for indexing, oldest first.
         assert_eq!(

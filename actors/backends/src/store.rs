@@ -154,6 +154,15 @@ pub trait SessionStore: Send + Sync + 'static {
         session: SessionRecord,
     ) -> BoxFuture<'static, Result<(), BackendError>>;
 
+    /// Inserts a new session if its user has fewer than `max_per_user`,
+    /// checked and inserted in one step (creates at once cannot both take
+    /// the last place); false if refused.
+    fn create_session_within(
+        &self,
+        session: SessionRecord,
+        max_per_user: u64,
+    ) -> BoxFuture<'static, Result<bool, BackendError>>;
+
     /// Claims the session for a new owner: raises its fence by one and
     /// returns the record with the new fence; `None` if it does not exist.
     fn claim_session(
@@ -316,6 +325,21 @@ pub(crate) mod conformance {
         assert_eq!(store.count_sessions("alice", 3).await.unwrap(), 3);
         assert_eq!(store.count_sessions("bob", 100).await.unwrap(), 1);
         assert_eq!(store.count_sessions("carol", 100).await.unwrap(), 0);
+        assert!(
+            !store
+                .create_session_within(session("06", "bob"), 1)
+                .await
+                .unwrap()
+        );
+        assert!(store.get_session("06").await.unwrap().is_none());
+        assert!(
+            store
+                .create_session_within(session("06", "bob"), 2)
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.count_sessions("bob", 100).await.unwrap(), 2);
+        assert!(store.delete_session("06").await.unwrap());
         // Settings: the first value set stays, unless set again on purpose.
         assert_eq!(store.setting("check").await.unwrap(), None);
         assert_eq!(store.init_setting("check", "one").await.unwrap(), "one");

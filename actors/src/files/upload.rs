@@ -89,12 +89,11 @@ impl Upload {
                 .uploads_total
                 .with_label_values(&["too_large"])
                 .inc();
+            if self.by_quota {
+                return Err(super::over_storage(self.files.inner.config.max_user_bytes));
+            }
             return Err(sluice_protocol::ProtocolError::TooLarge {
-                what: if self.by_quota {
-                    "this upload with the user's other files"
-                } else {
-                    "upload"
-                },
+                what: "upload",
                 size: self.len as usize,
                 limit: limit as usize,
             }

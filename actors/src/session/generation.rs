@@ -212,13 +212,17 @@ impl SessionActor {
             return answer(Err(SessionError::Retired));
         }
         if let Some(id) = &message.client_msg_id {
+            let replay = |accepted: &SendAccepted| SendAccepted {
+                replayed: true,
+                ..accepted.clone()
+            };
             if let Some(accepted) = self.sent.get(id) {
-                return answer(Ok(accepted.clone()));
+                return answer(Ok(replay(accepted)));
             }
             if let Phase::Saving(saving) = &self.phase
                 && saving.client_msg_id.as_deref() == Some(id.as_str())
             {
-                return answer(Ok(saving.accepted.clone()));
+                return answer(Ok(replay(&saving.accepted)));
             }
         }
         if self.draining {
@@ -261,6 +265,7 @@ impl SessionActor {
         let accepted = SendAccepted {
             message_id: user.id.clone(),
             generation_id: generation_id.clone(),
+            replayed: false,
         };
         self.set_phase(Phase::Saving(Saving {
             client_msg_id: message.client_msg_id,

@@ -233,6 +233,13 @@ mod tests {
         fn create_session(&self, _: SessionRecord) -> BoxFuture<'static, Result<(), BackendError>> {
             unused()
         }
+        fn create_session_within(
+            &self,
+            _: SessionRecord,
+            _: u64,
+        ) -> BoxFuture<'static, Result<bool, BackendError>> {
+            unused()
+        }
         fn claim_session(
             &self,
             _: &str,

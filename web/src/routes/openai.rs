@@ -141,11 +141,11 @@ fn model_object(id: &str) -> serde_json::Value {
 /// answers when there is none).
 pub async fn embeddings(
     state: web::Data<AppState>,
-    _user: User,
+    user: User,
     body: RawBody,
 ) -> Result<HttpResponse, ApiError> {
     let request: serde_json::Value = crate::body::parse_json(&body.0)?;
-    let answer = state.relay.embeddings(request).await?;
+    let answer = state.relay.embeddings(&user.0, request).await?;
     Ok(HttpResponse::Ok().json(answer))
 }
 

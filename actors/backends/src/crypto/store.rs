@@ -85,6 +85,15 @@ impl SessionStore for SealedStore {
         self.inner.create_session(seal_session(&self.keys, session))
     }
 
+    fn create_session_within(
+        &self,
+        session: SessionRecord,
+        max_per_user: u64,
+    ) -> BoxFuture<'static, Result<bool, BackendError>> {
+        self.inner
+            .create_session_within(seal_session(&self.keys, session), max_per_user)
+    }
+
     fn claim_session(
         &self,
         id: &str,

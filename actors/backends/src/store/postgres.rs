@@ -351,6 +351,59 @@ impl SessionStore for PostgresSessionStore {
         })
     }
 
+    fn create_session_within(
+        &self,
+        session: SessionRecord,
+        max_per_user: u64,
+    ) -> BoxFuture<'static, Result<bool, BackendError>> {
+        let pool = self.pool.clone();
+        let max = i64::try_from(max_per_user).unwrap_or(i64::MAX);
+        Box::pin(async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let txn = client.transaction().await.map_err(err)?;
+            // One user's sessions are created one at a time, so two creates
+            // at once cannot both take the last place.
+            txn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended('sluice-sessions:' || $1, 0))",
+                &[&session.user_id],
+            )
+            .await
+            .map_err(err)?;
+            let row = txn
+                .query_one(
+                    "SELECT count(*) FROM (SELECT 1 FROM sessions WHERE user_id = $1 LIMIT $2) s",
+                    &[&session.user_id, &max],
+                )
+                .await
+                .map_err(err)?;
+            let held: i64 = row.get(0);
+            if held >= max {
+                return Ok(false);
+            }
+            txn
+.execute(
+                    "INSERT INTO sessions (id, user_id, title, model, system_prompt, created_at, updated_at, last_seq, fence, tools)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    &[
+                        &session.id,
+                        &session.user_id,
+                        &session.title,
+                        &session.model,
+                        &session.system_prompt,
+                        &timestamp(&session.created_at)?,
+                        &timestamp(&session.updated_at)?,
+                        &(session.last_seq as i64),
+                        &(session.fence as i64),
+                        &session.tools,
+                    ],
+                )
+                .await
+                .map_err(err)?;
+            txn.commit().await.map_err(err)?;
+            Ok(true)
+        })
+    }
+
     fn claim_session(
         &self,
         id: &str,

@@ -275,6 +275,35 @@ impl SessionStore for RedbSessionStore {
         })
     }
 
+    fn create_session_within(
+        &self,
+        session: SessionRecord,
+        max_per_user: u64,
+    ) -> BoxFuture<'static, Result<bool, BackendError>> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut index = txn.open_table(USER_SESSIONS).map_err(err)?;
+                let user = session.user_id.as_str();
+                let held = index
+                    .range((user, "")..=(user, ID_MAX))
+                    .map_err(err)?
+                    .take(usize::try_from(max_per_user).unwrap_or(usize::MAX))
+                    .count() as u64;
+                if held >= max_per_user {
+                    return Ok(false);
+                }
+                index.insert((user, session.id.as_str()), ()).map_err(err)?;
+                let mut sessions = txn.open_table(SESSIONS).map_err(err)?;
+                sessions
+                    .insert(session.id.as_str(), encode(&session).as_slice())
+                    .map_err(err)?;
+            }
+            txn.commit().map_err(err)?;
+            Ok(true)
+        })
+    }
+
     fn claim_session(
         &self,
         id: &str,

@@ -29,32 +29,58 @@ fn file_from(row: &Row) -> Result<FileRecord, BackendError> {
 }
 
 impl FileStore for PostgresSessionStore {
-    fn create_file(&self, file: FileRecord) -> BoxFuture<'static, Result<(), BackendError>> {
+    fn create_file(
+        &self,
+        file: FileRecord,
+        max_user_bytes: u64,
+    ) -> BoxFuture<'static, Result<bool, BackendError>> {
         let pool = self.pool.clone();
         Box::pin(async move {
-            let client = pool.get().await.map_err(pool_err)?;
-            client
-                .execute(
-                    "INSERT INTO files (id, user_id, filename, bytes, content_type, sha256, purpose,
-                                        status, error, chunks, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                    &[
-                        &file.id,
-                        &file.user_id,
-                        &file.filename,
-                        &(file.bytes as i64),
-                        &file.content_type,
-                        &file.sha256,
-                        &file.purpose,
-                        &enum_text(&file.status),
-                        &file.error,
-                        &(file.chunks as i32),
-                        &timestamp(&file.created_at)?,
-                    ],
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let txn = client.transaction().await.map_err(err)?;
+            if max_user_bytes > 0 {
+                // One user's files are inserted one at a time, so two
+                // uploads finishing at once cannot both fit in what is left.
+                txn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended('sluice-files:' || $1, 0))",
+                    &[&file.user_id],
                 )
                 .await
                 .map_err(err)?;
-            Ok(())
+                let row = txn
+                    .query_one(
+                        "SELECT COALESCE(sum(bytes), 0)::bigint FROM files WHERE user_id = $1",
+                        &[&file.user_id],
+                    )
+                    .await
+                    .map_err(err)?;
+                let used: i64 = row.get(0);
+                if (used.max(0) as u64).saturating_add(file.bytes) > max_user_bytes {
+                    return Ok(false);
+                }
+            }
+            txn.execute(
+                "INSERT INTO files (id, user_id, filename, bytes, content_type, sha256, purpose,
+                                        status, error, chunks, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                &[
+                    &file.id,
+                    &file.user_id,
+                    &file.filename,
+                    &(file.bytes as i64),
+                    &file.content_type,
+                    &file.sha256,
+                    &file.purpose,
+                    &enum_text(&file.status),
+                    &file.error,
+                    &(file.chunks as i32),
+                    &timestamp(&file.created_at)?,
+                ],
+            )
+            .await
+            .map_err(err)?;
+            txn.commit().await.map_err(err)?;
+            Ok(true)
         })
     }
 

@@ -29,11 +29,32 @@ fn now_ms() -> u64 {
 }
 
 impl FileStore for RedbSessionStore {
-    fn create_file(&self, file: FileRecord) -> BoxFuture<'static, Result<(), BackendError>> {
+    fn create_file(
+        &self,
+        file: FileRecord,
+        max_user_bytes: u64,
+    ) -> BoxFuture<'static, Result<bool, BackendError>> {
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
             {
                 let mut files = txn.open_table(FILES).map_err(err)?;
+                if max_user_bytes > 0 {
+                    let index = txn.open_table(USER_FILES).map_err(err)?;
+                    let range = index
+                        .range((file.user_id.as_str(), "")..=(file.user_id.as_str(), ID_MAX))
+                        .map_err(err)?;
+                    let mut used = file.bytes;
+                    for entry in range {
+                        let (key, _) = entry.map_err(err)?;
+                        if let Some(bytes) = files.get(key.value().1).map_err(err)? {
+                            let record: FileRecord = decode(bytes.value())?;
+                            used = used.saturating_add(record.bytes);
+                        }
+                    }
+                    if used > max_user_bytes {
+                        return Ok(false);
+                    }
+                }
                 files
                     .insert(file.id.as_str(), encode(&file).as_slice())
                     .map_err(err)?;
@@ -48,7 +69,8 @@ impl FileStore for RedbSessionStore {
                         .map_err(err)?;
                 }
             }
-            txn.commit().map_err(err)
+            txn.commit().map_err(err)?;
+            Ok(true)
         })
     }
 
