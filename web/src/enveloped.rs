@@ -36,6 +36,11 @@ impl<T> Enveloped<T> {
 /// The answer `buf` holds, with the envelope, if it is a bare error answer
 /// of the framework: a whole `4xx` head with an empty body.
 fn enveloped(buf: &[u8]) -> Option<Bytes> {
+    // Cheap first: every other write (events, frames, answers) is passed on
+    // after looking at its first bytes only.
+    if !(buf.starts_with(b"HTTP/1.1 4") || buf.starts_with(b"HTTP/1.0 4")) || buf.len() > 1024 {
+        return None;
+    }
     let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     if head_end != buf.len() {
         return None;
