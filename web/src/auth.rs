@@ -187,10 +187,19 @@ fn check_header(token: &str) -> Result<(), ApiError> {
             "invalid token: a JWT is three base64url parts separated by dots".into(),
         ));
     };
-    let alg = base64::engine::general_purpose::URL_SAFE_NO_PAD
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header.trim_end_matches('='))
         .ok()
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+    // RFC 7515 §4.1.11: extensions listed as critical must be understood,
+    // and this server understands none.
+    if header.as_ref().is_some_and(|h| h.get("crit").is_some()) {
+        return Err(unauthorized(
+            "invalid token: its header lists critical extensions (crit), which this server does not support"
+                .into(),
+        ));
+    }
+    let alg = header
         .and_then(|header| header.get("alg")?.as_str().map(str::to_owned))
         .ok_or_else(|| {
             unauthorized("invalid token: its header is not JSON naming an alg".into())
@@ -404,6 +413,8 @@ mod tests {
         refused(&auth, &none, "signed with \"none\", and only HS256");
         let rs = with_part(&good, 0, r#"{"alg":"RS256","typ":"JWT"}"#);
         refused(&auth, &rs, "only HS256");
+        let crit = with_part(&good, 0, r#"{"alg":"HS256","crit":["exp2"],"exp2":1}"#);
+        refused(&auth, &crit, "critical extensions");
         // Claims missing or of the wrong type.
         let no_sub = with_part(&good, 1, r#"{"exp":99999999999}"#);
         refused(&auth, &no_sub, "signature");
