@@ -6,6 +6,18 @@
 # Sets: fake_pid, upstream (…/v1), direct (the fake upstream's base URL),
 # sluice_pid, sluice (Sluice's base URL).
 
+# A benchmark's client drives all the load as one user (local mode): the
+# per-user limits (issue 13) would measure themselves, so every Sluice a
+# benchmark starts (here or through scripts/cluster) has them off, unless
+# the caller set them.
+export SLUICE_RATE_LIMIT_RPM="${SLUICE_RATE_LIMIT_RPM:-0}"
+export SLUICE_RATE_LIMIT_TPM="${SLUICE_RATE_LIMIT_TPM:-0}"
+export SLUICE_MAX_GENERATIONS_PER_USER="${SLUICE_MAX_GENERATIONS_PER_USER:-0}"
+export SLUICE_MAX_STREAMS_PER_USER="${SLUICE_MAX_STREAMS_PER_USER:-0}"
+export SLUICE_MAX_SESSIONS_PER_USER="${SLUICE_MAX_SESSIONS_PER_USER:-0}"
+export SLUICE_MAX_FILE_BYTES_PER_USER="${SLUICE_MAX_FILE_BYTES_PER_USER:-0}"
+export SLUICE_MAX_CONCURRENT_REQUESTS="${SLUICE_MAX_CONCURRENT_REQUESTS:-100000}"
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 start_fake_upstream() {
