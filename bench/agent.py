@@ -37,10 +37,13 @@ def answer_ms(c, sid, content):
     events = conn()
     events.request("GET", f"/v1/sessions/{sid}/events", headers={"Accept": "text/event-stream"})
     stream = events.getresponse()
+    assert stream.status == 200, (stream.status, stream.read())
     # Past hello and snapshot before sending.
     seen = 0
     while seen < 2:
-        if stream.fp.readline().startswith(b"data:"):
+        line = stream.fp.readline()
+        assert line, "the event stream ended before its snapshot"
+        if line.startswith(b"data:"):
             seen += 1
     start = time.perf_counter()
     r, _ = post(c, f"/v1/sessions/{sid}/messages", {"content": content})
