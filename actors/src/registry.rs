@@ -510,13 +510,6 @@ mod tests {
         ) -> BoxFuture<'static, Result<Vec<SessionRecord>, BackendError>> {
             self.inner.list_sessions(user_id, limit, before)
         }
-        fn count_sessions(
-            &self,
-            user_id: &str,
-            up_to: u64,
-        ) -> BoxFuture<'static, Result<u64, BackendError>> {
-            self.inner.count_sessions(user_id, up_to)
-        }
         fn setting(&self, name: &str) -> BoxFuture<'static, Result<Option<String>, BackendError>> {
             self.inner.setting(name)
         }

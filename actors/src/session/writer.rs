@@ -260,9 +260,6 @@ mod tests {
         ) -> BoxFuture<'static, Result<Vec<SessionRecord>, BackendError>> {
             unused()
         }
-        fn count_sessions(&self, _: &str, _: u64) -> BoxFuture<'static, Result<u64, BackendError>> {
-            unused()
-        }
         fn delete_session(&self, _: &str) -> BoxFuture<'static, Result<bool, BackendError>> {
             unused()
         }

@@ -139,14 +139,6 @@ impl SessionStore for SealedStore {
         })
     }
 
-    fn count_sessions(
-        &self,
-        user_id: &str,
-        up_to: u64,
-    ) -> BoxFuture<'static, Result<u64, BackendError>> {
-        self.inner.count_sessions(user_id, up_to)
-    }
-
     fn setting(&self, name: &str) -> BoxFuture<'static, Result<Option<String>, BackendError>> {
         self.inner.setting(name)
     }

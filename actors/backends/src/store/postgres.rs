@@ -316,6 +316,33 @@ impl PostgresSessionStore {
     }
 }
 
+/// Inserts `session`'s row, on a connection or in a transaction.
+async fn insert_session(
+    client: &impl deadpool_postgres::GenericClient,
+    session: &SessionRecord,
+) -> Result<(), BackendError> {
+    client
+        .execute(
+            "INSERT INTO sessions (id, user_id, title, model, system_prompt, created_at, updated_at, last_seq, fence, tools)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &session.id,
+                &session.user_id,
+                &session.title,
+                &session.model,
+                &session.system_prompt,
+                &timestamp(&session.created_at)?,
+                &timestamp(&session.updated_at)?,
+                &(session.last_seq as i64),
+                &(session.fence as i64),
+                &session.tools,
+            ],
+        )
+        .await
+        .map_err(err)?;
+    Ok(())
+}
+
 impl SessionStore for PostgresSessionStore {
     fn name(&self) -> &'static str {
         "postgres"
@@ -328,25 +355,7 @@ impl SessionStore for PostgresSessionStore {
         let pool = self.pool.clone();
         Box::pin(async move {
             let client = pool.get().await.map_err(pool_err)?;
-            client
-                .execute(
-                    "INSERT INTO sessions (id, user_id, title, model, system_prompt, created_at, updated_at, last_seq, fence, tools)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                    &[
-                        &session.id,
-                        &session.user_id,
-                        &session.title,
-                        &session.model,
-                        &session.system_prompt,
-                        &timestamp(&session.created_at)?,
-                        &timestamp(&session.updated_at)?,
-                        &(session.last_seq as i64),
-                        &(session.fence as i64),
-                        &session.tools,
-                    ],
-                )
-                .await
-                .map_err(err)?;
+            insert_session(&client, &session).await?;
             Ok(())
         })
     }
@@ -380,25 +389,7 @@ impl SessionStore for PostgresSessionStore {
             if held >= max {
                 return Ok(false);
             }
-            txn
-.execute(
-                    "INSERT INTO sessions (id, user_id, title, model, system_prompt, created_at, updated_at, last_seq, fence, tools)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                    &[
-                        &session.id,
-                        &session.user_id,
-                        &session.title,
-                        &session.model,
-                        &session.system_prompt,
-                        &timestamp(&session.created_at)?,
-                        &timestamp(&session.updated_at)?,
-                        &(session.last_seq as i64),
-                        &(session.fence as i64),
-                        &session.tools,
-                    ],
-                )
-                .await
-                .map_err(err)?;
+            insert_session(&txn, &session).await?;
             txn.commit().await.map_err(err)?;
             Ok(true)
         })
@@ -459,28 +450,6 @@ impl SessionStore for PostgresSessionStore {
                 .await
                 .map_err(err)?;
             rows.iter().map(session_from).collect()
-        })
-    }
-
-    fn count_sessions(
-        &self,
-        user_id: &str,
-        up_to: u64,
-    ) -> BoxFuture<'static, Result<u64, BackendError>> {
-        let pool = self.pool.clone();
-        let user_id = user_id.to_owned();
-        let up_to = i64::try_from(up_to).unwrap_or(i64::MAX);
-        Box::pin(async move {
-            let client = pool.get().await.map_err(pool_err)?;
-            let row = client
-                .query_one(
-                    "SELECT count(*) FROM (SELECT 1 FROM sessions WHERE user_id = $1 LIMIT $2) s",
-                    &[&user_id, &up_to],
-                )
-                .await
-                .map_err(err)?;
-            let counted: i64 = row.get(0);
-            Ok(counted.max(0) as u64)
         })
     }
 

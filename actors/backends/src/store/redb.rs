@@ -375,25 +375,6 @@ impl SessionStore for RedbSessionStore {
         })
     }
 
-    fn count_sessions(
-        &self,
-        user_id: &str,
-        up_to: u64,
-    ) -> BoxFuture<'static, Result<u64, BackendError>> {
-        let user_id = user_id.to_owned();
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(err)?;
-            let index = txn.open_table(USER_SESSIONS).map_err(err)?;
-            let range = index
-                .range((user_id.as_str(), "")..=(user_id.as_str(), ID_MAX))
-                .map_err(err)?;
-            let counted = range
-                .take(usize::try_from(up_to).unwrap_or(usize::MAX))
-                .count();
-            Ok(counted as u64)
-        })
-    }
-
     fn setting(&self, name: &str) -> BoxFuture<'static, Result<Option<String>, BackendError>> {
         let name = name.to_owned();
         self.blocking(move |db| {
