@@ -22,6 +22,11 @@ use sluice_web::state::OpsAccess;
 /// The default model when a provider is configured and names none.
 const PROVIDER_DEFAULT_MODEL: &str = "gpt-4o-mini";
 
+/// Volcengine Ark's OpenAI-compatible API: the provider of a configuration
+/// that names its key (`ARK_API_KEY`) and no base URL, as the seed
+/// deployment does.
+const ARK_BASE_URL: &str = "https://ark.cn-beijing.volces.com/api/v3";
+
 /// Longest replica id: it is part of Redis channel and key names.
 const MAX_REPLICA_ID_BYTES: usize = 128;
 
@@ -75,7 +80,8 @@ pub const VARS: &[Var] = &[
         name: "SLUICE_LLM_BASE_URL",
         aliases: &[],
         default: DefaultValue::Unset,
-        help: "OpenAI-compatible provider base URL ending in /v1; unset: built-in demo model",
+        help: "OpenAI-compatible provider base URL ending in /v1; unset: built-in demo model \
+               (or, when ARK_API_KEY is set, Volcengine Ark's https://ark.cn-beijing.volces.com/api/v3)",
         parse: |c, v| {
             c.llm_base_url = Some(http_url(v)?);
             Ok(())
@@ -719,6 +725,84 @@ pub const VARS: &[Var] = &[
             Ok(())
         },
     },
+    Var {
+        name: "SLUICE_ENV",
+        aliases: &["ENV"],
+        default: DefaultValue::Value("development"),
+        help: "production (or staging): refuses to start without SLUICE_JWT_SECRET, and logs JSON \
+               unless SLUICE_LOG_FORMAT says otherwise; development (or test): neither",
+        parse: |c, v| {
+            c.production = match v.to_ascii_lowercase().as_str() {
+                "production" | "prod" | "staging" => true,
+                "development" | "dev" | "test" | "local" => false,
+                _ => return Err("must be production, staging, development or test".into()),
+            };
+            Ok(())
+        },
+    },
+    Var {
+        name: "DEBUG",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "the seed deployment's switch: true means SLUICE_LOG_LEVEL=debug when no level is \
+               set; false changes nothing",
+        parse: |c, v| {
+            c.debug = boolean(v)?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "PROMETHEUS_ENABLED",
+        aliases: &["SLUICE_METRICS_ENABLED"],
+        default: DefaultValue::Value("true"),
+        help: "false: /metrics answers 404 on every listener (metrics are still counted)",
+        parse: |c, v| {
+            c.metrics_enabled = boolean(v)?;
+            Ok(())
+        },
+    },
+    Var {
+        name: "MAX_WORKERS",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "the seed deployment's name for SLUICE_WORKERS (SLUICE_WORKERS wins)",
+        parse: |c, v| {
+            if c.workers.is_none() {
+                c.workers = Some(integer(v, 1, 256)? as usize);
+            }
+            Ok(())
+        },
+    },
+    Var {
+        name: "SECRET_KEY",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "ignored, with a warning: Sluice has no use for a general secret (SLUICE_JWT_SECRET \
+               signs tokens, SLUICE_ENCRYPTION_KEY seals data at rest)",
+        parse: |c, _| {
+            c.warnings.push(
+                "SECRET_KEY is ignored: Sluice has no use for a general secret; \
+                 JWT_SECRET signs tokens and ENCRYPTION_KEY seals data at rest"
+                    .into(),
+            );
+            Ok(())
+        },
+    },
+    Var {
+        name: "SENTRY_DSN",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "ignored, with a warning: Sluice has no Sentry client; errors are JSON log lines \
+               (SLUICE_LOG_FORMAT=json) for Loki or ELK, and metrics for Prometheus",
+        parse: |c, _| {
+            c.warnings.push(
+                "SENTRY_DSN is ignored: Sluice has no Sentry client; errors are logged as JSON \
+                 lines (SLUICE_LOG_FORMAT=json) for Loki or ELK, and counted in /metrics"
+                    .into(),
+            );
+            Ok(())
+        },
+    },
 ];
 
 /// The `--help` section listing every variable.
@@ -867,6 +951,14 @@ pub struct Config {
     pub log_level: String,
     /// Whether logs are JSON.
     pub log_json: bool,
+    /// `ENV=production`: a token secret is required, logs default to JSON.
+    pub production: bool,
+    /// `DEBUG=true`.
+    debug: bool,
+    /// Whether `/metrics` is served.
+    pub metrics_enabled: bool,
+    /// Variables read but ignored, each with why: logged once at start.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -929,6 +1021,10 @@ impl Config {
             limits: LimitSettings::default(),
             max_concurrent_requests: 0,
             provider_queue: Duration::ZERO,
+            production: false,
+            debug: false,
+            metrics_enabled: false,
+            warnings: Vec::new(),
         }
     }
 
@@ -974,6 +1070,28 @@ impl Config {
                 reason,
             })?;
         }
+        let set = |names: &[&str]| {
+            names
+                .iter()
+                .any(|n| lookup(n).is_some_and(|v| !v.trim().is_empty()))
+        };
+        if config.production && !set(&["SLUICE_LOG_FORMAT"]) {
+            config.log_json = true;
+        }
+        if config.debug && !set(&["SLUICE_LOG_LEVEL", "LOG_LEVEL"]) {
+            config.log_level = "debug".into();
+        }
+        if config.llm_base_url.is_none() && config.llm_api_key.is_some() {
+            if set(&["ARK_API_KEY"]) && !set(&["SLUICE_LLM_API_KEY"]) {
+                config.llm_base_url = Some(ARK_BASE_URL.into());
+            } else {
+                config.warnings.push(
+                    "SLUICE_LLM_API_KEY is ignored: no SLUICE_LLM_BASE_URL is set, so the \
+                     built-in demo model answers"
+                        .into(),
+                );
+            }
+        }
         if config.metrics_addr.is_none() {
             // All interfaces, as the seed deployment means; loopback in
             // local mode, which serves no other machine.
@@ -992,6 +1110,15 @@ impl Config {
 
     /// Checks rules that span variables.
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.production && self.jwt_secret.is_none() {
+            return Err(ConfigError {
+                name: "SLUICE_ENV",
+                value: "production".into(),
+                reason: "production needs SLUICE_JWT_SECRET (JWT_SECRET): without it every \
+                         request would be user `local`"
+                    .into(),
+            });
+        }
         if self.jwt_secret.is_none() && !self.addr.ip().is_loopback() {
             return Err(ConfigError {
                 name: "SLUICE_ADDR",
@@ -1165,7 +1292,15 @@ fn replica_id(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
-/// A whole number from `min` to `max`.
+/// `true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`, any case).
+fn boolean(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("must be true or false".into()),
+    }
+}
+
 /// Most MCP servers.
 const MAX_MCP_SERVERS: usize = 16;
 
@@ -1272,6 +1407,7 @@ fn mcp_tokens(text: &str) -> Result<Vec<(String, Secret)>, String> {
     Ok(tokens)
 }
 
+/// A whole number from `min` to `max`.
 fn integer(text: &str, min: u64, max: u64) -> Result<u64, String> {
     text.parse::<u64>()
         .ok()
@@ -1378,6 +1514,107 @@ mod tests {
         assert_ne!(defaults.subscriber_max_bytes, blank.subscriber_max_bytes);
         assert_ne!(defaults.session_idle, blank.session_idle);
         assert_ne!(defaults.log_level, blank.log_level);
+    }
+
+    /// The seed deployment's `.env.production` as `(name, value)` pairs.
+    fn seed_env() -> Vec<(&'static str, &'static str)> {
+        include_str!("../tests/fixtures/seed.env.production")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| l.split_once('=').expect("NAME=value"))
+            .collect()
+    }
+
+    #[test]
+    fn the_seed_environment_file_is_read_whole() {
+        let seed = seed_env();
+        assert_eq!(seed.len(), 20, "the guide's twenty variables");
+        let known = |name: &str| {
+            VARS.iter()
+                .any(|v| v.name == name || v.aliases.contains(&name))
+        };
+        for (name, _) in &seed {
+            assert!(known(name), "{name} is neither honoured nor warned about");
+        }
+        let c = config(&seed).unwrap();
+        assert!(c.production);
+        assert!(c.log_json, "production logs JSON lines");
+        assert_eq!(c.log_level, "INFO");
+        assert_eq!(c.llm_base_url.as_deref(), Some(ARK_BASE_URL));
+        assert_eq!(
+            c.llm_api_key.as_ref().unwrap().expose(),
+            "your-ark-api-key-here"
+        );
+        assert_eq!(c.llm_model(), "doubao-pro-32k");
+        assert_eq!(c.llm_temperature, Some(0.7));
+        assert!(
+            c.postgres_url
+                .as_ref()
+                .unwrap()
+                .expose()
+                .starts_with("postgresql://chatuser")
+        );
+        assert_eq!(
+            c.redis_url.as_ref().unwrap().expose(),
+            "redis://redis:6379/0"
+        );
+        assert_eq!(c.chroma_url().as_deref(), Some("http://chroma:8000"));
+        assert!(c.jwt_secret.is_some());
+        assert!(c.keyring().is_some(), "the passphrase seals data at rest");
+        assert_eq!(c.workers(), 4);
+        assert_eq!(c.max_concurrent_requests, 100);
+        assert_eq!(c.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.cache_ttl, Duration::from_secs(3600));
+        assert!(c.metrics_enabled);
+        assert_eq!(c.metrics_addr.unwrap().to_string(), "0.0.0.0:9090");
+        // Ignored, each with one warning that names it and says why.
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.warnings[0].starts_with("SECRET_KEY is ignored: "));
+        assert!(c.warnings[1].starts_with("SENTRY_DSN is ignored: "));
+    }
+
+    #[test]
+    fn the_seed_switches_do_what_they_say() {
+        let err = config(&[("ENV", "production")]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("SLUICE_ENV=") && err.contains("JWT_SECRET"),
+            "{err}"
+        );
+        assert!(config(&[("ENV", "sometimes")]).is_err());
+        let c = config(&[("ENV", "development")]).unwrap();
+        assert!(!c.production && !c.log_json);
+        let secret = ("JWT_SECRET", "0123456789abcdef");
+        let c = config(&[
+            ("ENV", "production"),
+            secret,
+            ("SLUICE_LOG_FORMAT", "pretty"),
+        ])
+        .unwrap();
+        assert!(!c.log_json, "an explicit format wins");
+        assert_eq!(config(&[("DEBUG", "true")]).unwrap().log_level, "debug");
+        assert_eq!(config(&[("DEBUG", "false")]).unwrap().log_level, "info");
+        let c = config(&[("DEBUG", "true"), ("LOG_LEVEL", "warn")]).unwrap();
+        assert_eq!(c.log_level, "warn", "an explicit level wins");
+        assert!(config(&[("DEBUG", "maybe")]).is_err());
+        assert!(
+            !config(&[("PROMETHEUS_ENABLED", "false")])
+                .unwrap()
+                .metrics_enabled
+        );
+        assert!(config(&[("PROMETHEUS_ENABLED", "2")]).is_err());
+        assert_eq!(config(&[("MAX_WORKERS", "3")]).unwrap().workers(), 3);
+        let c = config(&[("MAX_WORKERS", "3"), ("SLUICE_WORKERS", "5")]).unwrap();
+        assert_eq!(c.workers(), 5, "the canonical name wins");
+        assert!(config(&[("MAX_WORKERS", "0")]).is_err());
+        // A key without a provider is named in a warning, not dropped quietly.
+        let c = config(&[("SLUICE_LLM_API_KEY", "sk-1")]).unwrap();
+        assert!(c.llm_base_url.is_none());
+        assert!(c.warnings[0].starts_with("SLUICE_LLM_API_KEY is ignored: "));
+        let c = config(&[("ARK_API_KEY", "k"), ("SLUICE_LLM_BASE_URL", "http://h/v1")]).unwrap();
+        assert_eq!(c.llm_base_url.as_deref(), Some("http://h/v1"));
+        assert!(c.warnings.is_empty());
+        assert!(config(&[]).unwrap().warnings.is_empty());
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! `sluice`: the real-time streaming server for AI chat agents.
 //!
 //! With no subcommand it serves; `sluice token` mints a JWT for a user;
+//! `sluice healthcheck` asks a running server for `/health`;
 //! `sluice extract-text` is the indexer's sandbox for parsing a PDF.
 //! Everything else lives in the library crates; this binary parses the
 //! command line, loads the configuration, starts telemetry and runs.
 
 mod config;
 mod extract;
+mod healthcheck;
 mod serve;
 mod telemetry;
 mod token;
@@ -41,6 +43,9 @@ enum Command {
         #[arg(long, default_value = "24h")]
         ttl: String,
     },
+    /// Exit 0 if the server on SLUICE_ADDR answers /health with 200 (for a
+    /// container's HEALTHCHECK; the image needs no curl).
+    Healthcheck,
     /// Internal: reads a document on stdin and writes its text on stdout,
     /// within memory and CPU limits (the indexer runs it per PDF).
     #[command(hide = true)]
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => telemetry::init(&config).and_then(|()| serve::run(config)),
         Command::Token { sub, ttl } => token::print(&config, &sub, &ttl),
+        Command::Healthcheck => healthcheck::run(&config),
         Command::ExtractText { .. } => unreachable!("handled before the configuration"),
     };
     match result {

@@ -112,7 +112,34 @@ fn tools(config: &Config, metrics: &Metrics) -> anyhow::Result<Tools> {
 
 /// Runs the server on its own actix system until SIGTERM/SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     actix_rt::System::new().block_on(serve(config))
+}
+
+/// How often `sluice_ready` is brought up to date.
+const READY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keeps `sluice_ready` equal to what `/ready` would answer: checked every
+/// [`READY_INTERVAL`], and 0 from the moment shutdown begins.
+fn follow_readiness(health: Health, metrics: Metrics, mut shutdown: watch::Receiver<bool>) {
+    actix_rt::spawn(async move {
+        loop {
+            let draining = *shutdown.borrow();
+            let ready = !draining && health.report().await.ready;
+            metrics.ready.set(i64::from(ready));
+            tokio::select! {
+                () = tokio::time::sleep(READY_INTERVAL) => {}
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        metrics.ready.set(0);
+                        return;
+                    }
+                }
+            }
+        }
+    });
 }
 
 fn llm_provider(config: &Config) -> anyhow::Result<Arc<dyn LlmProvider>> {
@@ -452,6 +479,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .replica_id
         .clone()
         .unwrap_or_else(|| format!("{}:{}", crate::config::hostname(), bound.port()));
+    crate::telemetry::set_replica(&replica_id);
     let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(StoreProbe(store.clone()))];
     let (log, cluster, redis) = log_and_cluster(&config, &replica_id, &mut probes).await?;
     let cache = Cache::new(
@@ -546,11 +574,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         addr = %bound,
         metrics_addr = %metrics_bound,
-        replica = %replica_id,
         auth = if auth.is_local() { "local" } else { "jwt" },
         "listening"
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    follow_readiness(health.clone(), metrics.clone(), shutdown_rx.clone());
     let state = AppState {
         sessions,
         files,
@@ -560,7 +588,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ops: config.ops,
         health,
         metrics,
-        registry,
+        registry: config.metrics_enabled.then_some(registry),
         shutdown: shutdown_rx,
     };
     sluice_web::run(

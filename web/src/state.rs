@@ -33,8 +33,9 @@ pub struct AppState {
     pub health: Health,
     /// Metric handles.
     pub metrics: Metrics,
-    /// The registry `/metrics` renders.
-    pub registry: prometheus::Registry,
+    /// The registry `/metrics` renders; `None` when metrics are off
+    /// (`PROMETHEUS_ENABLED=false`).
+    pub registry: Option<prometheus::Registry>,
     /// What browsers are allowed (CORS, WebSocket origins).
     pub browser: crate::browser::BrowserPolicy,
     /// Who may read `/metrics` and `/ready` here.

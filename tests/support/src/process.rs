@@ -29,6 +29,7 @@ pub struct SluiceBuilder {
     bin: PathBuf,
     data_dir: PathBuf,
     env: HashMap<String, String>,
+    unset: Vec<String>,
 }
 
 impl SluiceBuilder {
@@ -38,7 +39,16 @@ impl SluiceBuilder {
             bin: bin.into(),
             data_dir: data_dir.to_owned(),
             env: HashMap::new(),
+            unset: Vec::new(),
         }
+    }
+
+    /// Leaves out one of the variables every test server gets
+    /// (`SLUICE_LOG_FORMAT`, `SLUICE_LOG_LEVEL`, `SLUICE_WORKERS`), so the
+    /// configuration's own default, or an alias, decides.
+    pub fn unset(mut self, key: &str) -> Self {
+        self.unset.push(key.to_owned());
+        self
     }
 
     /// Sets an environment variable.
@@ -67,6 +77,9 @@ impl SluiceBuilder {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        for key in &self.unset {
+            command.env_remove(key);
+        }
         let mut child = command.spawn().expect("spawn sluice");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();

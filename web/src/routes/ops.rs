@@ -1,6 +1,6 @@
 //! Health, readiness and metrics (PROTOCOL.md §9).
 
-use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
 use prometheus::{Encoder, TextEncoder};
 use serde_json::json;
 
@@ -60,7 +60,12 @@ pub async fn ready_here(state: web::Data<AppState>) -> HttpResponse {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics_here(state: web::Data<AppState>) -> HttpResponse {
-    render_metrics(&state.registry)
+    match &state.registry {
+        Some(registry) => render_metrics(registry),
+        None => {
+            ApiError::not_found("metrics are off here (PROMETHEUS_ENABLED=false)").error_response()
+        }
+    }
 }
 
 /// Renders `registry` in the Prometheus text format.
