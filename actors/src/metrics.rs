@@ -20,6 +20,13 @@ pub struct Metrics {
     pub tokens_streamed_total: IntCounterVec,
     /// Time from a generation's request to its first token.
     pub time_to_first_token_seconds: HistogramVec,
+    /// Time between consecutive tokens of a generation, as they arrive
+    /// from the provider.
+    pub inter_token_seconds: HistogramVec,
+    /// 1 while this replica is ready (`/ready` would answer 200), else 0.
+    pub ready: IntGauge,
+    /// Always 1, labelled with the version running.
+    pub build_info: IntGaugeVec,
     /// Generations ended, by finish reason.
     pub generations_total: IntCounterVec,
     /// Provider failures, by error code.
@@ -35,7 +42,7 @@ pub struct Metrics {
     /// Malformed or oversized client input, by transport.
     pub rejected_frames_total: IntCounterVec,
     /// Generations picked up from a replica that died, by outcome
-    /// (`continued`, `interrupted`).
+    /// (`continued`, `interrupted`, `restarted`).
     pub takeovers_total: IntCounterVec,
     /// Session leases lost to another replica while held.
     pub lease_losses_total: IntCounter,
@@ -129,6 +136,28 @@ impl Metrics {
                 )
                 .buckets(latency_buckets.clone()),
                 &["path"],
+            )?,
+            inter_token_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "sluice_inter_token_seconds",
+                    "Time between consecutive tokens of a generation",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5,
+                    1.0, 2.5, 5.0, 10.0,
+                ]),
+                &["path"],
+            )?,
+            ready: IntGauge::new(
+                "sluice_ready",
+                "1 while this replica is ready (GET /ready answers 200), else 0",
+            )?,
+            build_info: IntGaugeVec::new(
+                Opts::new(
+                    "sluice_build_info",
+                    "Always 1, labelled with the version running",
+                ),
+                &["version"],
             )?,
             generations_total: IntCounterVec::new(
                 Opts::new("sluice_generations_total", "Generations ended"),
@@ -290,6 +319,9 @@ impl Metrics {
         registry.register(Box::new(m.live_sessions.clone()))?;
         registry.register(Box::new(m.tokens_streamed_total.clone()))?;
         registry.register(Box::new(m.time_to_first_token_seconds.clone()))?;
+        registry.register(Box::new(m.inter_token_seconds.clone()))?;
+        registry.register(Box::new(m.ready.clone()))?;
+        registry.register(Box::new(m.build_info.clone()))?;
         registry.register(Box::new(m.generations_total.clone()))?;
         registry.register(Box::new(m.upstream_errors_total.clone()))?;
         registry.register(Box::new(m.resumes_total.clone()))?;
@@ -320,7 +352,79 @@ impl Metrics {
         registry.register(Box::new(m.limited_total.clone()))?;
         registry.register(Box::new(m.limit_errors_total.clone()))?;
         registry.register(Box::new(m.provider_requests.clone()))?;
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        m.initialize_known_labels();
         Ok(m)
+    }
+
+    /// Creates every series whose labels come from a closed set, at zero,
+    /// so that a fresh replica exports them all: `rate()` over a counter
+    /// sees its first increment, and dashboards and alerts find every
+    /// metric they name from the first scrape.
+    fn initialize_known_labels(&self) {
+        const PATHS: &[&str] = &["session", "openai"];
+        for transport in ["ws", "sse", "openai"] {
+            self.live_connections.with_label_values(&[transport]);
+        }
+        for transport in ["ws", "sse"] {
+            self.resumes_total.with_label_values(&[transport]);
+        }
+        self.rejected_frames_total.with_label_values(&["ws"]);
+        for path in PATHS {
+            self.tokens_streamed_total.with_label_values(&[path]);
+            self.time_to_first_token_seconds.with_label_values(&[path]);
+            self.inter_token_seconds.with_label_values(&[path]);
+            for outcome in ["hit_local", "hit_shared", "miss"] {
+                self.cache_requests_total
+                    .with_label_values(&[path, outcome]);
+            }
+        }
+        for reason in ["stop", "length", "cancelled", "error", "interrupted"] {
+            self.generations_total.with_label_values(&[reason]);
+        }
+        for code in ["upstream_error", "upstream_timeout", "overloaded"] {
+            self.upstream_errors_total.with_label_values(&[code]);
+        }
+        for outcome in ["continued", "interrupted", "restarted"] {
+            self.takeovers_total.with_label_values(&[outcome]);
+        }
+        for op in ["send", "cancel", "get", "join", "remove"] {
+            for outcome in ["ok", "error", "owner_gone", "no_answer"] {
+                self.forwarded_requests_total
+                    .with_label_values(&[op, outcome]);
+            }
+        }
+        for outcome in ["stored", "too_large", "unsupported", "failed"] {
+            self.uploads_total.with_label_values(&[outcome]);
+        }
+        for outcome in ["indexed", "failed", "retry"] {
+            self.indexing_total.with_label_values(&[outcome]);
+        }
+        for outcome in ["hits", "empty", "error"] {
+            self.retrievals_total.with_label_values(&[outcome]);
+        }
+        for outcome in ["ok", "error", "timeout", "unknown"] {
+            self.tool_calls_total.with_label_values(&[outcome]);
+        }
+        for direction in ["read", "written"] {
+            self.cache_bytes_total.with_label_values(&[direction]);
+        }
+        for limit in [
+            "requests",
+            "tokens",
+            "generations",
+            "streams",
+            "sessions",
+            "file_bytes",
+            "provider",
+        ] {
+            self.limited_total.with_label_values(&[limit]);
+        }
+        for state in ["running", "waiting"] {
+            self.provider_requests.with_label_values(&[state]);
+        }
     }
 
     /// Handles on a private registry, for tests.

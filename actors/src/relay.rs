@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use prometheus::IntCounter;
+use prometheus::{Histogram, IntCounter};
 use sluice_backends::llm::{CHUNK_BATCHING, LlmChunk, LlmError, LlmProvider, ready_batches};
 use sluice_protocol::openai::ChatRequest;
 
@@ -61,6 +61,9 @@ pub struct ChunkStream {
     first: Option<Vec<Result<String, SessionError>>>,
     rest: BoxStream<'static, Vec<Result<LlmChunk, LlmError>>>,
     tokens: IntCounter,
+    /// When the latest token arrived, for the time between tokens.
+    last_token: Option<Instant>,
+    inter_token: Histogram,
     metrics: Metrics,
     /// Where a cacheable answer is recorded, and its key.
     recording: Option<(String, Recorder, Cache)>,
@@ -94,6 +97,10 @@ impl ChunkStream {
                         let text = chunk.view.content().is_some_and(|c| !c.is_empty());
                         if text {
                             self.tokens.inc();
+                            let now = Instant::now();
+                            if let Some(last) = self.last_token.replace(now) {
+                                self.inter_token.observe((now - last).as_secs_f64());
+                            }
                         }
                         if let Some((_, meter)) = &mut self.charged {
                             meter.text(delta_bytes(&chunk.view));
@@ -321,7 +328,8 @@ impl Relay {
             .time_to_first_token_seconds
             .with_label_values(&["openai"])
             .observe(started.elapsed().as_secs_f64());
-        if first.view.content().is_some_and(|c| !c.is_empty()) {
+        let first_text = first.view.content().is_some_and(|c| !c.is_empty());
+        if first_text {
             metrics
                 .tokens_streamed_total
                 .with_label_values(&["openai"])
@@ -335,12 +343,10 @@ impl Relay {
         });
         // Chunks that arrive together leave in one write.
         let rest = ready_batches(upstream, CHUNK_BATCHING);
-        Ok(relayed(Completion::Stream(Box::new(self.chunk_stream(
-            vec![Ok(first.raw)],
-            rest,
-            recording,
-            Some((slot, meter)),
-        )))))
+        let mut stream =
+            self.chunk_stream(vec![Ok(first.raw)], rest, recording, Some((slot, meter)));
+        stream.last_token = first_text.then(Instant::now);
+        Ok(relayed(Completion::Stream(Box::new(stream))))
     }
 
     fn chunk_stream(
@@ -355,6 +361,8 @@ impl Relay {
             first: Some(first),
             rest,
             tokens: metrics.tokens_streamed_total.with_label_values(&["openai"]),
+            last_token: None,
+            inter_token: metrics.inter_token_seconds.with_label_values(&["openai"]),
             metrics: metrics.clone(),
             recording,
             charged,

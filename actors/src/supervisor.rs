@@ -72,6 +72,10 @@ pub struct Supervisor {
 impl Supervisor {
     /// Starts a supervisor of `probe` on the current arbiter.
     pub fn spawn(probe: Arc<dyn Probe>, metrics: Metrics) -> Addr<Self> {
+        // Exported from the start, at zero, like every closed label set.
+        metrics
+            .backend_reconnects_total
+            .with_label_values(&[probe.backend()]);
         Self {
             probe,
             metrics,

@@ -350,6 +350,7 @@ impl FromRequest for User {
         let limits = state.limits.clone();
         Box::pin(async move {
             let user = user?;
+            tracing::Span::current().record("user", user.as_str());
             limits.request(&user).await?;
             Ok(User(user))
         })

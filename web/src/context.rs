@@ -49,7 +49,22 @@ pub async fn request_context(
     let metrics = req
         .app_data::<web::Data<AppState>>()
         .map(|s| s.metrics.clone());
-    let span = tracing::info_span!("request", request_id = %id, method, %route);
+    // Routing has not filled `match_info` yet: the id is read off the path.
+    let session_id = route
+        .starts_with("/v1/sessions/{id}")
+        .then(|| req.path().strip_prefix("/v1/sessions/"))
+        .flatten()
+        .and_then(|rest| rest.split('/').next())
+        .filter(|id| id.len() <= MAX_REQUEST_ID_BYTES)
+        .map(str::to_owned);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method,
+        %route,
+        session_id,
+        user = tracing::field::Empty,
+    );
     let mut response = REQUEST_ID
         .scope(id.clone(), next.call(req).instrument(span.clone()))
         .await?;

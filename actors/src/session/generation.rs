@@ -60,7 +60,9 @@ pub(super) struct Generation {
     pub(super) calls: ToolCallAssembler,
     /// When the provider was asked, for the time to first token.
     started: Instant,
-    first_token: bool,
+    /// When the latest token arrived (none yet: `None`), for the time
+    /// between tokens.
+    last_token: Option<Instant>,
     /// Token counts of the steps before this one.
     pub(super) usage: Option<Usage>,
     /// Token counts of this step, as last reported.
@@ -574,7 +576,7 @@ impl SessionActor {
             step,
             calls: ToolCallAssembler::default(),
             started,
-            first_token: false,
+            last_token: None,
             usage: None,
             step_usage: None,
             finish: None,
@@ -659,12 +661,16 @@ impl SessionActor {
             return Ok(());
         };
         let metrics = &self.deps.metrics;
-        if !generation.first_token {
-            generation.first_token = true;
-            metrics
+        let now = Instant::now();
+        match generation.last_token.replace(now) {
+            None => metrics
                 .time_to_first_token_seconds
                 .with_label_values(&["session"])
-                .observe(generation.started.elapsed().as_secs_f64());
+                .observe((now - generation.started).as_secs_f64()),
+            Some(last) => metrics
+                .inter_token_seconds
+                .with_label_values(&["session"])
+                .observe((now - last).as_secs_f64()),
         }
         metrics
             .tokens_streamed_total
@@ -710,7 +716,9 @@ impl SessionActor {
     pub(super) fn fail(&mut self, ctx: &mut Context<Self>, error: EventError) {
         tracing::warn!(session_id = %self.record.id, code = %error.code, message = %error.message, "generation failed");
         let reason = match &self.phase {
-            Phase::Generating(g) if g.continued && !g.first_token => FinishReason::Interrupted,
+            Phase::Generating(g) if g.continued && g.last_token.is_none() => {
+                FinishReason::Interrupted
+            }
             _ => FinishReason::Error,
         };
         self.finish(ctx, reason, Some(error));
