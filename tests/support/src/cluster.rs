@@ -123,6 +123,11 @@ impl TestCluster {
         }
     }
 
+    /// Where each replica listens.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
     /// `http://replica{path}`.
     pub fn url(&self, replica: usize, path: &str) -> String {
         format!("http://{}{path}", self.addrs[replica])
