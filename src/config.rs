@@ -395,10 +395,20 @@ pub const VARS: &[Var] = &[
         aliases: &["REDIS_URL"],
         default: DefaultValue::Unset,
         help: "Redis (redis://...) for the event log, the bus between replicas and session leases; \
-               unset: in-process, one replica",
+               a Redis Cluster as redis-cluster://host:port?node=host2:port2&node=... \
+               (rediss:// and rediss-cluster:// with TLS); unset: in-process, one replica",
         parse: |c, v| {
-            if !(v.starts_with("redis://") || v.starts_with("rediss://")) {
-                return Err("must be a redis:// or rediss:// URL".into());
+            const SCHEMES: [&str; 4] = [
+                "redis://",
+                "rediss://",
+                "redis-cluster://",
+                "rediss-cluster://",
+            ];
+            if !SCHEMES.iter().any(|s| v.starts_with(s)) {
+                return Err(
+                    "must be a redis://, rediss://, redis-cluster:// or rediss-cluster:// URL"
+                        .into(),
+                );
             }
             c.redis_url = Some(Secret::new(v));
             Ok(())

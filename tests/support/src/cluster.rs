@@ -1,4 +1,5 @@
-//! The production topology on loopback: a throwaway Redis and PostgreSQL,
+//! The production topology on loopback: a throwaway Redis (or Redis
+//! Cluster) and PostgreSQL,
 //! N `sluice` replicas sharing them (replica `i` is named `r{i}`; each binds
 //! port 0 and reports its address), the fake provider, and nginx in front.
 
@@ -26,6 +27,8 @@ pub struct ClusterOptions<'a> {
     pub proxied_redis: &'a [usize],
     /// Replicas with a fake provider of their own, differing by these options.
     pub own_upstream: &'a [(usize, FakeOptions)],
+    /// A Redis Cluster of three masters instead of one Redis.
+    pub redis_cluster: bool,
 }
 
 /// A running cluster. Everything stops on drop.
@@ -67,7 +70,11 @@ impl TestCluster {
 
     /// Starts everything with `n` replicas, as `options` say.
     pub fn start_with(bin: &str, n: usize, options: ClusterOptions<'_>) -> Self {
-        let redis = TestRedis::start();
+        let redis = if options.redis_cluster {
+            TestRedis::start_cluster(3)
+        } else {
+            TestRedis::start()
+        };
         let postgres = TestPostgres::start();
         let upstream = FakeUpstream::start();
         let mut replicas = Vec::new();

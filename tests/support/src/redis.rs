@@ -1,73 +1,180 @@
-//! A throwaway Redis server for tests: `redis-server` on a free loopback
-//! port with no persistence, in a temp dir, stopped by pid on drop.
+//! A throwaway Redis for tests: one `redis-server`, or a Redis Cluster of
+//! several masters, on free loopback ports with no persistence, in a temp
+//! dir, stopped by pid on drop.
 //!
 //! `redis-server` cannot listen on port 0 and report the port, so a free
 //! one is picked first; if another process takes it before the server
 //! binds it (tests run in parallel), the server exits and another port is
 //! tried.
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::PORT_ATTEMPTS;
 
-/// A running throwaway Redis.
+/// A running throwaway Redis: one server, or a cluster.
 pub struct TestRedis {
+    nodes: Vec<Node>,
+    cluster: bool,
+    _dir: tempfile::TempDir,
+}
+
+/// One `redis-server`.
+struct Node {
     child: Child,
     port: u16,
-    dir: tempfile::TempDir,
+    /// The cluster bus port (a cluster node only).
+    bus_port: Option<u16>,
+    dir: PathBuf,
 }
 
 impl TestRedis {
-    /// Starts a server; panics if it does not answer `PING`.
+    /// Starts one server; panics if it does not answer `PING`.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        for _ in 0..PORT_ATTEMPTS {
-            let port = crate::free_port();
-            let mut child = spawn(port, dir.path());
-            if wait_up(&mut child, port, dir.path()) {
-                return Self { child, port, dir };
-            }
-            let _ = child.wait();
+        let node = Node::start(dir.path().to_owned(), false);
+        Self {
+            nodes: vec![node],
+            cluster: false,
+            _dir: dir,
         }
-        panic!("redis did not start on any of {PORT_ATTEMPTS} ports");
     }
 
-    /// Kills the server (its data is gone: nothing is persisted).
-    pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Starts it again, empty, on the same port.
-    pub fn resume(&mut self) {
-        self.child = spawn(self.port, self.dir.path());
+    /// Starts a Redis Cluster of `masters` masters (no replicas), every
+    /// hash slot assigned, and waits until every node reports it healthy.
+    pub fn start_cluster(masters: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nodes: Vec<Node> = (0..masters)
+            .map(|i| {
+                let node_dir = dir.path().join(format!("node{i}"));
+                std::fs::create_dir(&node_dir).expect("node dir");
+                Node::start(node_dir, true)
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
         assert!(
-            wait_up(&mut self.child, self.port, self.dir.path()),
-            "redis did not start again on port {}",
-            self.port
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
         );
+        let redis = Self {
+            nodes,
+            cluster: true,
+            _dir: dir,
+        };
+        redis.wait_cluster_ok();
+        redis
     }
 
-    /// Kills the server and starts it again, empty, on the same port.
+    /// Waits until every node says `cluster_state:ok`.
+    fn wait_cluster_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &self.nodes {
+            while !cli(node.port, &["CLUSTER", "INFO"])
+                .is_some_and(|info| info.contains("cluster_state:ok"))
+            {
+                assert!(Instant::now() < deadline, "the Redis Cluster did not form");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// Kills every server (their data is gone: nothing is persisted).
+    pub fn stop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+        }
+    }
+
+    /// Starts them again, empty, on the same ports (a cluster's nodes
+    /// rejoin it from their nodes.conf, with the same slots).
+    pub fn resume(&mut self) {
+        for node in &mut self.nodes {
+            node.child = spawn(node.port, node.bus_port, &node.dir);
+            assert!(
+                wait_up(&mut node.child, node.port, &node.dir),
+                "redis did not start again on port {}",
+                node.port
+            );
+        }
+        if self.cluster {
+            self.wait_cluster_ok();
+        }
+    }
+
+    /// Kills the servers and starts them again, empty, on the same ports.
     pub fn restart(&mut self) {
         self.stop();
         self.resume();
     }
 
-    /// A connection URL.
+    /// A connection URL: `redis://` for one server, `redis-cluster://`
+    /// naming every node for a cluster.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let first = format!("127.0.0.1:{}", self.nodes[0].port);
+        if !self.cluster {
+            return format!("redis://{first}");
+        }
+        let others: Vec<String> = self.nodes[1..]
+            .iter()
+            .map(|n| format!("node=127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis-cluster://{first}?{}", others.join("&"))
     }
 
-    /// Where it listens.
+    /// Where it listens (a cluster: its first node).
     pub fn addr(&self) -> std::net::SocketAddr {
-        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.nodes[0].port))
     }
 
-    /// Runs a command with `redis-cli`; its output, trimmed.
+    /// Runs a command with `redis-cli` (on a cluster, following redirects
+    /// from the first node); its output, trimmed.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        cli(self.port, args)
+        if self.cluster {
+            let mut with_redirects = vec!["-c"];
+            with_redirects.extend_from_slice(args);
+            cli(self.nodes[0].port, &with_redirects)
+        } else {
+            cli(self.nodes[0].port, args)
+        }
+    }
+
+    /// Runs a command on every node; each node's output.
+    pub fn cli_each(&self, args: &[&str]) -> Vec<Option<String>> {
+        self.nodes.iter().map(|n| cli(n.port, args)).collect()
+    }
+}
+
+impl Node {
+    /// Starts a server keeping its files in `dir`, on free ports.
+    fn start(dir: PathBuf, cluster: bool) -> Self {
+        for _ in 0..PORT_ATTEMPTS {
+            let port = crate::free_port();
+            let bus_port = cluster.then(crate::free_port);
+            let mut child = spawn(port, bus_port, &dir);
+            if wait_up(&mut child, port, &dir) {
+                return Self {
+                    child,
+                    port,
+                    bus_port,
+                    dir,
+                };
+            }
+            let _ = child.wait();
+        }
+        panic!("redis did not start on any of {PORT_ATTEMPTS} ports");
     }
 }
 
@@ -84,7 +191,7 @@ fn cli(port: u16, args: &[&str]) -> Option<String> {
 
 /// Waits until the server on `port` answers and is this one (its `dir` is
 /// ours, not another test's server that took the port); false if it exited.
-fn wait_up(child: &mut Child, port: u16, dir: &std::path::Path) -> bool {
+fn wait_up(child: &mut Child, port: u16, dir: &Path) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if matches!(child.try_wait(), Ok(Some(_))) {
@@ -93,7 +200,7 @@ fn wait_up(child: &mut Child, port: u16, dir: &std::path::Path) -> bool {
         let answered = cli(port, &["CONFIG", "GET", "dir"]);
         if let Some(out) = answered {
             let ours = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
-            if out.lines().any(|l| std::path::Path::new(l.trim()) == ours) {
+            if out.lines().any(|l| Path::new(l.trim()) == ours) {
                 return true;
             }
         }
@@ -102,8 +209,10 @@ fn wait_up(child: &mut Child, port: u16, dir: &std::path::Path) -> bool {
     }
 }
 
-fn spawn(port: u16, dir: &std::path::Path) -> Child {
-    Command::new("redis-server")
+/// Starts `redis-server` on `port`; a cluster node with `bus_port`.
+fn spawn(port: u16, bus_port: Option<u16>, dir: &Path) -> Child {
+    let mut command = Command::new("redis-server");
+    command
         .args([
             "--port",
             &port.to_string(),
@@ -115,7 +224,20 @@ fn spawn(port: u16, dir: &std::path::Path) -> Child {
             "no",
         ])
         .arg("--dir")
-        .arg(dir)
+        .arg(dir);
+    if let Some(bus_port) = bus_port {
+        command.args([
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            &bus_port.to_string(),
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "5000",
+        ]);
+    }
+    command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -124,7 +246,6 @@ fn spawn(port: u16, dir: &std::path::Path) -> Child {
 
 impl Drop for TestRedis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }

@@ -8,12 +8,19 @@
 //! when the connection came back or messages were dropped, because pub/sub
 //! does not replay what was published meanwhile. fred re-subscribes the
 //! tracked channels after a reconnect (`manage_subscriptions`).
+//!
+//! On a Redis Cluster the bus is sharded pub/sub (`SPUBLISH`,
+//! `SSUBSCRIBE`): a channel lives on the node that owns its hash slot, so
+//! a session's events (`sluice:{<id>}:events`) stay on its keys' node and
+//! the cluster does not copy every message to every node, as classic
+//! pub/sub does there.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
+use fred::types::ClusterHash;
 use futures::future::BoxFuture;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot};
@@ -79,6 +86,41 @@ impl RedisBus {
     }
 }
 
+/// Subscribes to `channel` (sharded on a cluster) and waits until Redis
+/// has processed it. fred resolves a subscription once it is written; a
+/// PING on the same connection (on a cluster: to the node owning the
+/// channel's slot) is answered only after Redis has processed it, so the
+/// channel is live when this returns.
+async fn subscribe(subscriber: &SubscriberClient, channel: &str) -> Result<(), fred::error::Error> {
+    if subscriber.is_clustered() {
+        subscriber.ssubscribe(channel).await?;
+        let slot = fred::util::redis_keyslot(channel.as_bytes());
+        let on_its_node = Options {
+            cluster_hash: Some(ClusterHash::Custom(slot)),
+            ..Options::default()
+        };
+        subscriber
+            .with_options(&on_its_node)
+            .ping::<Value>(None)
+            .await
+            .map(drop)
+    } else {
+        subscriber.subscribe(channel).await?;
+        subscriber.ping::<Value>(None).await.map(drop)
+    }
+}
+
+async fn unsubscribe(
+    subscriber: &SubscriberClient,
+    channel: &str,
+) -> Result<(), fred::error::Error> {
+    if subscriber.is_clustered() {
+        subscriber.sunsubscribe(channel).await
+    } else {
+        subscriber.unsubscribe(channel).await
+    }
+}
+
 async fn run(subscriber: SubscriberClient, mut commands: mpsc::UnboundedReceiver<Command>) {
     let mut messages = subscriber.message_rx();
     let mut reconnects = subscriber.reconnect_rx();
@@ -99,15 +141,9 @@ async fn run(subscriber: SubscriberClient, mut commands: mpsc::UnboundedReceiver
                 Some(Command::Subscribe { channel, tx, done }) => {
                     let first = !channels.contains_key(&channel);
                     if first {
-                        let subscribed = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
-                            subscriber.subscribe(channel.as_str()).await?;
-                            // fred resolves SUBSCRIBE once it is written. A
-                            // PING on the same connection is answered only
-                            // after Redis has processed it, so the channel is
-                            // live when the caller hears back.
-                            subscriber.ping::<Value>(None).await.map(drop)
-                        })
-                        .await;
+                        let subscribed =
+                            tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(&subscriber, &channel))
+                                .await;
                         let result = match subscribed {
                             Ok(Ok(())) => Ok(()),
                             Ok(Err(e)) => Err(err(e)),
@@ -116,7 +152,7 @@ async fn run(subscriber: SubscriberClient, mut commands: mpsc::UnboundedReceiver
                         if let Err(e) = result {
                             // fred tracks the channel even if the server did
                             // not confirm; forget it so a retry starts clean.
-                            let _ = subscriber.unsubscribe(channel.as_str()).await;
+                            let _ = unsubscribe(&subscriber, &channel).await;
                             let _ = done.send(Err(e));
                             continue;
                         }
@@ -130,7 +166,7 @@ async fn run(subscriber: SubscriberClient, mut commands: mpsc::UnboundedReceiver
                     receivers.retain(|(i, _)| *i != id);
                     if receivers.is_empty() {
                         channels.remove(&channel);
-                        if let Err(e) = subscriber.unsubscribe(channel.as_str()).await {
+                        if let Err(e) = unsubscribe(&subscriber, &channel).await {
                             tracing::debug!(channel, error = %e, "unsubscribe failed");
                         }
                     }
@@ -165,7 +201,12 @@ impl Bus for RedisBus {
         let client = self.client.clone();
         let channel = channel.to_owned();
         Box::pin(async move {
-            let received: i64 = client.publish(channel, payload).await.map_err(err)?;
+            let received: i64 = if client.is_clustered() {
+                client.spublish(channel, payload).await
+            } else {
+                client.publish(channel, payload).await
+            }
+            .map_err(err)?;
             Ok(received.max(0) as usize)
         })
     }
