@@ -2,6 +2,7 @@
 # Debian/Ubuntu packages behind each named need that this machine lacks.
 #
 #   install_missing postgresql redis nginx curl venv [chromium] [node] [perf]
+#                   [prometheus] [openssl]
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -17,6 +18,8 @@ install_missing() {
       chromium) [ -x /usr/bin/chromium ] || packages+=(chromium) ;;
       node) command -v node >/dev/null || packages+=(nodejs npm) ;;
       perf) command -v perf >/dev/null || packages+=(linux-perf) ;;
+      prometheus) command -v promtool >/dev/null && command -v prometheus >/dev/null || packages+=(prometheus) ;;
+      openssl) command -v openssl >/dev/null || packages+=(openssl) ;;
       *) echo "install_missing: unknown need $need" >&2; return 1 ;;
     esac
   done

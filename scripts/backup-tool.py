@@ -1,0 +1,773 @@
+#!/usr/bin/env python3
+"""The parts of scripts/backup and scripts/restore that speak to S3, Chroma
+and Redis, and write or check a backup's manifests. Run by those scripts
+(with the venv they make, which has `boto3` and `redis`); not meant to be
+run by hand.
+
+Configuration comes from the environment the scripts resolve: BK_S3_*
+(endpoint, bucket, region, access and secret key), BK_CHROMA_URL,
+BK_REDIS_URL. Progress goes to stderr; a command's result (a JSON object)
+to stdout. No secret is ever printed.
+
+A backup directory holds:
+  postgres.dump           pg_dump -Fc of Sluice's database
+  objects/<key>           every object of the bucket, its key as its path
+  objects.jsonl           one line per object: key, size, sha256, content type, metadata
+  chroma/collections.json Sluice's collections: name, metadata, configuration, count
+  chroma/<name>.jsonl.gz  one line per record: id, embedding, document, metadata, uri
+  MANIFEST.json           what was backed up, counts, and the sha256 of every file above
+"""
+
+import argparse
+import concurrent.futures
+import datetime as dt
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+FORMAT = "sluice-backup/1"
+# Chroma's tenant and database (actors/backends/src/vectors/chroma.rs).
+CHROMA_TENANT = "default_tenant"
+CHROMA_DATABASE = "default_database"
+# Every collection Sluice makes is named `sluice-<hash>`.
+CHROMA_PREFIX = "sluice-"
+CHROMA_PAGE = 250
+CHROMA_ADD_BATCH = 250
+TIMESTAMP = re.compile(r"^\d{8}T\d{6}Z$")
+PIECE = 1 << 20
+
+
+def log(message):
+    print(f"backup-tool: {message}", file=sys.stderr, flush=True)
+
+
+def fail(message):
+    log(message)
+    sys.exit(1)
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while piece := f.read(PIECE):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def write_json(path, value):
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+# ---------------------------------------------------------------- S3
+
+
+def s3_client():
+    import boto3
+    from botocore.config import Config
+
+    endpoint = os.environ.get("BK_S3_ENDPOINT", "")
+    if not endpoint:
+        fail("no S3 endpoint (SLUICE_S3_ENDPOINT)")
+    url = urllib.parse.urlsplit(endpoint)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        fail("SLUICE_S3_ENDPOINT must be http(s)://host:port")
+    # Path-style with static keys, as Sluice's client; checksums only where
+    # S3 requires them (S3-compatible servers differ on the newer ones):
+    # every object's sha256 is checked here anyway.
+    config = Config(
+        s3={"addressing_style": "path"},
+        signature_version="s3v4",
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"max_attempts": 5, "mode": "standard"},
+        connect_timeout=10,
+        read_timeout=120,
+        max_pool_connections=16,
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint.rstrip("/"),
+        aws_access_key_id=os.environ["BK_S3_ACCESS_KEY"],
+        aws_secret_access_key=os.environ["BK_S3_SECRET_KEY"],
+        region_name=os.environ.get("BK_S3_REGION") or "us-east-1",
+        config=config,
+    )
+
+
+def s3_error(e):
+    """An S3 failure in a line, without the request (it names no secret,
+    but the code and message are what matter)."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(e, ClientError):
+        err = e.response.get("Error", {})
+        return f"S3 answered {err.get('Code', '?')}: {err.get('Message') or 'no message'}"
+    return f"S3 request failed: {type(e).__name__}: {e}"
+
+
+def list_keys(client, bucket):
+    """Every object of the bucket: (key, size)."""
+    out = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            out.append((obj["Key"], obj["Size"]))
+    return out
+
+
+def bucket_exists(client, bucket):
+    from botocore.exceptions import ClientError
+
+    try:
+        client.head_bucket(Bucket=bucket)
+        return True
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+            return False
+        raise
+
+
+def object_path(root, key):
+    """Where object `key` lives under `root`; refuses a key that is not a
+    safe relative path (Sluice's are `files/<id>` and `files/<id>.sent`)."""
+    parts = key.split("/")
+    if (
+        not key
+        or "\0" in key
+        or any(p in ("", ".", "..") for p in parts)
+    ):
+        fail(f"object key {key!r} cannot be stored as a path")
+    return os.path.join(root, *parts)
+
+
+def objects_backup(args):
+    client = s3_client()
+    bucket = os.environ["BK_S3_BUCKET"]
+    if not bucket_exists(client, bucket):
+        fail(f"the bucket {bucket} does not exist")
+    root = os.path.join(args.dir, "objects")
+    os.makedirs(root, exist_ok=True)
+    listed = list_keys(client, bucket)
+
+    def fetch(item):
+        key, listed_size = item
+        path = object_path(root, key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        digest, size = hashlib.sha256(), 0
+        response = client.get_object(Bucket=bucket, Key=key)
+        body = response["Body"]
+        try:
+            with open(path, "wb") as f:
+                for piece in body.iter_chunks(PIECE):
+                    f.write(piece)
+                    digest.update(piece)
+                    size += len(piece)
+        finally:
+            body.close()
+        if size != listed_size:
+            fail(f"object {key}: listed as {listed_size} bytes, read {size}")
+        return {
+            "key": key,
+            "size": size,
+            "sha256": digest.hexdigest(),
+            "content_type": response.get("ContentType") or "application/octet-stream",
+            "metadata": response.get("Metadata") or {},
+        }
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        entries = list(pool.map(fetch, listed))
+    entries.sort(key=lambda e: e["key"])
+    with open(os.path.join(args.dir, "objects.jsonl"), "w") as f:
+        for entry in entries:
+            f.write(json.dumps(entry, sort_keys=True) + "\n")
+    total = sum(e["size"] for e in entries)
+    log(f"objects: {len(entries)} from bucket {bucket}, {total} bytes")
+    print(json.dumps({"bucket": bucket, "count": len(entries), "bytes": total}))
+
+
+def read_objects_manifest(backup):
+    with open(os.path.join(backup, "objects.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def objects_restore(args):
+    from boto3.s3.transfer import TransferConfig
+
+    client = s3_client()
+    bucket = os.environ["BK_S3_BUCKET"]
+    region = os.environ.get("BK_S3_REGION") or "us-east-1"
+    if not bucket_exists(client, bucket):
+        if region == "us-east-1":
+            client.create_bucket(Bucket=bucket)
+        else:
+            client.create_bucket(
+                Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region}
+            )
+        log(f"objects: created the bucket {bucket}")
+    entries = read_objects_manifest(args.dir)
+    root = os.path.join(args.dir, "objects")
+    transfer = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=16 << 20, use_threads=False)
+
+    def put(entry):
+        path = object_path(root, entry["key"])
+        extra = {"ContentType": entry.get("content_type") or "application/octet-stream"}
+        if entry.get("metadata"):
+            extra["Metadata"] = entry["metadata"]
+        client.upload_file(path, bucket, entry["key"], ExtraArgs=extra, Config=transfer)
+        # Read it back: the bucket holds what the backup does.
+        digest, size = hashlib.sha256(), 0
+        body = client.get_object(Bucket=bucket, Key=entry["key"])["Body"]
+        try:
+            for piece in body.iter_chunks(PIECE):
+                digest.update(piece)
+                size += len(piece)
+        finally:
+            body.close()
+        if size != entry["size"] or digest.hexdigest() != entry["sha256"]:
+            fail(f"object {entry['key']}: the bucket does not hold what was put (sha256 differs)")
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, entries))
+    pruned = 0
+    if args.prune:
+        keep = {e["key"] for e in entries}
+        extra = [key for key, _ in list_keys(client, bucket) if key not in keep]
+        for i in range(0, len(extra), 1000):
+            answer = client.delete_objects(
+                Bucket=bucket,
+                Delete={"Objects": [{"Key": k} for k in extra[i : i + 1000]], "Quiet": True},
+            )
+            if answer.get("Errors"):
+                first = answer["Errors"][0]
+                fail(f"objects: {len(answer['Errors'])} objects not in the backup could not be deleted: {first.get('Key')}: {first.get('Code')}")
+        pruned = len(extra)
+    total = sum(e["size"] for e in entries)
+    summary = (
+        f"{len(entries)} objects ({total} bytes) put back into bucket {bucket}, each read back "
+        f"and its sha256 checked; {pruned} not in the backup deleted"
+    )
+    log(f"objects: {summary}")
+    print(json.dumps({"count": len(entries), "bytes": total, "pruned": pruned, "summary": summary}))
+
+
+# ---------------------------------------------------------------- Chroma
+
+
+class Chroma:
+    def __init__(self, url):
+        if not url:
+            fail("no Chroma URL (SLUICE_CHROMA_URL or CHROMA_HOST)")
+        self.root = url.rstrip("/") + "/api/v2"
+        self.base = f"{self.root}/tenants/{CHROMA_TENANT}/databases/{CHROMA_DATABASE}"
+
+    def call(self, method, url, body=None, missing_ok=False):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        for attempt in range(5):
+            try:
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    text = response.read()
+                    return json.loads(text) if text else None
+            except urllib.error.HTTPError as e:
+                detail = e.read()[:300].decode(errors="replace")
+                if e.code == 404 and missing_ok:
+                    return None
+                if e.code >= 500 and attempt < 4:
+                    time.sleep(1 + attempt)
+                    continue
+                fail(f"Chroma answered {e.code} to {method} {urllib.parse.urlsplit(url).path}: {detail}")
+            except urllib.error.URLError as e:
+                if attempt < 4:
+                    time.sleep(1 + attempt)
+                    continue
+                fail(f"Chroma cannot be reached: {e.reason}")
+        return None
+
+    def version(self):
+        return self.call("GET", f"{self.root}/version")
+
+    def max_batch(self):
+        checks = self.call("GET", f"{self.root}/pre-flight-checks", missing_ok=True) or {}
+        return int(checks.get("max_batch_size") or CHROMA_ADD_BATCH)
+
+    def collections(self):
+        out, offset = [], 0
+        while True:
+            page = self.call("GET", f"{self.base}/collections?limit=100&offset={offset}")
+            out.extend(page)
+            if len(page) < 100:
+                return out
+            offset += len(page)
+
+    def sluice_collections(self):
+        return sorted(
+            (c for c in self.collections() if c["name"].startswith(CHROMA_PREFIX)),
+            key=lambda c: c["name"],
+        )
+
+
+def chroma_backup(args):
+    chroma = Chroma(os.environ.get("BK_CHROMA_URL", ""))
+    version = chroma.version()
+    root = os.path.join(args.dir, "chroma")
+    os.makedirs(root, exist_ok=True)
+    listed = []
+    records_total = 0
+    for collection in chroma.sluice_collections():
+        name, cid = collection["name"], collection["id"]
+        count = chroma.call("GET", f"{chroma.base}/collections/{cid}/count")
+        path = os.path.join(root, f"{name}.jsonl.gz")
+        seen = set()
+        with gzip.open(path, "wt", compresslevel=6) as f:
+            offset = 0
+            while True:
+                page = chroma.call(
+                    "POST",
+                    f"{chroma.base}/collections/{cid}/get",
+                    {
+                        "limit": CHROMA_PAGE,
+                        "offset": offset,
+                        "include": ["embeddings", "documents", "metadatas", "uris"],
+                    },
+                )
+                ids = page.get("ids") or []
+                for i, rid in enumerate(ids):
+                    if rid in seen:
+                        continue
+                    seen.add(rid)
+                    record = {
+                        "id": rid,
+                        "embedding": (page.get("embeddings") or [None] * len(ids))[i],
+                        "document": (page.get("documents") or [None] * len(ids))[i],
+                        "metadata": (page.get("metadatas") or [None] * len(ids))[i],
+                        "uri": (page.get("uris") or [None] * len(ids))[i],
+                    }
+                    f.write(json.dumps(record, sort_keys=True) + "\n")
+                if len(ids) < CHROMA_PAGE:
+                    break
+                offset += len(ids)
+        if len(seen) != count:
+            # Written to while it was read: Sluice indexed or deleted a file.
+            log(f"chroma: {name} counted {count} records but {len(seen)} were read (written meanwhile)")
+        records_total += len(seen)
+        listed.append(
+            {
+                "name": name,
+                "id": cid,
+                "metadata": collection.get("metadata"),
+                "configuration": collection.get("configuration_json"),
+                "dimension": collection.get("dimension"),
+                "count": len(seen),
+                "file": f"{name}.jsonl.gz",
+            }
+        )
+    write_json(
+        os.path.join(root, "collections.json"),
+        {"tenant": CHROMA_TENANT, "database": CHROMA_DATABASE, "collections": listed},
+    )
+    log(f"chroma: {len(listed)} collections, {records_total} records")
+    print(json.dumps({"collections": len(listed), "records": records_total, "version": version}))
+
+
+def chroma_restore(args):
+    chroma = Chroma(os.environ.get("BK_CHROMA_URL", ""))
+    root = os.path.join(args.dir, "chroma")
+    with open(os.path.join(root, "collections.json")) as f:
+        saved = json.load(f)["collections"]
+    batch = max(1, min(CHROMA_ADD_BATCH, chroma.max_batch()))
+    # With the files of the restored database: chunks of files it has no
+    # row for (uploaded after its dump, or deleted before the chunks were
+    # read) are left out; they could only take places in search results.
+    known = None
+    if args.files:
+        with open(args.files) as f:
+            known = {row["id"] for row in json.load(f)["files"]}
+    records_total = skipped_total = 0
+    for collection in saved:
+        name = collection["name"]
+        chroma.call("DELETE", f"{chroma.base}/collections/{name}", missing_ok=True)
+        body = {"name": name, "metadata": collection.get("metadata")}
+        if collection.get("configuration"):
+            body["configuration"] = collection["configuration"]
+        made = chroma.call("POST", f"{chroma.base}/collections", body)
+        cid = made["id"]
+        added = skipped = 0
+
+        def add(records):
+            body = {
+                "ids": [r["id"] for r in records],
+                "embeddings": [r["embedding"] for r in records],
+                "documents": [r["document"] for r in records],
+                "metadatas": [r["metadata"] for r in records],
+            }
+            if any(r.get("uri") is not None for r in records):
+                body["uris"] = [r.get("uri") for r in records]
+            chroma.call("POST", f"{chroma.base}/collections/{cid}/upsert", body)
+
+        pending = []
+        with gzip.open(os.path.join(root, collection["file"]), "rt") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                file_id = (record.get("metadata") or {}).get("file_id")
+                if known is not None and isinstance(file_id, str) and file_id not in known:
+                    skipped += 1
+                    continue
+                pending.append(record)
+                if len(pending) == batch:
+                    add(pending)
+                    added += len(pending)
+                    pending = []
+        if pending:
+            add(pending)
+            added += len(pending)
+        count = chroma.call("GET", f"{chroma.base}/collections/{cid}/count")
+        if count != collection["count"] - skipped or added != count:
+            fail(f"chroma: {name} holds {count} records after the restore, the backup {collection['count']} ({skipped} left out)")
+        records_total += added
+        skipped_total += skipped
+    pruned = []
+    if args.prune:
+        keep = {c["name"] for c in saved}
+        for collection in chroma.sluice_collections():
+            if collection["name"] not in keep:
+                chroma.call("DELETE", f"{chroma.base}/collections/{collection['name']}", missing_ok=True)
+                pruned.append(collection["name"])
+    summary = (
+        f"{len(saved)} collections made again with {records_total} chunks (in batches of {batch}), "
+        f"each counted; {skipped_total} chunks of files without a row left out; "
+        f"{len(pruned)} Sluice collections not in the backup deleted"
+    )
+    log(f"chroma: {summary}")
+    print(json.dumps({"collections": len(saved), "records": records_total, "skipped": skipped_total,
+                      "pruned": len(pruned), "summary": summary}))
+
+
+# ---------------------------------------------------------------- Redis
+
+
+def redis_reset_logs(args):
+    """Deletes every session's event log, epoch and log fence: the state a
+    Redis that lost its data would be in. Done after a restore because the
+    restored store's sessions are older than their logs (their `last_seq`
+    went back, and a session deleted since the backup keeps a tombstone
+    fence that would refuse every event). Clients reload, as the protocol
+    says they do when the epoch changes."""
+    import redis
+
+    url = os.environ.get("BK_REDIS_URL", "")
+    if not url:
+        fail("no Redis URL")
+    scheme, _, rest = url.partition("://")
+    cluster = scheme in ("redis-cluster", "rediss-cluster")
+    if cluster:
+        # Sluice's (fred's) form: redis-cluster://[user:pass@]host:port?node=host:port&...
+        from redis.cluster import ClusterNode, RedisCluster
+
+        parsed = urllib.parse.urlparse(f"redis://{rest}")
+        nodes = [ClusterNode(parsed.hostname, parsed.port or 6379)]
+        for node in urllib.parse.parse_qs(parsed.query).get("node", []):
+            host, _, port = node.rpartition(":")
+            nodes.append(ClusterNode(host, int(port)))
+        client = RedisCluster(
+            startup_nodes=nodes,
+            username=parsed.username,
+            password=parsed.password,
+            ssl=scheme == "rediss-cluster",
+            socket_timeout=30,
+        )
+    else:
+        client = redis.Redis.from_url(url, socket_timeout=30)
+    deleted = 0
+    for kind in ("log", "epoch", "fence"):
+        # On a cluster, SCAN runs on every primary; each key is deleted on
+        # its own (a session's keys are in its own slot).
+        scan = (
+            client.scan_iter(match=f"sluice:{{*}}:{kind}", count=1000, target_nodes=RedisCluster.PRIMARIES)
+            if cluster
+            else client.scan_iter(match=f"sluice:{{*}}:{kind}", count=1000)
+        )
+        keys = []
+        for key in scan:
+            keys.append(key)
+            if len(keys) == 500 or cluster:
+                deleted += sum(client.delete(k) for k in keys) if cluster else client.delete(*keys)
+                keys = []
+        if keys:
+            deleted += client.delete(*keys)
+    summary = f"{deleted} keys of sessions' event logs deleted (clients reload; a new epoch)"
+    log(f"redis: {summary}")
+    print(json.dumps({"deleted": deleted, "summary": summary}))
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+def copy_unescape(value):
+    if value == "\\N":
+        return None
+    return re.sub(
+        r"\\(.)",
+        lambda m: {"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}.get(m.group(1), m.group(1)),
+        value,
+    )
+
+
+def pg_summary(args):
+    """Reads `pg_restore --data-only -f -` of a dump on stdin: rows per
+    table, Sluice's schema version, and the files' ids."""
+    tables, files, schema = {}, [], None
+    table, columns = None, []
+    header = re.compile(r"^COPY ([^ ]+) \(([^)]*)\) FROM stdin;$")
+    for raw in sys.stdin.buffer:
+        line = raw.decode("utf-8", errors="replace").rstrip("\n")
+        if table is None:
+            m = header.match(line)
+            if m:
+                table = m.group(1).split(".")[-1].strip('"')
+                columns = [c.strip().strip('"') for c in m.group(2).split(",")]
+                tables.setdefault(table, 0)
+            continue
+        if line == "\\.":
+            table = None
+            continue
+        tables[table] += 1
+        if table == "files":
+            row = dict(zip(columns, line.split("\t")))
+            files.append(
+                {
+                    "id": copy_unescape(row.get("id", "")),
+                    "status": copy_unescape(row.get("status", "")),
+                    "bytes": int(row.get("bytes") or 0),
+                }
+            )
+        elif table == "sluice_migrations":
+            version = int(line.split("\t")[0])
+            schema = max(schema or 0, version)
+    print(json.dumps({"tables": tables, "schema_version": schema, "files": files}))
+
+
+# ---------------------------------------------------------------- manifests
+
+
+def backup_files(backup):
+    """Every file of a backup but MANIFEST.json and the objects (which
+    objects.jsonl lists with their own sha256)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(backup):
+        rel = os.path.relpath(dirpath, backup)
+        if rel == "objects" or rel.startswith("objects" + os.sep):
+            dirnames[:] = []
+            continue
+        for name in filenames:
+            path = os.path.relpath(os.path.join(dirpath, name), backup)
+            if path != "MANIFEST.json":
+                out.append(path)
+    return sorted(out)
+
+
+def manifest(args):
+    """Writes MANIFEST.json from what each step found out (META/*.json:
+    info, pg, pg-info, objects, chroma; a store skipped has none)."""
+    backup = args.dir
+
+    def found(name):
+        path = os.path.join(args.meta, f"{name}.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    info = found("info")
+    pg = found("pg")
+    pg_info = found("pg-info") or {}
+    objects = found("objects")
+    chroma = found("chroma")
+    files = []
+    for path in backup_files(backup):
+        full = os.path.join(backup, path)
+        files.append({"path": path, "bytes": os.path.getsize(full), "sha256": sha256_file(full)})
+    total = sum(f["bytes"] for f in files)
+    consistency = {}
+    if objects is not None:
+        total += objects["bytes"]
+    if pg is not None:
+        ids = {f["id"] for f in pg["files"]}
+        if objects is not None:
+            keys = {e["key"] for e in read_objects_manifest(backup)}
+            consistency["file_rows_without_object"] = sorted(
+                i for i in ids if f"files/{i}" not in keys
+            )
+            consistency["objects_without_file_row"] = sum(
+                1
+                for k in keys
+                if not (k.startswith("files/") and k[6:].removesuffix(".sent") in ids)
+            )
+        if chroma is not None:
+            orphans = 0
+            with open(os.path.join(backup, "chroma", "collections.json")) as f:
+                collections = json.load(f)["collections"]
+            for c in collections:
+                with gzip.open(os.path.join(backup, "chroma", c["file"]), "rt") as f:
+                    for line in f:
+                        meta = json.loads(line).get("metadata") or {}
+                        if meta.get("file_id") not in ids:
+                            orphans += 1
+            consistency["chunks_of_files_without_row"] = orphans
+    doc = {
+        "format": FORMAT,
+        **info,
+        "bytes": total,
+        "postgres": None
+        if pg is None
+        else {
+            **pg_info,
+            "file": "postgres.dump",
+            "schema_version": pg["schema_version"],
+            "rows": pg["tables"],
+            "files_by_status": count_by(pg["files"], "status"),
+        },
+        "objects": None
+        if objects is None
+        else {**objects, "dir": "objects", "manifest": "objects.jsonl"},
+        "chroma": None
+        if chroma is None
+        else {
+            **chroma,
+            "tenant": CHROMA_TENANT,
+            "database": CHROMA_DATABASE,
+            "dir": "chroma",
+        },
+        "consistency": consistency,
+        "files": files,
+    }
+    write_json(os.path.join(backup, "MANIFEST.json"), doc)
+    print(json.dumps({"bytes": total, "consistency": consistency}))
+
+
+def count_by(rows, key):
+    out = {}
+    for row in rows:
+        out[row[key]] = out.get(row[key], 0) + 1
+    return out
+
+
+def verify(args):
+    """Checks a backup before anything is restored from it: its manifest,
+    the sha256 of every file it lists, and of every object."""
+    path = os.path.join(args.dir, "MANIFEST.json")
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        fail(f"{path}: {e}")
+    if doc.get("format") != FORMAT:
+        fail(f"{path}: not a {FORMAT} manifest")
+    bad = []
+    for entry in doc["files"]:
+        full = os.path.join(args.dir, entry["path"])
+        if not os.path.isfile(full) or sha256_file(full) != entry["sha256"]:
+            bad.append(entry["path"])
+    objects = 0
+    if doc.get("objects") is not None and "objects.jsonl" not in bad:
+        root = os.path.join(args.dir, "objects")
+        for entry in read_objects_manifest(args.dir):
+            full = object_path(root, entry["key"])
+            if not os.path.isfile(full) or sha256_file(full) != entry["sha256"]:
+                bad.append("objects/" + entry["key"])
+            objects += 1
+        if objects != doc["objects"]["count"]:
+            bad.append("objects.jsonl (count)")
+    if bad:
+        fail(f"the backup is damaged: {len(bad)} files missing or altered, e.g. {', '.join(bad[:5])}")
+    log(f"verified {len(doc['files'])} files and {objects} objects against their sha256")
+    print(json.dumps({"files": len(doc["files"]), "objects": objects}))
+
+
+def retention(args):
+    """Deletes backups in ROOT older than DAYS: only directories named like
+    a backup's UTC timestamp that hold a MANIFEST.json (a complete one)."""
+    if args.days <= 0:
+        log("retention: off (BACKUP_RETENTION_DAYS=0)")
+        print(json.dumps({"deleted": []}))
+        return
+    now = dt.datetime.now(dt.timezone.utc)
+    deleted = []
+    for name in sorted(os.listdir(args.root)):
+        path = os.path.join(args.root, name)
+        if name == args.keep or not TIMESTAMP.match(name) or not os.path.isdir(path):
+            continue
+        if not os.path.isfile(os.path.join(path, "MANIFEST.json")):
+            continue
+        try:
+            taken = dt.datetime.strptime(name, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            continue
+        if now - taken > dt.timedelta(days=args.days):
+            shutil.rmtree(path)
+            deleted.append(name)
+    stale = [n for n in os.listdir(args.root) if n.startswith(".incomplete-")]
+    if stale:
+        log(f"retention: left alone {len(stale)} .incomplete-* directories (a backup running, or one killed)")
+    log(f"retention: deleted {len(deleted)} backups older than {args.days} days" + (f": {', '.join(deleted)}" if deleted else ""))
+    print(json.dumps({"deleted": deleted}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("objects-backup", "chroma-backup", "verify"):
+        sub.add_parser(name).add_argument("dir")
+    for name in ("objects-restore", "chroma-restore"):
+        p = sub.add_parser(name)
+        p.add_argument("dir")
+        p.add_argument("--prune", action="store_true")
+        if name == "chroma-restore":
+            p.add_argument("--files", help="pg-summary JSON of the restored database's files")
+    sub.add_parser("redis-reset-logs")
+    sub.add_parser("pg-summary")
+    p = sub.add_parser("manifest")
+    p.add_argument("dir")
+    p.add_argument("meta")
+    p = sub.add_parser("retention")
+    p.add_argument("root")
+    p.add_argument("days", type=int)
+    p.add_argument("--keep", default="")
+    args = parser.parse_args()
+    handlers = {
+        "objects-backup": objects_backup,
+        "objects-restore": objects_restore,
+        "chroma-backup": chroma_backup,
+        "chroma-restore": chroma_restore,
+        "redis-reset-logs": redis_reset_logs,
+        "pg-summary": pg_summary,
+        "manifest": manifest,
+        "verify": verify,
+        "retention": retention,
+    }
+    try:
+        handlers[args.command](args)
+    except KeyboardInterrupt:
+        fail("interrupted")
+    except Exception as e:  # one line, not a traceback
+        if type(e).__module__.startswith(("botocore", "boto3")):
+            fail(s3_error(e))
+        if type(e).__module__.startswith("redis"):
+            fail(f"Redis: {type(e).__name__}: {e}")
+        raise
+
+
+if __name__ == "__main__":
+    main()
