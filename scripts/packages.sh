@@ -2,7 +2,7 @@
 # Debian/Ubuntu packages behind each named need that this machine lacks.
 #
 #   install_missing postgresql redis nginx curl venv [chromium] [node] [perf]
-#                   [prometheus] [openssl]
+#                   [prometheus] [openssl] [systemd]
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -20,6 +20,7 @@ install_missing() {
       perf) command -v perf >/dev/null || packages+=(linux-perf) ;;
       prometheus) command -v promtool >/dev/null && command -v prometheus >/dev/null || packages+=(prometheus) ;;
       openssl) command -v openssl >/dev/null || packages+=(openssl) ;;
+      systemd) command -v systemd-analyze >/dev/null || packages+=(systemd) ;;
       *) echo "install_missing: unknown need $need" >&2; return 1 ;;
     esac
   done

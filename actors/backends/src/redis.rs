@@ -42,6 +42,44 @@ pub(crate) fn redis_error(backend: Backend, e: fred::error::Error) -> BackendErr
     BackendError::new(backend, kind, e)
 }
 
+/// A Lua script run by its SHA-1 (`EVALSHA`): a server is sent the body
+/// only when it does not know the script yet (after a restart, or a new
+/// cluster node), not with every call, as `EVAL` would. The body of the
+/// event log's append is most of what a token costs Redis in bytes.
+pub(crate) struct LuaScript {
+    body: &'static str,
+    sha1: String,
+}
+
+impl LuaScript {
+    /// The script `body`.
+    pub(crate) fn new(body: &'static str) -> Self {
+        use sha1::Digest;
+        let digest = sha1::Sha1::digest(body.as_bytes());
+        let sha1 = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Self { body, sha1 }
+    }
+
+    /// Runs it with `keys` and `args`: `EVALSHA`, or `EVAL` (which also
+    /// caches it) when the server answers `NOSCRIPT`.
+    pub(crate) async fn run<R: FromValue>(
+        &self,
+        client: &Client,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<R, fred::error::Error> {
+        match client
+            .evalsha(self.sha1.as_str(), keys.clone(), args.clone())
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                client.eval(self.body, keys, args).await
+            }
+            result => result,
+        }
+    }
+}
+
 fn builder(url: &str) -> Result<Builder, String> {
     let config = Config::from_url(url).map_err(|e| format!("bad Redis URL: {e}"))?;
     let mut builder = Builder::from_config(config);
@@ -112,5 +150,38 @@ impl RedisConnections {
     pub async fn ping(&self) -> Result<(), String> {
         let _: String = self.client.ping(None).await.map_err(|e| e.to_string())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_test_support::redis::TestRedis;
+
+    #[tokio::test]
+    async fn a_script_runs_by_its_hash_and_is_sent_again_to_a_server_that_lost_it() {
+        let server = TestRedis::start();
+        let client = RedisConnections::connect(&server.url())
+            .await
+            .unwrap()
+            .client();
+        let script = LuaScript::new("return ARGV[1] .. KEYS[1]");
+        let run = || script.run::<String>(&client, vec!["k".into()], vec!["v".into()]);
+        // Unknown to the server: NOSCRIPT, then EVAL.
+        assert_eq!(run().await.unwrap(), "vk");
+        let exists = server.cli(&["SCRIPT", "EXISTS", &script.sha1]).unwrap();
+        assert_eq!(exists, "1", "EVAL cached it under the hash Sluice computed");
+        assert_eq!(run().await.unwrap(), "vk");
+        assert_eq!(server.cli(&["SCRIPT", "FLUSH"]).as_deref(), Some("OK"));
+        assert_eq!(run().await.unwrap(), "vk");
+        let stats = server.cli(&["INFO", "commandstats"]).unwrap();
+        let calls = |name: &str| {
+            stats
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+                .and_then(|rest| rest.split(',').next()?.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        assert_eq!((calls("evalsha"), calls("eval")), (3, 2));
     }
 }

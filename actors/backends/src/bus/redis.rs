@@ -243,7 +243,16 @@ mod tests {
 
     #[tokio::test]
     async fn redis_bus_conforms() {
-        let server = TestRedis::start();
+        conforms(TestRedis::start()).await;
+    }
+
+    /// Sharded pub/sub (SSUBSCRIBE, SPUBLISH) keeps the same contract.
+    #[tokio::test]
+    async fn redis_bus_conforms_on_a_cluster() {
+        conforms(TestRedis::start_cluster(3)).await;
+    }
+
+    async fn conforms(server: TestRedis) {
         let a = RedisConnections::connect(&server.url()).await.unwrap();
         let b = RedisConnections::connect(&server.url()).await.unwrap();
         crate::bus::conformance::run(|| (a.bus(), b.bus())).await;

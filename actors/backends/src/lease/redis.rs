@@ -3,13 +3,14 @@
 //! extend if ours) and released by another; both compare the owner and act atomically, so a replica that lost its lease
 //! cannot touch the next owner's.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use fred::prelude::*;
 use futures::future::BoxFuture;
 
 use super::Leases;
-use crate::redis::redis_error;
+use crate::redis::{LuaScript, redis_error};
 use crate::{Backend, BackendError};
 
 /// Takes or extends the lease for ARGV[1] (ARGV[2]: milliseconds) unless
@@ -18,10 +19,12 @@ const TAKE: &str = "local v = redis.call('GET', KEYS[1]) \
                     if v == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
                     if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end \
                     return 0";
+static TAKE_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(TAKE));
 
 /// Deletes the lease if ARGV[1] owns it.
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
                        return redis.call('DEL', KEYS[1]) else return 0 end";
+static RELEASE_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(RELEASE));
 
 /// Leases in Redis. Cloning shares the client.
 #[derive(Clone)]
@@ -55,7 +58,10 @@ impl Leases for RedisLeases {
         let key = key(session_id);
         let args = vec![owner.to_owned(), (ttl.as_millis() as i64).to_string()];
         Box::pin(async move {
-            let taken: i64 = client.eval(TAKE, vec![key], args).await.map_err(err)?;
+            let taken: i64 = TAKE_SCRIPT
+                .run(&client, vec![key], args)
+                .await
+                .map_err(err)?;
             Ok(taken == 1)
         })
     }
@@ -69,8 +75,8 @@ impl Leases for RedisLeases {
         let key = key(session_id);
         let owner = owner.to_owned();
         Box::pin(async move {
-            let _: i64 = client
-                .eval(RELEASE, vec![key], vec![owner])
+            let _: i64 = RELEASE_SCRIPT
+                .run(&client, vec![key], vec![owner])
                 .await
                 .map_err(err)?;
             Ok(())
@@ -91,13 +97,21 @@ mod tests {
 
     #[tokio::test]
     async fn redis_leases_conform() {
-        let server = TestRedis::start();
+        conform(TestRedis::start()).await;
+    }
+
+    #[tokio::test]
+    async fn redis_leases_conform_on_a_cluster() {
+        conform(TestRedis::start_cluster(3)).await;
+    }
+
+    async fn conform(server: TestRedis) {
         let client = crate::redis::RedisConnections::connect(&server.url())
             .await
             .unwrap()
             .client();
         crate::lease::conformance::run(|| {
-            assert_eq!(server.cli(&["FLUSHALL"]).as_deref(), Some("OK"));
+            assert!(server.flushall());
             RedisLeases::new(client.clone())
         })
         .await;

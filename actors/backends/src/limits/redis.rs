@@ -6,13 +6,14 @@
 //! Callers name keys; this module hash-tags them so each stays on one slot
 //! of a Redis Cluster.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use fred::prelude::*;
 use futures::future::BoxFuture;
 
 use super::{Claim, Limiter, Rate, SlotTaken, Verdict};
-use crate::redis::redis_error;
+use crate::redis::{LuaScript, redis_error};
 use crate::{Backend, BackendError};
 
 /// The GCRA step of `super::gcra`, in milliseconds. ARGV: period (ms),
@@ -35,6 +36,7 @@ const RATE: &str = "local t = redis.call('TIME') \
       redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', ttl) \
     end \
     return 0";
+static RATE_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(RATE));
 
 /// Claims ARGV[1]'s slot for ARGV[3] ms. ARGV[2] is the claim: a limit
 /// (taken while fewer are held), -1 (taken whatever the limit) or -2
@@ -52,9 +54,11 @@ const SLOT: &str = "local t = redis.call('TIME') \
     redis.call('ZADD', KEYS[1], now + ttl, ARGV[1]) \
     if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end \
     return result";
+static SLOT_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(SLOT));
 
 /// Gives ARGV[1]'s slot back.
 const RELEASE: &str = "return redis.call('ZREM', KEYS[1], ARGV[1])";
+static RELEASE_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(RELEASE));
 
 /// Limits in Redis. Cloning shares the client.
 #[derive(Clone)]
@@ -96,7 +100,7 @@ impl RedisLimiter {
             if admit { "1" } else { "0" }.to_owned(),
         ];
         Box::pin(async move {
-            let wait: i64 = client.eval(RATE, keys, args).await.map_err(err)?;
+            let wait: i64 = RATE_SCRIPT.run(&client, keys, args).await.map_err(err)?;
             Ok(if wait <= 0 {
                 Verdict::Allowed
             } else {
@@ -123,7 +127,7 @@ impl RedisLimiter {
         };
         let args = vec![holder.to_owned(), claim.to_string(), millis(ttl)];
         Box::pin(async move {
-            let taken: i64 = client.eval(SLOT, keys, args).await.map_err(err)?;
+            let taken: i64 = SLOT_SCRIPT.run(&client, keys, args).await.map_err(err)?;
             Ok(match taken {
                 2 => SlotTaken::Held,
                 1 => SlotTaken::Taken,
@@ -192,8 +196,8 @@ impl Limiter for RedisLimiter {
         let key = key(key_);
         let holder = holder.to_owned();
         Box::pin(async move {
-            let _: i64 = client
-                .eval(RELEASE, vec![key], vec![holder])
+            let _: i64 = RELEASE_SCRIPT
+                .run(&client, vec![key], vec![holder])
                 .await
                 .map_err(err)?;
             Ok(())
@@ -208,13 +212,21 @@ mod tests {
 
     #[tokio::test]
     async fn redis_limiter_conforms() {
-        let server = TestRedis::start();
+        conforms(TestRedis::start()).await;
+    }
+
+    #[tokio::test]
+    async fn redis_limiter_conforms_on_a_cluster() {
+        conforms(TestRedis::start_cluster(3)).await;
+    }
+
+    async fn conforms(server: TestRedis) {
         let client = crate::redis::RedisConnections::connect(&server.url())
             .await
             .unwrap()
             .client();
         super::super::conformance::run(|| {
-            assert_eq!(server.cli(&["FLUSHALL"]).as_deref(), Some("OK"));
+            assert!(server.flushall());
             RedisLimiter::new(client.clone())
         })
         .await;
@@ -224,7 +236,7 @@ mod tests {
             period: Duration::from_millis(50),
         };
         let limiter = RedisLimiter::new(client.clone());
-        assert_eq!(server.cli(&["FLUSHALL"]).as_deref(), Some("OK"));
+        assert!(server.flushall());
         limiter.admit("gone-rate", rate, 1).await.unwrap();
         limiter
             .take_slot("gone-slot", "h", 1, Duration::from_millis(50))

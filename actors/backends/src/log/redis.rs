@@ -17,6 +17,7 @@
 //!   fence, then adds every event and refreshes the keys' expiry.
 
 use std::sync::Arc;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use fred::prelude::*;
@@ -25,7 +26,7 @@ use futures::future::BoxFuture;
 use sluice_protocol::Event;
 
 use super::{EncodedEvent, EventLog};
-use crate::redis::redis_error;
+use crate::redis::{LuaScript, redis_error};
 use crate::{Backend, BackendError, ErrorKind};
 
 /// Appends events unless the session's fence is above the writer's.
@@ -38,6 +39,7 @@ const APPEND: &str = "local fence = tonumber(redis.call('GET', KEYS[3]) or '0') 
                       end \
                       for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ARGV[3]) end \
                       return 1";
+static APPEND_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(APPEND));
 
 /// The fence a deleted session's log keeps: above any claim (and exact in
 /// Lua's numbers, which are doubles).
@@ -49,6 +51,7 @@ const CLAIM: &str = "local fence = tonumber(redis.call('GET', KEYS[1]) or '0') \
                      if tonumber(ARGV[1]) > fence then redis.call('SET', KEYS[1], ARGV[1]) end \
                      redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
                      return 1";
+static CLAIM_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(CLAIM));
 
 /// Deletes a session's log and epoch (KEYS[1], KEYS[2]) and sets its fence
 /// (KEYS[3]) to ARGV[1] for ARGV[2] milliseconds, in one step: no append
@@ -56,6 +59,7 @@ const CLAIM: &str = "local fence = tonumber(redis.call('GET', KEYS[1]) or '0') \
 const REMOVE: &str = "redis.call('DEL', KEYS[1], KEYS[2]) \
                       redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2]) \
                       return 1";
+static REMOVE_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(REMOVE));
 
 /// Logs untouched for this long expire (stream and epoch together).
 pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -127,7 +131,10 @@ impl EventLog for RedisEventLog {
         let key = fence_key(session_id);
         let args = vec![fence.to_string(), self.idle_ttl.as_millis().to_string()];
         Box::pin(async move {
-            let _: i64 = client.eval(CLAIM, vec![key], args).await.map_err(err)?;
+            let _: i64 = CLAIM_SCRIPT
+                .run(&client, vec![key], args)
+                .await
+                .map_err(err)?;
             Ok(())
         })
     }
@@ -154,7 +161,7 @@ impl EventLog for RedisEventLog {
         }
         let session_id = session_id.to_owned();
         Box::pin(async move {
-            let appended: i64 = client.eval(APPEND, keys, args).await.map_err(err)?;
+            let appended: i64 = APPEND_SCRIPT.run(&client, keys, args).await.map_err(err)?;
             if appended == 0 {
                 return Err(BackendError::new(
                     Backend::EventLog,
@@ -244,7 +251,7 @@ impl EventLog for RedisEventLog {
             self.idle_ttl.as_millis().to_string(),
         ];
         Box::pin(async move {
-            let _: i64 = client.eval(REMOVE, keys, args).await.map_err(err)?;
+            let _: i64 = REMOVE_SCRIPT.run(&client, keys, args).await.map_err(err)?;
             Ok(())
         })
     }
@@ -266,14 +273,22 @@ mod tests {
 
     #[tokio::test]
     async fn redis_log_conforms() {
-        let server = TestRedis::start();
+        conforms(TestRedis::start()).await;
+    }
+
+    #[tokio::test]
+    async fn redis_log_conforms_on_a_cluster() {
+        conforms(TestRedis::start_cluster(3)).await;
+    }
+
+    async fn conforms(server: TestRedis) {
         let client = RedisConnections::connect(&server.url())
             .await
             .unwrap()
             .client();
         // Each log the suite asks for starts from an empty server.
         crate::log::conformance::run(|retention| {
-            assert_eq!(server.cli(&["FLUSHALL"]).as_deref(), Some("OK"));
+            assert!(server.flushall());
             RedisEventLog::new(client.clone(), retention)
         })
         .await;
@@ -286,7 +301,7 @@ mod tests {
         let log = RedisEventLog::new(conns.client(), 100);
         let first = log.epoch("s").await.unwrap();
         assert_eq!(log.epoch("s").await.unwrap(), first);
-        assert_eq!(server.cli(&["FLUSHALL"]).as_deref(), Some("OK"));
+        assert!(server.flushall());
         assert_ne!(log.epoch("s").await.unwrap(), first);
         assert_eq!(log_key("s"), "sluice:{s}:log");
         assert_eq!(epoch_key("s"), "sluice:{s}:epoch");
