@@ -151,6 +151,13 @@ impl TestRedis {
         }
     }
 
+    /// Empties every node; true if each said OK.
+    pub fn flushall(&self) -> bool {
+        self.cli_each(&["FLUSHALL"])
+            .iter()
+            .all(|out| out.as_deref() == Some("OK"))
+    }
+
     /// Runs a command on every node; each node's output.
     pub fn cli_each(&self, args: &[&str]) -> Vec<Option<String>> {
         self.nodes.iter().map(|n| cli(n.port, args)).collect()
