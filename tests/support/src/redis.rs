@@ -158,6 +158,74 @@ impl TestRedis {
             .all(|out| out.as_deref() == Some("OK"))
     }
 
+    /// The hash slot of `key`.
+    pub fn slot_of(&self, key: &str) -> u16 {
+        cli(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key])
+            .and_then(|s| s.parse().ok())
+            .expect("CLUSTER KEYSLOT")
+    }
+
+    /// The index of the node that owns `slot`.
+    pub fn owner_of(&self, slot: u16) -> usize {
+        let owner_id = cli(self.nodes[0].port, &["CLUSTER", "NODES"])
+            .expect("CLUSTER NODES")
+            .lines()
+            .find(|line| {
+                line.split(' ').skip(8).any(|range| {
+                    let (start, end) = range.split_once('-').unwrap_or((range, range));
+                    matches!((start.parse::<u16>(), end.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+                })
+            })
+            .and_then(|line| line.split(' ').next().map(str::to_owned))
+            .expect("an owner of the slot");
+        (0..self.nodes.len())
+            .find(|&i| self.node_id(i) == owner_id)
+            .expect("the owner is one of ours")
+    }
+
+    fn node_id(&self, i: usize) -> String {
+        cli(self.nodes[i].port, &["CLUSTER", "MYID"]).expect("CLUSTER MYID")
+    }
+
+    /// Moves hash slot `slot`, with its keys, to node `to`, as resharding
+    /// does (IMPORTING, MIGRATING, MIGRATE, then SETSLOT NODE everywhere).
+    pub fn move_slot(&self, slot: u16, to: usize) {
+        let from = self.owner_of(slot);
+        if from == to {
+            return;
+        }
+        let slot = slot.to_string();
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let (from_port, to_port) = (self.nodes[from].port, self.nodes[to].port);
+        let ok = |out: Option<String>| assert_eq!(out.as_deref(), Some("OK"));
+        ok(cli(
+            to_port,
+            &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id],
+        ));
+        ok(cli(
+            from_port,
+            &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id],
+        ));
+        loop {
+            let keys =
+                cli(from_port, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]).unwrap_or_default();
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = to_port.to_string();
+            let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            migrate.extend(&keys);
+            ok(cli(from_port, &migrate));
+        }
+        for node in &self.nodes {
+            ok(cli(
+                node.port,
+                &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id],
+            ));
+        }
+    }
+
     /// Runs a command on every node; each node's output.
     pub fn cli_each(&self, args: &[&str]) -> Vec<Option<String>> {
         self.nodes.iter().map(|n| cli(n.port, args)).collect()
