@@ -138,6 +138,14 @@ async fn a_tool_step_is_streamed_stored_and_given_back_to_the_model() {
     assert_eq!(tools[0]["content"], "42");
     assert_eq!(tools[0]["tool_call"]["name"], "calculator");
     assert_eq!(tools[0]["generation_id"], end["generation_id"]);
+    // The time between tokens is measured within a step, never across the
+    // tool call: 0 gaps in step 0's one token, 2 in step 1's three.
+    let metrics = h.metrics().await;
+    let gaps = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_inter_token_seconds_count{path=\"session\"} "))
+        .expect("the inter-token histogram");
+    assert_eq!(gaps, "2");
 
     // The model was asked again with the step in OpenAI's shape.
     let requests = h.upstream.requests();

@@ -49,7 +49,7 @@ pub struct Metrics {
     /// Running generations handed to another replica at shutdown.
     pub handovers_total: IntCounter,
     /// Requests forwarded to the replica owning the session, by operation and
-    /// outcome (`ok`, `error`, `owner_gone`, `no_answer`).
+    /// outcome (`ok`, `moved`, `error`, `owner_gone`, `no_answer`).
     pub forwarded_requests_total: IntCounterVec,
     /// Subscribers on a replica that does not own their session, closed so
     /// they resume (the bus broke or skipped events).
@@ -391,7 +391,7 @@ impl Metrics {
             self.takeovers_total.with_label_values(&[outcome]);
         }
         for op in ["send", "cancel", "get", "join", "remove"] {
-            for outcome in ["ok", "error", "owner_gone", "no_answer"] {
+            for outcome in ["ok", "moved", "error", "owner_gone", "no_answer"] {
                 self.forwarded_requests_total
                     .with_label_values(&[op, outcome]);
             }

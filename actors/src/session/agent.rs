@@ -320,6 +320,7 @@ impl SessionActor {
         };
         generation.step += 1;
         generation.finish = None;
+        generation.step_started = std::time::Instant::now();
         let (id, index, step) = (
             generation.id.clone(),
             generation.message_index,

@@ -63,6 +63,10 @@ pub(super) struct Generation {
     /// When the latest token arrived (none yet: `None`), for the time
     /// between tokens.
     last_token: Option<Instant>,
+    /// When the current step's provider request was made: the first token
+    /// of a later step follows tool calls, not the token before it, so no
+    /// time between tokens is measured across steps.
+    pub(super) step_started: Instant,
     /// Token counts of the steps before this one.
     pub(super) usage: Option<Usage>,
     /// Token counts of this step, as last reported.
@@ -577,6 +581,7 @@ impl SessionActor {
             calls: ToolCallAssembler::default(),
             started,
             last_token: None,
+            step_started: started,
             usage: None,
             step_usage: None,
             finish: None,
@@ -667,10 +672,11 @@ impl SessionActor {
                 .time_to_first_token_seconds
                 .with_label_values(&["session"])
                 .observe((now - generation.started).as_secs_f64()),
-            Some(last) => metrics
+            Some(last) if last >= generation.step_started => metrics
                 .inter_token_seconds
                 .with_label_values(&["session"])
                 .observe((now - last).as_secs_f64()),
+            Some(_) => {}
         }
         metrics
             .tokens_streamed_total
@@ -714,7 +720,7 @@ impl SessionActor {
     /// Ends the running generation with `error`; a continuation that cannot
     /// start keeps the answer so far (`interrupted`).
     pub(super) fn fail(&mut self, ctx: &mut Context<Self>, error: EventError) {
-        tracing::warn!(session_id = %self.record.id, code = %error.code, message = %error.message, "generation failed");
+        tracing::warn!(session_id = %self.record.id, code = %error.code, error = %error.message, "generation failed");
         let reason = match &self.phase {
             Phase::Generating(g) if g.continued && g.last_token.is_none() => {
                 FinishReason::Interrupted
