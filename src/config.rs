@@ -369,10 +369,11 @@ pub const VARS: &[Var] = &[
         name: "SLUICE_LOG_LEVEL",
         aliases: &["LOG_LEVEL"],
         default: DefaultValue::Value("info"),
-        help: "tracing filter (e.g. info, sluice=debug)",
+        help: "tracing filter: a level (trace, debug, info, warn, error, off; warning, critical \
+               and fatal are read as warn, error, error), and target=level directives, separated \
+               by commas (e.g. info,sluice=debug)",
         parse: |c, v| {
-            tracing_subscriber::EnvFilter::try_new(v).map_err(|e| e.to_string())?;
-            c.log_level = v.to_owned();
+            c.log_level = log_filter(v)?;
             Ok(())
         },
     },
@@ -382,7 +383,7 @@ pub const VARS: &[Var] = &[
         default: DefaultValue::Value("pretty"),
         help: "log format: pretty or json",
         parse: |c, v| {
-            c.log_json = match v {
+            c.log_json = match v.to_ascii_lowercase().as_str() {
                 "json" => true,
                 "pretty" => false,
                 _ => return Err("must be pretty or json".into()),
@@ -736,17 +737,32 @@ pub const VARS: &[Var] = &[
         },
     },
     Var {
-        name: "SLUICE_ENV",
-        aliases: &["ENV"],
-        default: DefaultValue::Value("development"),
-        help: "production (or staging): refuses to start without SLUICE_JWT_SECRET, and logs JSON \
-               unless SLUICE_LOG_FORMAT says otherwise; development (or test): neither",
+        name: "ENV",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "the seed deployment's name for SLUICE_ENV (which wins); a value that is not one \
+               of its words is ignored with a warning (shells set ENV for their own use)",
         parse: |c, v| {
-            c.production = match v.to_ascii_lowercase().as_str() {
-                "production" | "prod" | "staging" => true,
-                "development" | "dev" | "test" | "local" => false,
-                _ => return Err("must be production, staging, development or test".into()),
-            };
+            match environment(v) {
+                Ok(production) => c.production = production,
+                Err(_) => c.warnings.push(format!(
+                    "ENV={:?} is ignored: not production, staging, development or test \
+                     (set SLUICE_ENV to choose)",
+                    v.chars().take(40).collect::<String>()
+                )),
+            }
+            Ok(())
+        },
+    },
+    Var {
+        name: "SLUICE_ENV",
+        aliases: &[],
+        default: DefaultValue::Unset,
+        help: "production (or staging): refuses to start without SLUICE_JWT_SECRET, warns about \
+               the demo model, and logs JSON unless SLUICE_LOG_FORMAT says otherwise; \
+               development (the default) or test: neither",
+        parse: |c, v| {
+            c.production = environment(v)?;
             Ok(())
         },
     },
@@ -755,15 +771,22 @@ pub const VARS: &[Var] = &[
         aliases: &[],
         default: DefaultValue::Unset,
         help: "the seed deployment's switch: true means SLUICE_LOG_LEVEL=debug when no level is \
-               set; false changes nothing",
+               set; false changes nothing; anything else (Node's DEBUG=*, say) is ignored with a \
+               warning",
         parse: |c, v| {
-            c.debug = boolean(v)?;
+            match boolean(v) {
+                Ok(debug) => c.debug = debug,
+                Err(_) => c.warnings.push(format!(
+                    "DEBUG={:?} is ignored: not true or false (set LOG_LEVEL to choose what is logged)",
+                    v.chars().take(40).collect::<String>()
+                )),
+            }
             Ok(())
         },
     },
     Var {
-        name: "PROMETHEUS_ENABLED",
-        aliases: &["SLUICE_METRICS_ENABLED"],
+        name: "SLUICE_METRICS_ENABLED",
+        aliases: &["PROMETHEUS_ENABLED"],
         default: DefaultValue::Value("true"),
         help: "false: /metrics answers 404 on every listener (metrics are still counted)",
         parse: |c, v| {
@@ -777,8 +800,13 @@ pub const VARS: &[Var] = &[
         default: DefaultValue::Unset,
         help: "the seed deployment's name for SLUICE_WORKERS (SLUICE_WORKERS wins)",
         parse: |c, v| {
-            if c.workers.is_none() {
-                c.workers = Some(integer(v, 1, 256)? as usize);
+            let workers = integer(v, 1, 256)? as usize;
+            match c.workers {
+                None => c.workers = Some(workers),
+                Some(set) if set != workers => c
+                    .warnings
+                    .push("MAX_WORKERS is ignored: SLUICE_WORKERS is set too and wins".into()),
+                Some(_) => {}
             }
             Ok(())
         },
@@ -1048,7 +1076,19 @@ impl Config {
     /// surrounding spaces, except secrets, which are taken as they are.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut config = Self::before_defaults();
+        let set = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         for var in VARS {
+            // A name and its alias both set, differently: one warning.
+            let mut given = std::iter::once(var.name)
+                .chain(var.aliases.iter().copied())
+                .filter_map(|name| Some((name, set(name)?)));
+            if let Some((winner, value)) = given.next() {
+                for (other, _) in given.filter(|(_, v)| v.trim() != value.trim()) {
+                    config
+                        .warnings
+                        .push(format!("{other} is ignored: {winner} is set too and wins"));
+                }
+            }
             let set = std::iter::once(var.name)
                 .chain(var.aliases.iter().copied())
                 .find_map(|name| {
@@ -1080,20 +1120,39 @@ impl Config {
                 reason,
             })?;
         }
-        let set = |names: &[&str]| {
-            names
-                .iter()
-                .any(|n| lookup(n).is_some_and(|v| !v.trim().is_empty()))
-        };
+        let set = |names: &[&str]| names.iter().any(|n| set(n).is_some());
         if config.production && !set(&["SLUICE_LOG_FORMAT"]) {
             config.log_json = true;
         }
         if config.debug && !set(&["SLUICE_LOG_LEVEL", "LOG_LEVEL"]) {
             config.log_level = "debug".into();
         }
+        if set(&["ENV"]) && set(&["SLUICE_ENV"]) {
+            let (env, sluice_env) = (lookup("ENV"), lookup("SLUICE_ENV"));
+            let word = |v: Option<String>| v.and_then(|v| environment(v.trim()).ok());
+            if word(env) != word(sluice_env) {
+                config
+                    .warnings
+                    .push("ENV is ignored: SLUICE_ENV is set too and wins".into());
+            }
+        }
+        if set(&["METRICS_PORT"]) && set(&["SLUICE_METRICS_ADDR"]) {
+            config
+                .warnings
+                .push("METRICS_PORT is ignored: SLUICE_METRICS_ADDR is set too and wins".into());
+        }
         if config.llm_base_url.is_none() && config.llm_api_key.is_some() {
             if set(&["ARK_API_KEY"]) && !set(&["SLUICE_LLM_API_KEY"]) {
                 config.llm_base_url = Some(ARK_BASE_URL.into());
+                if config.llm_model.is_none() {
+                    return Err(ConfigError {
+                        name: "ARK_API_KEY",
+                        value: "[redacted]".into(),
+                        reason: "Volcengine Ark needs the model (its name or endpoint id): set \
+                                 OPENAI_MODEL (or SLUICE_LLM_MODEL) too"
+                            .into(),
+                    });
+                }
             } else {
                 config.warnings.push(
                     "SLUICE_LLM_API_KEY is ignored: no SLUICE_LLM_BASE_URL is set, so the \
@@ -1113,6 +1172,13 @@ impl Config {
             config.metrics_addr = config
                 .metrics_port
                 .map(|port| SocketAddr::from((host, port)));
+        }
+        if config.production && config.llm_base_url.is_none() {
+            config.warnings.push(
+                "ENV is production but no provider is set (SLUICE_LLM_BASE_URL, or ARK_API_KEY): \
+                 the built-in demo model answers"
+                    .into(),
+            );
         }
         config.validate()?;
         Ok(config)
@@ -1300,6 +1366,47 @@ fn replica_id(text: &str) -> Result<String, String> {
         ));
     }
     Ok(text.to_owned())
+}
+
+/// `production` (true) or `development` (false), by any of their names.
+fn environment(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "production" | "prod" | "staging" => Ok(true),
+        "development" | "dev" | "test" | "local" => Ok(false),
+        _ => Err("must be production, staging, development or test".into()),
+    }
+}
+
+/// A log filter: each bare directive must be a level (a bare word is
+/// otherwise a target name, and `warning` would silently log nothing), with
+/// the names other logging libraries use mapped onto tracing's.
+fn log_filter(text: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let mut directives = Vec::new();
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if directive.contains('=') {
+            directives.push(directive.to_owned());
+            continue;
+        }
+        let level = match directive.to_ascii_lowercase().as_str() {
+            "warning" => "warn".to_owned(),
+            "critical" | "fatal" => "error".to_owned(),
+            level if LEVELS.contains(&level) => level.to_owned(),
+            _ => {
+                return Err(format!(
+                    "{directive:?} is not a level ({}) nor target=level",
+                    LEVELS.join(", ")
+                ));
+            }
+        };
+        directives.push(level);
+    }
+    if directives.is_empty() {
+        return Err("must name a level".into());
+    }
+    let filter = directives.join(",");
+    tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| e.to_string())?;
+    Ok(filter)
 }
 
 /// `true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`, any case).
@@ -1550,7 +1657,7 @@ mod tests {
         let c = config(&seed).unwrap();
         assert!(c.production);
         assert!(c.log_json, "production logs JSON lines");
-        assert_eq!(c.log_level, "INFO");
+        assert_eq!(c.log_level, "info");
         assert_eq!(c.llm_base_url.as_deref(), Some(ARK_BASE_URL));
         assert_eq!(
             c.llm_api_key.as_ref().unwrap().expose(),
@@ -1591,7 +1698,12 @@ mod tests {
             err.starts_with("SLUICE_ENV=") && err.contains("JWT_SECRET"),
             "{err}"
         );
-        assert!(config(&[("ENV", "sometimes")]).is_err());
+        assert!(config(&[("SLUICE_ENV", "sometimes")]).is_err());
+        // The generic names may be set for other programs: ignored, warned.
+        let c = config(&[("ENV", "/home/me/.shrc"), ("DEBUG", "express:*")]).unwrap();
+        assert!(!c.production && !c.debug);
+        assert!(c.warnings[0].starts_with("ENV=\"/home/me/.shrc\" is ignored: "));
+        assert!(c.warnings[1].starts_with("DEBUG=\"express:*\" is ignored: "));
         let c = config(&[("ENV", "development")]).unwrap();
         assert!(!c.production && !c.log_json);
         let secret = ("JWT_SECRET", "0123456789abcdef");
@@ -1606,7 +1718,7 @@ mod tests {
         assert_eq!(config(&[("DEBUG", "false")]).unwrap().log_level, "info");
         let c = config(&[("DEBUG", "true"), ("LOG_LEVEL", "warn")]).unwrap();
         assert_eq!(c.log_level, "warn", "an explicit level wins");
-        assert!(config(&[("DEBUG", "maybe")]).is_err());
+        assert_eq!(config(&[("DEBUG", "maybe")]).unwrap().log_level, "info");
         assert!(
             !config(&[("PROMETHEUS_ENABLED", "false")])
                 .unwrap()
@@ -1625,6 +1737,94 @@ mod tests {
         assert_eq!(c.llm_base_url.as_deref(), Some("http://h/v1"));
         assert!(c.warnings.is_empty());
         assert!(config(&[]).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn a_name_and_its_alias_set_differently_are_warned_about() {
+        let c = config(&[("SLUICE_ENV", "development"), ("ENV", "production")]).unwrap();
+        assert!(!c.production, "the canonical name wins");
+        assert_eq!(
+            c.warnings,
+            ["ENV is ignored: SLUICE_ENV is set too and wins"]
+        );
+        let c = config(&[
+            ("SLUICE_METRICS_ENABLED", "false"),
+            ("PROMETHEUS_ENABLED", "true"),
+        ])
+        .unwrap();
+        assert!(!c.metrics_enabled);
+        assert_eq!(
+            c.warnings,
+            ["PROMETHEUS_ENABLED is ignored: SLUICE_METRICS_ENABLED is set too and wins"]
+        );
+        let c = config(&[
+            ("SLUICE_JWT_SECRET", "a-secret-of-16-bytes"),
+            ("JWT_SECRET", "another-one-16-bytes"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.warnings,
+            ["JWT_SECRET is ignored: SLUICE_JWT_SECRET is set too and wins"]
+        );
+        assert!(
+            !c.warnings[0].contains("16-bytes"),
+            "values are not repeated"
+        );
+        // The same value twice is no conflict.
+        assert!(
+            config(&[
+                ("REDIS_URL", "redis://h"),
+                ("SLUICE_REDIS_URL", "redis://h")
+            ])
+            .unwrap()
+            .warnings
+            .is_empty()
+        );
+        // A seed name beside its canonical twin is still checked.
+        assert!(config(&[("SLUICE_WORKERS", "2"), ("MAX_WORKERS", "garbage")]).is_err());
+        let c = config(&[("SLUICE_WORKERS", "2"), ("MAX_WORKERS", "4")]).unwrap();
+        assert_eq!((c.workers(), c.warnings.len()), (2, 1));
+        let c = config(&[
+            ("METRICS_PORT", "9100"),
+            ("SLUICE_METRICS_ADDR", "127.0.0.1:9200"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.warnings,
+            ["METRICS_PORT is ignored: SLUICE_METRICS_ADDR is set too and wins"]
+        );
+    }
+
+    #[test]
+    fn a_provider_missing_its_model_or_a_production_without_one_is_named() {
+        let err = config(&[("ARK_API_KEY", "k")]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("ARK_API_KEY=") && err.contains("OPENAI_MODEL"),
+            "{err}"
+        );
+        let c = config(&[("ENV", "production"), ("JWT_SECRET", "0123456789abcdef")]).unwrap();
+        assert!(c.warnings[0].contains("demo model"), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn a_log_level_is_a_level_whatever_library_named_it() {
+        for (given, read) in [
+            ("INFO", "info"),
+            ("warning", "warn"),
+            ("CRITICAL", "error"),
+            ("fatal", "error"),
+            ("info, sluice=debug", "info,sluice=debug"),
+        ] {
+            assert_eq!(
+                config(&[("LOG_LEVEL", given)]).unwrap().log_level,
+                read,
+                "{given}"
+            );
+        }
+        for refused in ["garbage", "ÄÖÜ", "sluice", ","] {
+            assert!(config(&[("LOG_LEVEL", refused)]).is_err(), "{refused}");
+        }
+        assert!(config(&[("SLUICE_LOG_FORMAT", "JSON")]).unwrap().log_json);
     }
 
     #[test]

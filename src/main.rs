@@ -71,6 +71,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let log_json = config.log_json;
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => telemetry::init(&config).and_then(|()| serve::run(config)),
         Command::Token { sub, ttl } => token::print(&config, &sub, &ttl),
@@ -80,8 +81,14 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // The cause chain on one line; never a backtrace.
-            eprintln!("sluice: {e:#}");
+            // The cause chain on one line; never a backtrace. A log
+            // pipeline reading JSON lines gets one too.
+            if log_json {
+                let line = serde_json::json!({"level": "ERROR", "target": "sluice", "message": format!("{e:#}")});
+                eprintln!("{line}");
+            } else {
+                eprintln!("sluice: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -38,6 +38,9 @@ pub fn init(config: &Config) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(filter_text(&config.log_level))
         .map_err(|e| anyhow::anyhow!("SLUICE_LOG_LEVEL={:?}: {e}", config.log_level))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if let Some(id) = &config.replica_id {
+        set_replica(id);
+    }
     let result = if config.log_json {
         let format = tracing_subscriber::fmt::format()
             .json()

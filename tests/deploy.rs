@@ -210,7 +210,12 @@ async fn the_seed_environment_file_starts_a_replica() {
         .await
         .unwrap();
     assert!(metrics.contains("sluice_build_info{version="), "{metrics}");
-    assert!(metrics.contains("sluice_inter_token_seconds_bucket{path=\"session\""));
+    let gaps: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_inter_token_seconds_count{path=\"session\"} "))
+        .and_then(|n| n.parse().ok())
+        .expect("the time between tokens, measured");
+    assert!(gaps > 0, "the answer's tokens were timed");
     drop(chroma);
 }
 
@@ -262,7 +267,43 @@ async fn the_healthcheck_command_tells_a_serving_replica_from_a_gone_one() {
     server.terminate();
     let gone = check(server.addr.to_string());
     assert!(!gone.status.success());
-    assert!(String::from_utf8_lossy(&gone.stderr).contains("cannot connect"));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("unhealthy"));
+}
+
+/// Something that is not Sluice on the port: an answer that is not HTTP's
+/// 200 fails the check, and so does one that trickles in forever.
+#[test]
+fn the_healthcheck_command_trusts_only_an_http_200() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let answers: [&[u8]; 2] = [b"XYZZY 200 whatever\r\n\r\n", b"H"];
+        for answer in answers {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 256];
+            let _ = conn.read(&mut request);
+            let _ = conn.write_all(answer);
+            if answer == b"H" {
+                // One byte, then silence: the check must give up by itself.
+                std::thread::sleep(std::time::Duration::from_secs(5));
+            }
+        }
+    });
+    for _ in 0..2 {
+        let out = Command::new(BIN)
+            .env_clear()
+            .env("SLUICE_ADDR", addr.to_string())
+            .arg("healthcheck")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("unhealthy"),
+            "{out:?}"
+        );
+    }
+    server.join().unwrap();
 }
 
 /// A line about a request names its request id, route, session and user;
@@ -270,9 +311,11 @@ async fn the_healthcheck_command_tells_a_serving_replica_from_a_gone_one() {
 #[tokio::test]
 async fn log_lines_name_the_request_session_user_and_replica() {
     let data = tempfile::tempdir().unwrap();
+    let upstream = FakeUpstream::start();
     let server = SluiceBuilder::new(BIN, data.path())
         .env("SLUICE_LOG_LEVEL", "debug")
         .env("SLUICE_REPLICA_ID", "replica-7")
+        .env("SLUICE_LLM_BASE_URL", upstream.base_url())
         .start();
     let http = reqwest::Client::new();
     let created: Value = http
@@ -302,11 +345,37 @@ async fn log_lines_name_the_request_session_user_and_replica() {
     assert_eq!(served["span"]["session_id"], id.as_str());
     assert_eq!(served["span"]["user"], "local");
     assert_eq!(served["span"]["route"], "/v1/sessions/{id}");
-    let after_start = logs(&server);
-    let from_listening = after_start
-        .iter()
-        .skip_while(|l| l["message"] != "listening");
-    for line in from_listening {
+    // A failed answer is logged with the provider's words as a field of
+    // its own: no line has a key twice (Elasticsearch refuses those).
+    let failing: Value = http
+        .post(server.url("/v1/sessions"))
+        .json(&json!({"model": "fake:status=500"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let failing = failing["id"].as_str().unwrap().to_owned();
+    http.post(server.url(&format!("/v1/sessions/{failing}/messages")))
+        .json(&json!({"content": "go"}))
+        .send()
+        .await
+        .unwrap();
+    wait_until("the failure's log line", || async {
+        logs(&server)
+            .into_iter()
+            .find(|l| l["message"] == "generation failed")
+    })
+    .await;
+    let raw = server.logs.lock().unwrap().clone();
+    for line in &raw {
+        for key in ["\"message\":", "\"replica\":", "\"level\":"] {
+            assert_eq!(line.matches(key).count(), 1, "{key} in {line}");
+        }
+    }
+    // With SLUICE_REPLICA_ID set, every line names the replica, from the first.
+    for line in logs(&server) {
         assert_eq!(line["replica"], "replica-7", "{line}");
     }
 }
