@@ -38,7 +38,34 @@ fn client(cert_dir: &Path) -> reqwest::Client {
         .unwrap()
 }
 
+/// The security headers production.conf puts on every answer.
+fn assert_security_headers(response: &reqwest::Response) {
+    for (name, value) in [
+        (
+            "strict-transport-security",
+            "max-age=63072000; includeSubDomains",
+        ),
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        (
+            "permissions-policy",
+            "camera=(), microphone=(), geolocation=()",
+        ),
+    ] {
+        let values: Vec<_> = response.headers().get_all(name).iter().collect();
+        assert_eq!(
+            values,
+            [value],
+            "{name} on {} {}",
+            response.status(),
+            response.url()
+        );
+    }
+}
+
 async fn envelope(response: reqwest::Response) -> (u16, Value) {
+    assert_security_headers(&response);
     let status = response.status().as_u16();
     let body = response.text().await.unwrap();
     let value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
@@ -72,45 +99,45 @@ async fn over_tls_streams_stream_and_the_limits_answer_in_the_envelope() {
     let nginx = TestNginx::start_production(c.addrs(), certs.path());
     let http = client(certs.path());
 
-    // Plain HTTP answers only with the way to HTTPS (308: a POST stays one).
-    let plain = http
-        .post(format!(
-            "http://localhost:{}/v1/sessions?x=1",
-            nginx.addr.port()
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(plain.status(), 308);
-    assert_eq!(
-        plain.headers()["location"],
-        nginx.https_url("/v1/sessions?x=1").as_str()
-    );
+    // Plain HTTP answers only with the way to HTTPS (308: a POST stays one),
+    // on the public host name, whatever Host the request named.
+    let plain_url = format!("http://127.0.0.1:{}/v1/sessions?x=1", nginx.addr.port());
+    for host in ["localhost", "evil.example"] {
+        let plain = http
+            .post(&plain_url)
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(plain.status(), 308);
+        assert_eq!(
+            plain.headers()["location"],
+            nginx.https_url("/v1/sessions?x=1").as_str()
+        );
+    }
 
     // The security headers, on an answer of Sluice's.
     let health = http.get(nginx.https_url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     assert_eq!(health.version(), reqwest::Version::HTTP_2);
-    for (name, value) in [
-        (
-            "strict-transport-security",
-            "max-age=63072000; includeSubDomains",
-        ),
-        ("x-content-type-options", "nosniff"),
-        ("x-frame-options", "DENY"),
-        ("referrer-policy", "no-referrer"),
-    ] {
-        assert_eq!(health.headers()[name], value, "{name}");
-    }
+    assert_security_headers(&health);
     assert!(health.headers().contains_key("x-request-id"));
 
-    // The chat page: cached at the edge, revalidated by its ETag.
+    // The chat page: cached at the edge, revalidated by its ETag; a cached
+    // answer carries each request's own id.
     let page = http.get(nginx.https_url("/")).send().await.unwrap();
     assert_eq!(page.status(), 200);
+    assert_security_headers(&page);
     let etag = page.headers()["etag"].clone();
-    assert_eq!(page.headers().get_all("x-frame-options").iter().count(), 1);
-    let again = http.get(nginx.https_url("/")).send().await.unwrap();
+    let again = http
+        .get(nginx.https_url("/"))
+        .header("x-request-id", "second-look")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.headers()["x-cache-status"], "HIT");
+    assert_eq!(again.headers()["x-request-id"], "second-look");
+    assert_security_headers(&again);
     let revalidated = http
         .get(nginx.https_url("/"))
         .header("if-none-match", etag)
@@ -235,6 +262,28 @@ async fn over_tls_streams_stream_and_the_limits_answer_in_the_envelope() {
         .collect();
     assert!(health.iter().all(|s| *s == 200), "{health:?}");
 
+    // A request line too long for nginx: the envelope too (HTTP/1.1; over
+    // HTTP/2 nginx ends the connection instead).
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let http1 = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(
+                &std::fs::read(certs.path().join("fullchain.pem")).unwrap(),
+            )
+            .unwrap(),
+        )
+        .http1_only()
+        .build()
+        .unwrap();
+    let long = http1
+        .get(nginx.https_url(&format!("/v1/models?q={}", "x".repeat(10_000))))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = envelope(long).await;
+    assert_eq!(status, 414);
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+
     // Every request was logged as one JSON line with its request id.
     let log = nginx.access_log();
     let line: Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
@@ -244,7 +293,6 @@ async fn over_tls_streams_stream_and_the_limits_answer_in_the_envelope() {
     );
 
     // No replica answers: 503 overloaded, in the envelope, with Retry-After.
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     c.kill(0);
     c.kill(1);
     let gone = http

@@ -76,6 +76,7 @@ pub fn render_production(
             ("NGINX_HTTP_LISTEN", &http.to_string()),
             ("NGINX_HTTPS_LISTEN", &format!("{https} ssl http2")),
             ("NGINX_HTTPS_PORT_SUFFIX", &format!(":{}", https.port())),
+            ("NGINX_PUBLIC_HOST", "localhost"),
             (
                 "NGINX_TLS_CERT",
                 cert_dir.join("fullchain.pem").to_str().unwrap(),
