@@ -394,6 +394,12 @@ async fn health_ready_and_metrics_report_the_server() {
     let metrics_addr = h.sluice.metrics_addr.expect("a metrics listener");
     let health = h.http.get(h.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
+    // Load balancers' HEAD probes: the same answer without its body.
+    for path in ["/health", "/"] {
+        let head = h.http.head(h.url(path)).send().await.unwrap();
+        assert_eq!(head.status(), 200, "HEAD {path}");
+        assert!(head.bytes().await.unwrap().is_empty(), "HEAD {path}");
+    }
     let ready = h.http.get(h.url("/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     let ready: Value = ready.json().await.unwrap();

@@ -15,52 +15,57 @@ use crate::error::ApiError;
 
 /// Registers every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/", "GET").route(web::get().to(ui::index)))
-        .service(resource("/health", "GET").route(web::get().to(ops::health)))
-        .service(resource("/ready", "GET").route(web::get().to(ops::ready)))
-        .service(resource("/metrics", "GET").route(web::get().to(ops::metrics)))
-        .service(
-            resource("/v1/sessions", "GET, POST")
-                .route(web::post().to(sessions::create))
-                .route(web::get().to(sessions::list)),
-        )
-        .service(
-            resource("/v1/sessions/{id}", "GET, DELETE")
-                .route(web::get().to(sessions::get))
-                .route(web::delete().to(sessions::delete)),
-        )
-        .service(
-            resource("/v1/sessions/{id}/messages", "POST").route(web::post().to(sessions::send)),
-        )
-        .service(
-            resource("/v1/sessions/{id}/cancel", "POST").route(web::post().to(sessions::cancel)),
-        )
-        .service(resource("/v1/sessions/{id}/ws", "GET").route(web::get().to(ws::connect)))
-        .service(resource("/v1/sessions/{id}/events", "GET").route(web::get().to(sse::events)))
-        .service(
-            resource("/v1/chat/completions", "POST")
-                .route(web::post().to(openai::chat_completions)),
-        )
-        .service(
-            resource("/v1/files", "GET, POST")
-                .route(web::post().to(files::upload))
-                .route(web::get().to(files::list)),
-        )
-        .service(
-            resource("/v1/files/{id}", "GET, DELETE")
-                .route(web::get().to(files::get))
-                .route(web::delete().to(files::delete)),
-        )
-        .service(resource("/v1/files/{id}/content", "GET").route(web::get().to(files::content)))
-        .service(resource("/v1/embeddings", "POST").route(web::post().to(openai::embeddings)))
-        .service(resource("/v1/responses", "POST").route(web::post().to(openai::create_response)))
-        .service(
-            resource("/v1/responses/{id}", "GET, DELETE")
-                .route(web::get().to(openai::get_response))
-                .route(web::delete().to(openai::delete_response)),
-        )
-        .service(resource("/v1/models", "GET").route(web::get().to(openai::models)))
-        .service(resource("/v1/models/{id}", "GET").route(web::get().to(openai::model)));
+    // HEAD on the page and /health: what load balancers and uptime checks
+    // send (the framework leaves the body out).
+    cfg.service(
+        resource("/", "GET, HEAD")
+            .route(web::get().to(ui::index))
+            .route(web::head().to(ui::index)),
+    )
+    .service(
+        resource("/health", "GET, HEAD")
+            .route(web::get().to(ops::health))
+            .route(web::head().to(ops::health)),
+    )
+    .service(resource("/ready", "GET").route(web::get().to(ops::ready)))
+    .service(resource("/metrics", "GET").route(web::get().to(ops::metrics)))
+    .service(
+        resource("/v1/sessions", "GET, POST")
+            .route(web::post().to(sessions::create))
+            .route(web::get().to(sessions::list)),
+    )
+    .service(
+        resource("/v1/sessions/{id}", "GET, DELETE")
+            .route(web::get().to(sessions::get))
+            .route(web::delete().to(sessions::delete)),
+    )
+    .service(resource("/v1/sessions/{id}/messages", "POST").route(web::post().to(sessions::send)))
+    .service(resource("/v1/sessions/{id}/cancel", "POST").route(web::post().to(sessions::cancel)))
+    .service(resource("/v1/sessions/{id}/ws", "GET").route(web::get().to(ws::connect)))
+    .service(resource("/v1/sessions/{id}/events", "GET").route(web::get().to(sse::events)))
+    .service(
+        resource("/v1/chat/completions", "POST").route(web::post().to(openai::chat_completions)),
+    )
+    .service(
+        resource("/v1/files", "GET, POST")
+            .route(web::post().to(files::upload))
+            .route(web::get().to(files::list)),
+    )
+    .service(
+        resource("/v1/files/{id}", "GET, DELETE")
+            .route(web::get().to(files::get))
+            .route(web::delete().to(files::delete)),
+    )
+    .service(resource("/v1/files/{id}/content", "GET").route(web::get().to(files::content)))
+    .service(resource("/v1/embeddings", "POST").route(web::post().to(openai::embeddings)))
+    .service(resource("/v1/responses", "POST").route(web::post().to(openai::create_response)))
+    .service(
+        resource("/v1/responses/{id}", "GET, DELETE")
+            .route(web::get().to(openai::get_response))
+            .route(web::delete().to(openai::delete_response)),
+    )
+    .service(resource("/v1/models", "GET").route(web::get().to(openai::models)))
+    .service(resource("/v1/models/{id}", "GET").route(web::get().to(openai::model)));
 }
 
 /// A resource whose other methods are answered `405 method_not_allowed` in
