@@ -97,7 +97,7 @@ ensure_python() {
 # (pg_dump must be at least as new as the server it dumps.)
 pg_tool() {
   local name="$1" newest
-  newest="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+  newest="$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -1)"
   if [ -n "$newest" ] && [ -x "$newest/$name" ]; then
     echo "$newest/$name"
   elif command -v "$name" >/dev/null; then
@@ -109,7 +109,10 @@ pg_tool() {
 
 # Splits $PG_URL into a URL without its password (PG_URL_SAFE, fine on a
 # command line and in a log) and the password (exported as PGPASSWORD for
-# libpq), so the password never shows in `ps`.
+# libpq), so the password never shows in `ps`: neither `user:password@` nor
+# a `password=` query parameter stays in the URL (libpq reads both; the
+# query's wins, as in libpq). Percent-encoding is decoded, as libpq does.
+# The URL goes to Python in the environment, never in argv.
 split_pg_url() {
   local out
   out="$(PG_URL="$PG_URL" python3 - <<'EOF'
@@ -127,7 +130,16 @@ if "@" in netloc:
         user, password = userinfo.split(":", 1)
         password = unquote(password)
         netloc = f"{user}@{host}"
-print(urlunsplit(parts._replace(netloc=netloc)))
+# password=... in the query (libpq's URI form takes any keyword there):
+# dropped from the URL, the other parameters kept as written.
+kept = []
+for param in parts.query.split("&") if parts.query else []:
+    name, _, value = param.partition("=")
+    if unquote(name) == "password":
+        password = unquote(value)
+    else:
+        kept.append(param)
+print(urlunsplit(parts._replace(netloc=netloc, query="&".join(kept))))
 print(password)
 EOF
 )" || die "cannot read the PostgreSQL URL"

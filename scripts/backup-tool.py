@@ -11,11 +11,17 @@ to stdout. No secret is ever printed.
 
 A backup directory holds:
   postgres.dump           pg_dump -Fc of Sluice's database
-  objects/<key>           every object of the bucket, its key as its path
+  objects/<key>           every object under Sluice's key prefix (files/), its key
+                          as its path (a key that cannot be a safe relative path
+                          is skipped and listed in MANIFEST.json)
   objects.jsonl           one line per object: key, size, sha256, content type, metadata
-  chroma/collections.json Sluice's collections: name, metadata, configuration, count
+  chroma/collections.json Sluice's collections (sluice-*): name, metadata, configuration, count
   chroma/<name>.jsonl.gz  one line per record: id, embedding, document, metadata, uri
   MANIFEST.json           what was backed up, counts, and the sha256 of every file above
+
+Only Sluice's data is ever read, written or deleted: objects under
+OBJECT_PREFIX and Chroma collections named sluice-*; whatever else the
+bucket or Chroma holds is left alone.
 """
 
 import argparse
@@ -39,6 +45,15 @@ CHROMA_TENANT = "default_tenant"
 CHROMA_DATABASE = "default_database"
 # Every collection Sluice makes is named `sluice-<hash>`.
 CHROMA_PREFIX = "sluice-"
+# A name this tool backs up, makes or deletes: Sluice's prefix, then
+# Chroma's alphabet (a name also makes a file name and a URL segment).
+CHROMA_NAME = re.compile(r"sluice-[A-Za-z0-9._-]{1,500}")  # whole names: fullmatch
+# Every object Sluice stores is under this prefix: `files/<id>` and
+# `files/<id>.sent` (file_key in actors/backends/src/objects.rs,
+# actors/src/files/images.rs).
+OBJECT_PREFIX = "files/"
+# Longest file name most filesystems take.
+NAME_MAX = 255
 CHROMA_PAGE = 250
 CHROMA_ADD_BATCH = 250
 TIMESTAMP = re.compile(r"^\d{8}T\d{6}Z$")
@@ -116,9 +131,10 @@ def s3_error(e):
 
 
 def list_keys(client, bucket):
-    """Every object of the bucket: (key, size)."""
+    """Every object of the bucket under Sluice's prefix: (key, size)."""
     out = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=OBJECT_PREFIX)
+    for page in pages:
         for obj in page.get("Contents", []):
             out.append((obj["Key"], obj["Size"]))
     return out
@@ -136,17 +152,78 @@ def bucket_exists(client, bucket):
         raise
 
 
-def object_path(root, key):
-    """Where object `key` lives under `root`; refuses a key that is not a
-    safe relative path (Sluice's are `files/<id>` and `files/<id>.sent`)."""
+def key_problem(key):
+    """Why object `key` cannot be kept in a backup as a relative path under
+    objects/ (or is not Sluice's); None if it can. Sluice's own keys are
+    `files/<id>` and `files/<id>.sent`."""
+    if not key:
+        return "an empty key"
+    if not key.startswith(OBJECT_PREFIX):
+        return f"not under Sluice's prefix {OBJECT_PREFIX}"
+    if "\0" in key:
+        return "holds a NUL byte"
+    if key.endswith("/"):
+        return "ends with /"
     parts = key.split("/")
-    if (
-        not key
-        or "\0" in key
-        or any(p in ("", ".", "..") for p in parts)
-    ):
-        fail(f"object key {key!r} cannot be stored as a path")
-    return os.path.join(root, *parts)
+    if "" in parts:
+        return "has an empty segment (//)"
+    if any(p in (".", "..") for p in parts):
+        return "has a . or .. segment"
+    if any(len(p.encode("utf-8", "surrogatepass")) > NAME_MAX for p in parts):
+        return f"has a segment over {NAME_MAX} bytes"
+    return None
+
+
+def plan_keys(listed):
+    """Splits the listed objects, (key, size), into those a backup can hold
+    and those it skips: [{"key", "reason"}]. Besides each key's own
+    problems, a key that other keys use as a directory (`files/a` beside
+    `files/a/b`) cannot be a file as well: it is the one skipped."""
+    kept, skipped = [], []
+    for key, size in listed:
+        reason = key_problem(key)
+        if reason:
+            skipped.append({"key": key, "reason": reason})
+        else:
+            kept.append((key, size))
+    directories = {}
+    for key, _ in kept:
+        parts = key.split("/")
+        for i in range(1, len(parts)):
+            directories.setdefault("/".join(parts[:i]), key)
+    out = []
+    for key, size in kept:
+        if key in directories:
+            skipped.append({"key": key, "reason": f"is also a directory of another key ({directories[key]})"})
+        else:
+            out.append((key, size))
+    skipped.sort(key=lambda s: s["key"])
+    return out, skipped
+
+
+def backup_path(backup, rel):
+    """The path of `rel` (a /-separated relative path) in the backup
+    directory. Fails if it is not a plain relative path, if it or any
+    directory on the way is a symlink, or if it resolves outside the
+    backup: a restore reads nothing but the backup's own files."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in rel:
+        fail(f"the backup names {rel!r}, which is not a relative path inside it")
+    path = backup
+    for part in parts:
+        path = os.path.join(path, part)
+        if os.path.islink(path):
+            fail(f"the backup's {rel} is or passes through a symlink ({os.path.relpath(path, backup)}): refused")
+    base = os.path.realpath(backup)
+    if os.path.commonpath([base, os.path.realpath(path)]) != base:
+        fail(f"the backup's {rel} resolves outside the backup: refused")
+    return path
+
+
+def object_path(root, key):
+    """Where object `key` is written under `root` (objects/) by a backup;
+    `key` has passed plan_keys."""
+    return os.path.join(root, *key.split("/"))
 
 
 def objects_backup(args):
@@ -156,7 +233,9 @@ def objects_backup(args):
         fail(f"the bucket {bucket} does not exist")
     root = os.path.join(args.dir, "objects")
     os.makedirs(root, exist_ok=True)
-    listed = list_keys(client, bucket)
+    listed, skipped = plan_keys(list_keys(client, bucket))
+    for s in skipped:
+        log(f"objects: skipped {s['key']!r}: {s['reason']} (listed in MANIFEST.json)")
 
     def fetch(item):
         key, listed_size = item
@@ -190,13 +269,38 @@ def objects_backup(args):
         for entry in entries:
             f.write(json.dumps(entry, sort_keys=True) + "\n")
     total = sum(e["size"] for e in entries)
-    log(f"objects: {len(entries)} from bucket {bucket}, {total} bytes")
-    print(json.dumps({"bucket": bucket, "count": len(entries), "bytes": total}))
+    log(
+        f"objects: {len(entries)} under {OBJECT_PREFIX} from bucket {bucket}, {total} bytes"
+        + (f"; {len(skipped)} skipped (keys that cannot be paths)" if skipped else "")
+    )
+    print(json.dumps({"bucket": bucket, "prefix": OBJECT_PREFIX, "count": len(entries),
+                      "bytes": total, "skipped": skipped}))
 
 
 def read_objects_manifest(backup):
-    with open(os.path.join(backup, "objects.jsonl")) as f:
+    with open(backup_path(backup, "objects.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def restorable_objects(backup):
+    """The objects of a backup to put back: those under Sluice's prefix
+    (an older backup may hold others: they are left out, with a note).
+    Fails on a key that is not a safe relative path."""
+    out, outside = [], []
+    for entry in read_objects_manifest(backup):
+        key = entry.get("key")
+        if not isinstance(key, str):
+            fail(f"objects.jsonl has an entry without a key: {entry!r:.200}")
+        reason = key_problem(key)
+        if reason and key.startswith(OBJECT_PREFIX):
+            fail(f"objects.jsonl lists {key!r}, which {reason}: refused")
+        if reason:
+            outside.append(key)
+        else:
+            out.append(entry)
+    if outside:
+        log(f"objects: {len(outside)} objects of the backup are not under {OBJECT_PREFIX} and are not put back, e.g. {outside[0]!r}")
+    return out
 
 
 def objects_restore(args):
@@ -205,6 +309,8 @@ def objects_restore(args):
     client = s3_client()
     bucket = os.environ["BK_S3_BUCKET"]
     region = os.environ.get("BK_S3_REGION") or "us-east-1"
+    entries = restorable_objects(args.dir)
+    paths = {e["key"]: backup_path(args.dir, "objects/" + e["key"]) for e in entries}
     if not bucket_exists(client, bucket):
         if region == "us-east-1":
             client.create_bucket(Bucket=bucket)
@@ -213,12 +319,10 @@ def objects_restore(args):
                 Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region}
             )
         log(f"objects: created the bucket {bucket}")
-    entries = read_objects_manifest(args.dir)
-    root = os.path.join(args.dir, "objects")
     transfer = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=16 << 20, use_threads=False)
 
     def put(entry):
-        path = object_path(root, entry["key"])
+        path = paths[entry["key"]]
         extra = {"ContentType": entry.get("content_type") or "application/octet-stream"}
         if entry.get("metadata"):
             extra["Metadata"] = entry["metadata"]
@@ -237,26 +341,41 @@ def objects_restore(args):
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(put, entries))
-    pruned = 0
-    if args.prune:
-        keep = {e["key"] for e in entries}
-        extra = [key for key, _ in list_keys(client, bucket) if key not in keep]
-        for i in range(0, len(extra), 1000):
-            answer = client.delete_objects(
-                Bucket=bucket,
-                Delete={"Objects": [{"Key": k} for k in extra[i : i + 1000]], "Quiet": True},
-            )
-            if answer.get("Errors"):
-                first = answer["Errors"][0]
-                fail(f"objects: {len(answer['Errors'])} objects not in the backup could not be deleted: {first.get('Key')}: {first.get('Code')}")
-        pruned = len(extra)
     total = sum(e["size"] for e in entries)
     summary = (
-        f"{len(entries)} objects ({total} bytes) put back into bucket {bucket}, each read back "
-        f"and its sha256 checked; {pruned} not in the backup deleted"
+        f"{len(entries)} objects under {OBJECT_PREFIX} ({total} bytes) put back into bucket {bucket}, "
+        "each read back and its sha256 checked"
     )
     log(f"objects: {summary}")
-    print(json.dumps({"count": len(entries), "bytes": total, "pruned": pruned, "summary": summary}))
+    print(json.dumps({"count": len(entries), "bytes": total, "summary": summary}))
+
+
+def objects_prune(args):
+    """Deletes the objects under Sluice's prefix that the backup lacks (run
+    once everything else is restored). A key no backup could hold (see
+    plan_keys) is left alone: its absence from the backup says nothing.
+    Nothing outside the prefix is ever listed or deleted."""
+    client = s3_client()
+    bucket = os.environ["BK_S3_BUCKET"]
+    keep = {e["key"] for e in restorable_objects(args.dir)}
+    holdable, unholdable = plan_keys(list_keys(client, bucket))
+    extra = [key for key, _ in holdable if key not in keep]
+    unholdable = len(unholdable)
+    failed = []
+    for i in range(0, len(extra), 1000):
+        answer = client.delete_objects(
+            Bucket=bucket,
+            Delete={"Objects": [{"Key": k} for k in extra[i : i + 1000]], "Quiet": True},
+        )
+        failed.extend(answer.get("Errors") or [])
+    if failed:
+        first = failed[0]
+        fail(f"objects: {len(failed)} objects not in the backup could not be deleted: {first.get('Key')}: {first.get('Code')}")
+    summary = f"{len(extra)} objects under {OBJECT_PREFIX} not in the backup deleted"
+    if unholdable:
+        summary += f" ({unholdable} whose keys no backup can hold left alone)"
+    log(f"objects: {summary}")
+    print(json.dumps({"pruned": len(extra), "left": unholdable, "summary": summary}))
 
 
 # ---------------------------------------------------------------- Chroma
@@ -311,10 +430,31 @@ class Chroma:
             offset += len(page)
 
     def sluice_collections(self):
+        """Sluice's collections (sluice-*), and only those."""
         return sorted(
-            (c for c in self.collections() if c["name"].startswith(CHROMA_PREFIX)),
+            (c for c in self.collections() if CHROMA_NAME.fullmatch(c["name"])),
             key=lambda c: c["name"],
         )
+
+    def collection_url(self, name):
+        return f"{self.base}/collections/{urllib.parse.quote(name, safe='')}"
+
+
+def saved_collections(backup):
+    """The collections of a backup's collections.json to restore: Sluice's
+    (sluice-*) only; any other is skipped, with a note."""
+    with open(backup_path(backup, "chroma/collections.json")) as f:
+        saved = json.load(f)["collections"]
+    out = []
+    for collection in saved:
+        name = collection.get("name")
+        if not isinstance(name, str) or not CHROMA_NAME.fullmatch(name):
+            log(f"chroma: skipped the collection {name!r} of collections.json: not one of Sluice's ({CHROMA_PREFIX}*)")
+            continue
+        if collection.get("file") != f"{name}.jsonl.gz":
+            fail(f"chroma: collections.json names the file {collection.get('file')!r} for {name}: refused")
+        out.append(collection)
+    return out
 
 
 def chroma_backup(args):
@@ -382,9 +522,8 @@ def chroma_backup(args):
 
 def chroma_restore(args):
     chroma = Chroma(os.environ.get("BK_CHROMA_URL", ""))
-    root = os.path.join(args.dir, "chroma")
-    with open(os.path.join(root, "collections.json")) as f:
-        saved = json.load(f)["collections"]
+    saved = saved_collections(args.dir)
+    paths = {c["name"]: backup_path(args.dir, f"chroma/{c['file']}") for c in saved}
     batch = max(1, min(CHROMA_ADD_BATCH, chroma.max_batch()))
     # With the files of the restored database: chunks of files it has no
     # row for (uploaded after its dump, or deleted before the chunks were
@@ -396,7 +535,7 @@ def chroma_restore(args):
     records_total = skipped_total = 0
     for collection in saved:
         name = collection["name"]
-        chroma.call("DELETE", f"{chroma.base}/collections/{name}", missing_ok=True)
+        chroma.call("DELETE", chroma.collection_url(name), missing_ok=True)
         body = {"name": name, "metadata": collection.get("metadata")}
         if collection.get("configuration"):
             body["configuration"] = collection["configuration"]
@@ -416,7 +555,7 @@ def chroma_restore(args):
             chroma.call("POST", f"{chroma.base}/collections/{cid}/upsert", body)
 
         pending = []
-        with gzip.open(os.path.join(root, collection["file"]), "rt") as f:
+        with gzip.open(paths[name], "rt") as f:
             for line in f:
                 if not line.strip():
                     continue
@@ -438,21 +577,28 @@ def chroma_restore(args):
             fail(f"chroma: {name} holds {count} records after the restore, the backup {collection['count']} ({skipped} left out)")
         records_total += added
         skipped_total += skipped
-    pruned = []
-    if args.prune:
-        keep = {c["name"] for c in saved}
-        for collection in chroma.sluice_collections():
-            if collection["name"] not in keep:
-                chroma.call("DELETE", f"{chroma.base}/collections/{collection['name']}", missing_ok=True)
-                pruned.append(collection["name"])
     summary = (
         f"{len(saved)} collections made again with {records_total} chunks (in batches of {batch}), "
-        f"each counted; {skipped_total} chunks of files without a row left out; "
-        f"{len(pruned)} Sluice collections not in the backup deleted"
+        f"each counted; {skipped_total} chunks of files without a row left out"
     )
     log(f"chroma: {summary}")
     print(json.dumps({"collections": len(saved), "records": records_total, "skipped": skipped_total,
-                      "pruned": len(pruned), "summary": summary}))
+                      "summary": summary}))
+
+
+def chroma_prune(args):
+    """Deletes Sluice's collections (sluice-*) that the backup lacks (run
+    once everything else is restored); no other collection is touched."""
+    chroma = Chroma(os.environ.get("BK_CHROMA_URL", ""))
+    keep = {c["name"] for c in saved_collections(args.dir)}
+    pruned = []
+    for collection in chroma.sluice_collections():
+        if collection["name"] not in keep:
+            chroma.call("DELETE", chroma.collection_url(collection["name"]), missing_ok=True)
+            pruned.append(collection["name"])
+    summary = f"{len(pruned)} Sluice collections ({CHROMA_PREFIX}*) not in the backup deleted"
+    log(f"chroma: {summary}")
+    print(json.dumps({"pruned": len(pruned), "summary": summary}))
 
 
 # ---------------------------------------------------------------- Redis
@@ -481,10 +627,12 @@ def redis_reset_logs(args):
         for node in urllib.parse.parse_qs(parsed.query).get("node", []):
             host, _, port = node.rpartition(":")
             nodes.append(ClusterNode(host, int(port)))
+        # The user and password as written in the URL: percent-encoded.
+        unquote = lambda v: None if v is None else urllib.parse.unquote(v)
         client = RedisCluster(
             startup_nodes=nodes,
-            username=parsed.username,
-            password=parsed.password,
+            username=unquote(parsed.username),
+            password=unquote(parsed.password),
             ssl=scheme == "rediss-cluster",
             socket_timeout=30,
         )
@@ -608,12 +756,12 @@ def manifest(args):
         if objects is not None:
             keys = {e["key"] for e in read_objects_manifest(backup)}
             consistency["file_rows_without_object"] = sorted(
-                i for i in ids if f"files/{i}" not in keys
+                i for i in ids if f"{OBJECT_PREFIX}{i}" not in keys
             )
             consistency["objects_without_file_row"] = sum(
                 1
                 for k in keys
-                if not (k.startswith("files/") and k[6:].removesuffix(".sent") in ids)
+                if k[len(OBJECT_PREFIX) :].removesuffix(".sent") not in ids
             )
         if chroma is not None:
             orphans = 0
@@ -666,28 +814,46 @@ def count_by(rows, key):
 
 def verify(args):
     """Checks a backup before anything is restored from it: its manifest,
-    the sha256 of every file it lists, and of every object."""
+    the sha256 of every file it lists, and of every object. Refuses a
+    backup with a symlink under objects/ or a file that resolves outside it."""
     path = os.path.join(args.dir, "MANIFEST.json")
     try:
+        if os.path.islink(path):
+            raise OSError("a symlink")
         with open(path) as f:
             doc = json.load(f)
     except (OSError, ValueError) as e:
         fail(f"{path}: {e}")
     if doc.get("format") != FORMAT:
         fail(f"{path}: not a {FORMAT} manifest")
+    # No symlink anywhere under objects/ (a restore would upload what it
+    # points to).
+    objects_dir = os.path.join(args.dir, "objects")
+    if os.path.islink(objects_dir):
+        fail("the backup's objects/ is a symlink: refused")
+    for dirpath, dirnames, filenames in os.walk(objects_dir):
+        for name in dirnames + filenames:
+            if os.path.islink(os.path.join(dirpath, name)):
+                rel = os.path.relpath(os.path.join(dirpath, name), args.dir)
+                fail(f"the backup holds a symlink, {rel}: refused")
     bad = []
     for entry in doc["files"]:
-        full = os.path.join(args.dir, entry["path"])
+        full = backup_path(args.dir, entry["path"])
         if not os.path.isfile(full) or sha256_file(full) != entry["sha256"]:
             bad.append(entry["path"])
     objects = 0
     if doc.get("objects") is not None and "objects.jsonl" not in bad:
-        root = os.path.join(args.dir, "objects")
         for entry in read_objects_manifest(args.dir):
-            full = object_path(root, entry["key"])
-            if not os.path.isfile(full) or sha256_file(full) != entry["sha256"]:
-                bad.append("objects/" + entry["key"])
             objects += 1
+            key = entry.get("key")
+            if not isinstance(key, str) or (key_problem(key) and key.startswith(OBJECT_PREFIX)):
+                bad.append(f"objects.jsonl (the key {key!r})")
+                continue
+            if not key.startswith(OBJECT_PREFIX):
+                continue  # an older backup's object of another prefix: not restored
+            full = backup_path(args.dir, "objects/" + key)
+            if not os.path.isfile(full) or sha256_file(full) != entry["sha256"]:
+                bad.append("objects/" + key)
         if objects != doc["objects"]["count"]:
             bad.append("objects.jsonl (count)")
     if bad:
@@ -696,33 +862,47 @@ def verify(args):
     print(json.dumps({"files": len(doc["files"]), "objects": objects}))
 
 
-def retention(args):
+def retention(args, rmtree=shutil.rmtree):
     """Deletes backups in ROOT older than DAYS: only directories named like
-    a backup's UTC timestamp that hold a MANIFEST.json (a complete one)."""
+    a backup's UTC timestamp that hold a MANIFEST.json (a complete one).
+    A symlink is never followed nor deleted (skipped, with a note); a
+    deletion that fails is reported and the others go on (the backup that
+    ran before is whole either way)."""
     if args.days <= 0:
         log("retention: off (BACKUP_RETENTION_DAYS=0)")
-        print(json.dumps({"deleted": []}))
+        print(json.dumps({"deleted": [], "failed": [], "symlinks": []}))
         return
     now = dt.datetime.now(dt.timezone.utc)
-    deleted = []
+    deleted, failed, symlinks = [], [], []
     for name in sorted(os.listdir(args.root)):
         path = os.path.join(args.root, name)
-        if name == args.keep or not TIMESTAMP.match(name) or not os.path.isdir(path):
+        if name == args.keep or not TIMESTAMP.match(name):
             continue
-        if not os.path.isfile(os.path.join(path, "MANIFEST.json")):
+        if os.path.islink(path):
+            symlinks.append(name)
+            continue
+        if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "MANIFEST.json")):
             continue
         try:
             taken = dt.datetime.strptime(name, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
         except ValueError:
             continue
         if now - taken > dt.timedelta(days=args.days):
-            shutil.rmtree(path)
-            deleted.append(name)
+            try:
+                rmtree(path)
+                deleted.append(name)
+            except OSError as e:
+                failed.append(name)
+                log(f"retention: could not delete {name}: {e.strerror or e}")
+    if symlinks:
+        log(f"retention: left alone {len(symlinks)} symlinks named like backups (never followed): {', '.join(symlinks)}")
     stale = [n for n in os.listdir(args.root) if n.startswith(".incomplete-")]
     if stale:
         log(f"retention: left alone {len(stale)} .incomplete-* directories (a backup running, or one killed)")
     log(f"retention: deleted {len(deleted)} backups older than {args.days} days" + (f": {', '.join(deleted)}" if deleted else ""))
-    print(json.dumps({"deleted": deleted}))
+    if failed:
+        log(f"retention: warning: {len(failed)} old backups could not be deleted: {', '.join(failed)}")
+    print(json.dumps({"deleted": deleted, "failed": failed, "symlinks": symlinks}))
 
 
 def main():
@@ -730,12 +910,11 @@ def main():
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("objects-backup", "chroma-backup", "verify"):
         sub.add_parser(name).add_argument("dir")
-    for name in ("objects-restore", "chroma-restore"):
-        p = sub.add_parser(name)
-        p.add_argument("dir")
-        p.add_argument("--prune", action="store_true")
-        if name == "chroma-restore":
-            p.add_argument("--files", help="pg-summary JSON of the restored database's files")
+    for name in ("objects-restore", "objects-prune", "chroma-prune"):
+        sub.add_parser(name).add_argument("dir")
+    p = sub.add_parser("chroma-restore")
+    p.add_argument("dir")
+    p.add_argument("--files", help="pg-summary JSON of the restored database's files")
     sub.add_parser("redis-reset-logs")
     sub.add_parser("pg-summary")
     p = sub.add_parser("manifest")
@@ -749,8 +928,10 @@ def main():
     handlers = {
         "objects-backup": objects_backup,
         "objects-restore": objects_restore,
+        "objects-prune": objects_prune,
         "chroma-backup": chroma_backup,
         "chroma-restore": chroma_restore,
+        "chroma-prune": chroma_prune,
         "redis-reset-logs": redis_reset_logs,
         "pg-summary": pg_summary,
         "manifest": manifest,

@@ -6,7 +6,13 @@
 # Sluice's Chroma collections, checks through the API that everything is gone,
 # runs scripts/restore, and checks that the same conversations, the same
 # files (byte for byte) and retrieval are back, and that the conversations
-# take new messages. Then checks the backups' retention.
+# take new messages. Also: a restore whose PostgreSQL step fails touches
+# nothing else; restore refuses another application's database, and a
+# missing --yes without a terminal; only Sluice's objects (files/) and
+# collections (sluice-*) are backed up, restored or pruned; a symlink in a
+# backup is refused; a password in the PostgreSQL URL's query never shows in
+# any argv; the backup is private (umask 077) and leaves no temporary files.
+# Then checks the backups' retention (symlinks, bad values, --skip).
 #
 #   tests/deploy/backup_roundtrip.sh
 #
@@ -36,14 +42,15 @@ if ! "$target/test-tools/chroma/bin/python" -c 'import chromadb_rust_bindings' 2
   python3 -m venv "$target/test-tools/chroma"
   "$target/test-tools/chroma/bin/pip" install -q --disable-pip-version-check --no-deps chromadb==1.5.9
 fi
-pg_bin="$(dirname "$(ls /usr/lib/postgresql/*/bin/psql | sort -V | tail -1)")"
+pg_bin="$(dirname "$(printf '%s\n' /usr/lib/postgresql/*/bin/psql | sort -V | tail -1)")"
 
 work="$(mktemp -d /tmp/sluice-backup-test.XXXXXX)"
-fake_pid="" cluster_dir=""
+fake_pid="" cluster_dir="" watch_pid=""
 cleanup() {
   local status=$?
+  if [ -n "$watch_pid" ] && kill "$watch_pid" 2>/dev/null; then wait "$watch_pid" 2>/dev/null || true; fi
   [ -z "$cluster_dir" ] || scripts/cluster down "$cluster_dir" 2>/dev/null || true
-  [ -z "$fake_pid" ] || { kill "$fake_pid" 2>/dev/null && wait "$fake_pid" 2>/dev/null || true; }
+  if [ -n "$fake_pid" ] && kill "$fake_pid" 2>/dev/null; then wait "$fake_pid" 2>/dev/null || true; fi
   if [ "${BACKUP_TEST_KEEP:-0}" = 1 ]; then
     echo "backup round trip: kept $work" >&2
   else
@@ -191,6 +198,67 @@ SLUICE_CHROMA_URL=$chroma_url
 SLUICE_REDIS_URL=$(env_of REDIS_URL)
 EOF
 export SLUICE_BIN="$target/debug/sluice"
+# Small clients of the bucket and of Chroma for the checks (the backup
+# tool's Python has boto3).
+bash -c '. scripts/backup-lib.sh; ensure_python; echo "$BK_PYTHON"' >"$work/python"
+bk_python="$(cat "$work/python")"
+cat >"$work/s3.py" <<'EOF'
+import boto3, sys
+from botocore.config import Config
+env = dict(l.split("=", 1) for l in open(sys.argv[1]).read().split("\n") if "=" in l and not l.startswith("#"))
+s3 = boto3.client("s3", endpoint_url=env["SLUICE_S3_ENDPOINT"], aws_access_key_id=env["SLUICE_S3_ACCESS_KEY"],
+                  aws_secret_access_key=env["SLUICE_S3_SECRET_KEY"].strip('"'), region_name="us-east-1",
+                  config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required"))
+def keys(prefix=""):
+    out = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="sluice", Prefix=prefix):
+        out += [o["Key"] for o in page.get("Contents", [])]
+    return out
+cmd, args = sys.argv[2], sys.argv[3:]
+if cmd == "put":  # KEY TEXT
+    s3.put_object(Bucket="sluice", Key=args[0], Body=args[1].encode(), ContentType="text/plain")
+elif cmd == "get":  # KEY
+    sys.stdout.write(s3.get_object(Bucket="sluice", Key=args[0])["Body"].read().decode())
+elif cmd == "keys":  # [PREFIX]
+    print("\n".join(keys(args[0] if args else "")))
+elif cmd == "delete-prefix":  # PREFIX
+    gone = keys(args[0])
+    for k in gone:
+        s3.delete_object(Bucket="sluice", Key=k)
+    assert not keys(args[0]), f"objects are left under {args[0]}"
+    print(f"    deleted {len(gone)} objects under {args[0]}", file=sys.stderr)
+EOF
+s3() { "$bk_python" "$work/s3.py" "$work/sluice.env" "$@"; }
+cat >"$work/chroma.py" <<'EOF'
+import json, sys, urllib.request
+base = sys.argv[1] + "/api/v2/tenants/default_tenant/databases/default_database/collections"
+def call(method, url, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as r:
+        text = r.read()
+        return json.loads(text) if text else None
+collections = lambda: call("GET", base + "?limit=1000")
+cmd, args = sys.argv[2], sys.argv[3:]
+if cmd == "names":
+    print("\n".join(sorted(c["name"] for c in collections())))
+elif cmd == "make":  # NAME: a collection of another application
+    call("POST", base, {"name": args[0], "metadata": {"owner": "another application"}})
+elif cmd == "chunks":  # FILE-ID: how many chunks Sluice's collections hold of it
+    print(sum(len(call("POST", f"{base}/{c['id']}/get", {"where": {"file_id": args[0]}, "include": ["metadatas"]})["ids"])
+              for c in collections() if c["name"].startswith("sluice-")))
+elif cmd == "delete-sluice":
+    names = [c["name"] for c in collections() if c["name"].startswith("sluice-")]
+    for name in names:
+        call("DELETE", f"{base}/{name}")
+    left = [c["name"] for c in collections() if c["name"].startswith("sluice-")]
+    assert not left, left
+    print(f"    deleted {len(names)} Chroma collections", file=sys.stderr)
+EOF
+chroma() { python3 "$work/chroma.py" "$chroma_url" "$@"; }
+psql_at() { # URL SQL -> the rows, unaligned
+  "$pg_bin/psql" -X -q -t -A -v ON_ERROR_STOP=1 "$1" -c "SET client_min_messages TO warning; $2"
+}
 
 # ------------------------------------------------------------ data
 
@@ -234,14 +302,31 @@ sha_png="$(sha256sum "$work/pixel.png" | cut -d' ' -f1)"
 [ "$(content_sha "$file_doc")" = "$sha_doc" ] || fail "harbour.md does not read back whole"
 [ "$(content_sha "$file_png")" = "$sha_png" ] || fail "pixel.png does not read back whole"
 echo "    sessions $(python3 -c 'import json,sys; print(len(json.loads(sys.argv[1])))' "$sessions_before"), files 2 (sha256 ${sha_doc:0:12}…, ${sha_png:0:12}…), retrieval found the fact" >&2
+# Another application's data beside Sluice's: an object outside files/ and
+# a Chroma collection not named sluice-*. No backup, restore or prune may
+# touch them.
+s3 put other-app/keep.txt "another application's object"
+chroma make other-app-notes
 
 # ------------------------------------------------------------ backup
 
 step "scripts/backup"
+mkdir "$work/tmp"
 t0="$(date +%s%N)"
-backup="$(scripts/backup --env-file "$work/sluice.env" "$work/backups" 2>"$work/backup.log")" ||
+backup="$(TMPDIR="$work/tmp" scripts/backup --env-file "$work/sluice.env" "$work/backups" 2>"$work/backup.log")" ||
   { cat "$work/backup.log" >&2; fail "scripts/backup failed"; }
 backup_ms="$(ms_since "$t0")"
+[ -z "$(ls -A "$work/tmp")" ] || fail "the backup left temporary files: $(ls -A "$work/tmp")"
+# Private: the backup's directory and files are its owner's only (umask 077).
+[ "$(stat -c %a "$backup")" = 700 ] || fail "the backup directory is mode $(stat -c %a "$backup"), not 700"
+[ "$(stat -c %a "$backup/postgres.dump")" = 600 ] || fail "postgres.dump is mode $(stat -c %a "$backup/postgres.dump"), not 600"
+[ "$(stat -c %a "$backup/objects/files/$file_doc")" = 600 ] || fail "an object's copy is mode $(stat -c %a "$backup/objects/files/$file_doc")"
+loose="$(find "$backup" -perm /077 | head -3)"
+[ -z "$loose" ] || fail "the backup has files others can read: $loose"
+# Only Sluice's data: objects under files/, collections sluice-*.
+[ ! -e "$backup/objects/other-app" ] || fail "the backup copied an object outside files/"
+if grep -v '"key": "files/' "$backup/objects.jsonl" | grep -q .; then fail "objects.jsonl lists objects outside files/"; fi
+if grep -q other-app-notes "$backup/chroma/collections.json"; then fail "the backup copied a collection not named sluice-*"; fi
 [ -f "$backup/MANIFEST.json" ] || fail "the backup has no MANIFEST.json"
 [[ "$(basename "$backup")" =~ ^[0-9]{8}T[0-9]{6}Z$ ]] || fail "the backup's name is not a UTC timestamp: $backup"
 if grep -q "sluice-cluster-secret" "$work/backup.log" "$backup/MANIFEST.json"; then fail "the backup printed the S3 secret"; fi
@@ -253,7 +338,9 @@ cp "$backup/MANIFEST.json" "$work/body"
 [ "$(py 'd["objects"]["count"]')" -ge 2 ] || fail "the manifest counts $(py 'd["objects"]["count"]') objects"
 [ "$(py 'd["chroma"]["records"]')" -ge 1 ] || fail "the manifest counts no chunks"
 [ "$(py 'd["consistency"]["file_rows_without_object"]')" = "[]" ] || fail "file rows without objects: $(py 'd["consistency"]')"
-[ "$(py 'd["sluice_version"]')" != None ] || fail "the manifest has no Sluice version"
+[ "$(py 'd["sluice_version"]')" != null ] || fail "the manifest has no Sluice version"
+[ "$(py 'd["objects"]["prefix"]')" = "files/" ] || fail "the manifest's objects prefix is $(py 'd["objects"]["prefix"]')"
+[ "$(py 'd["objects"]["skipped"]')" = "[]" ] || fail "the backup skipped objects: $(py 'd["objects"]["skipped"]')"
 summary_counts="$(py '"%d sessions, %d messages, %d objects (%d bytes), %d chunks in %d collections" % (d["postgres"]["rows"]["sessions"], d["postgres"]["rows"]["messages"], d["objects"]["count"], d["objects"]["bytes"], d["chroma"]["records"], d["chroma"]["collections"])')"
 pg_dump_bytes="$(stat -c %s "$backup/postgres.dump")"
 echo "    $backup: $backup_bytes bytes in $(secs "$backup_ms") s ($summary_counts)" >&2
@@ -266,36 +353,45 @@ indexed "$late"
 req DELETE "$api/v1/sessions/$session_b"
 [[ "$status" == 20[04] ]] || fail "delete session B: $status"
 
+# ------------------------------------------------------------ refused restores
+
+step "restores that fail touch nothing: no --yes without a terminal; pg_restore failing"
+stop_replicas
+late_key="files/$late"
+s3 keys files/ | grep -qxF "$late_key" || fail "the late file has no object"
+late_chunks="$(chroma chunks "$late")"
+[ "$late_chunks" -ge 1 ] || fail "the late file has no chunks in Chroma"
+if scripts/restore --env-file "$work/sluice.env" "$backup" </dev/null 2>"$work/refused.log"; then
+  fail "restore went on without a terminal and without --yes"
+fi
+grep -q -- "--yes" "$work/refused.log" || fail "restore's refusal without a terminal does not name --yes: $(cat "$work/refused.log")"
+# A view on sessions: --clean's DROP TABLE sessions fails, and the whole
+# pg_restore transaction with it.
+psql_at "$postgres_url" 'CREATE VIEW backup_test_blocker AS SELECT id FROM sessions' >/dev/null
+if scripts/restore --env-file "$work/sluice.env" --yes "$backup" 2>"$work/failed.log"; then
+  fail "restore succeeded although pg_restore could not drop sessions"
+fi
+grep -q "rolled back" "$work/failed.log" || fail "restore's failure does not say it was rolled back: $(tail -5 "$work/failed.log")"
+if grep -q "backup-tool: objects:\|backup-tool: chroma:\|backup-tool: redis:" "$work/failed.log"; then
+  fail "restore touched the other stores although PostgreSQL failed: $(grep 'backup-tool:' "$work/failed.log")"
+fi
+s3 keys files/ | grep -qxF "$late_key" || fail "the failed restore deleted the object uploaded after the backup"
+[ "$(chroma chunks "$late")" = "$late_chunks" ] || fail "the failed restore changed the late file's chunks in Chroma"
+[ "$(psql_at "$postgres_url" "SELECT count(*) FROM sessions WHERE id = '$session_b'")" = 0 ] ||
+  fail "the failed restore brought session B back"
+[ "$(psql_at "$postgres_url" "SELECT count(*) FROM files WHERE id = '$late'")" = 1 ] ||
+  fail "the failed restore removed the late file's row"
+psql_at "$postgres_url" 'DROP VIEW backup_test_blocker' >/dev/null
+echo "    no --yes: refused; pg_restore failed: rolled back, the late object and its $late_chunks chunks still there" >&2
+
 # ------------------------------------------------------------ wipe
 
-step "wiping the stack: PostgreSQL's schema, the bucket, Sluice's Chroma collections"
+step "wiping the stack: PostgreSQL's schema, Sluice's objects (files/), Sluice's Chroma collections"
 stop_replicas
 "$pg_bin/psql" -X -q -v ON_ERROR_STOP=1 "$postgres_url" \
   -c 'SET client_min_messages TO warning; DROP SCHEMA public CASCADE; CREATE SCHEMA public;' >/dev/null
-bash -c '. scripts/backup-lib.sh; ensure_python; echo "$BK_PYTHON"' >"$work/python"
-"$(cat "$work/python")" - "$work/sluice.env" <<'EOF'
-import boto3, sys
-from botocore.config import Config
-env = dict(l.split("=", 1) for l in open(sys.argv[1]).read().split("\n") if "=" in l and not l.startswith("#"))
-s3 = boto3.client("s3", endpoint_url=env["SLUICE_S3_ENDPOINT"], aws_access_key_id=env["SLUICE_S3_ACCESS_KEY"],
-                  aws_secret_access_key=env["SLUICE_S3_SECRET_KEY"].strip('"'), region_name="us-east-1",
-                  config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required"))
-keys = [o["Key"] for o in s3.list_objects_v2(Bucket="sluice").get("Contents", [])]
-for k in keys:
-    s3.delete_object(Bucket="sluice", Key=k)
-assert not s3.list_objects_v2(Bucket="sluice").get("Contents"), "the bucket is not empty"
-print(f"    deleted {len(keys)} objects", file=sys.stderr)
-EOF
-python3 - "$chroma_url" <<'EOF'
-import json, sys, urllib.request
-base = sys.argv[1] + "/api/v2/tenants/default_tenant/databases/default_database/collections"
-names = [c["name"] for c in json.load(urllib.request.urlopen(base)) if c["name"].startswith("sluice-")]
-for name in names:
-    urllib.request.urlopen(urllib.request.Request(f"{base}/{name}", method="DELETE")).read()
-left = [c["name"] for c in json.load(urllib.request.urlopen(base)) if c["name"].startswith("sluice-")]
-assert not left, left
-print(f"    deleted {len(names)} Chroma collections", file=sys.stderr)
-EOF
+s3 delete-prefix files/
+chroma delete-sluice
 # Started again on the empty stores, the replicas make empty tables.
 start_replicas
 for s in "$session_a" "$session_b"; do
@@ -339,6 +435,10 @@ sessions_after="$(py 'sorted(s["id"] for s in d["data"])')"
 [ "$(content_sha "$file_png")" = "$sha_png" ] || fail "pixel.png's bytes differ after the restore"
 req GET "$api/v1/files/$late"
 expect 404 "the file uploaded after the backup"
+if s3 keys files/ | grep -qxF "$late_key"; then fail "the object uploaded after the backup was not pruned"; fi
+[ "$(chroma chunks "$late")" = 0 ] || fail "chunks of the file uploaded after the backup are left"
+[ "$(s3 get other-app/keep.txt)" = "another application's object" ] || fail "the restore touched an object outside files/"
+chroma names | grep -qx other-app-notes || fail "the restore deleted a collection not named sluice-*"
 found="$(search "Who keeps the lighthouse at Port Vesper?")"
 grep -q "Orlaith Quennell-Marsh" <<<"$found" || fail "search_files does not find the fact after the restore: $found"
 # The restored conversations go on: their logs were reset with the restore
@@ -347,8 +447,9 @@ grep -q "Orlaith Quennell-Marsh" <<<"$found" || fail "search_files does not find
 # from before it gets its events, not a gap).
 replayed() { # SESSION AFTER-SEQ what
   curl -sS -N -m 3 -o "$work/events" "$api/v1/sessions/$1/events?after=$2" 2>/dev/null || true
-  grep -q '"generation_end"' "$work/events" && ! grep -q '"gap"' "$work/events" ||
+  if ! grep -q '"generation_end"' "$work/events" || grep -q '"gap"' "$work/events"; then
     fail "$3: the event stream does not replay the new answer: $(head -c 600 "$work/events")"
+  fi
 }
 req GET "$api/v1/sessions/$session_a"
 seq_a="$(py 'd["last_seq"]')"
@@ -372,20 +473,222 @@ printf 'x' >>"$work/damaged/objects/files/$file_doc"
 if scripts/restore --check "$work/damaged" 2>"$work/refused.log"; then fail "restore --check took a damaged backup"; fi
 grep -q "damaged" "$work/refused.log" || fail "restore's refusal of a damaged backup: $(cat "$work/refused.log")"
 
+step "restore refuses a symlink in a backup"
+cp -a "$backup" "$work/linked"
+cp "$work/linked/objects/files/$file_doc" "$work/outside-object"
+ln -sf "$work/outside-object" "$work/linked/objects/files/$file_doc" # same bytes, same sha256
+if scripts/restore --check "$work/linked" 2>"$work/refused.log"; then fail "restore --check took a backup with a symlinked object"; fi
+grep -q "symlink" "$work/refused.log" || fail "restore's refusal of a symlink: $(cat "$work/refused.log")"
+
+step "restore refuses another application's database"
+"$pg_bin/psql" -X -q -v ON_ERROR_STOP=1 "$postgres_url" -c 'CREATE DATABASE other_app' >/dev/null
+other_url="${postgres_url%/*}/other_app"
+psql_at "$other_url" "CREATE TABLE sessions (id int PRIMARY KEY, note text NOT NULL); INSERT INTO sessions VALUES (1, 'not Sluice''s')" >/dev/null
+sed "s|^SLUICE_POSTGRES_URL=.*|SLUICE_POSTGRES_URL=$other_url|" "$work/sluice.env" >"$work/other.env"
+if scripts/restore --env-file "$work/other.env" --yes "$backup" 2>"$work/refused.log"; then
+  fail "restore replaced another application's database"
+fi
+grep -q "sluice_migrations" "$work/refused.log" || fail "restore's refusal of another database: $(cat "$work/refused.log")"
+if grep -q "backup-tool: objects:\|backup-tool: chroma:" "$work/refused.log"; then fail "the refused restore touched the bucket or Chroma"; fi
+[ "$(psql_at "$other_url" 'SELECT id, note FROM sessions')" = "1|not Sluice's" ] ||
+  fail "the other application's table changed: $(psql_at "$other_url" 'SELECT * FROM sessions')"
+
+step "a password in the PostgreSQL URL's query: never in argv; a --skip backup; a restore into an empty database"
+# A role that must give its password (scram), whatever the cluster's trust.
+pg_hostport="${postgres_url#*@}"
+pg_hostport="${pg_hostport%%/*}"
+psql_at "$postgres_url" "CREATE ROLE sluice_bk LOGIN SUPERUSER PASSWORD 'Bk7Secret!@x&y'" >/dev/null
+hba="$cluster_dir/pg/data/pg_hba.conf"
+{ echo "host all sluice_bk 127.0.0.1/32 scram-sha-256"; cat "$hba"; } >"$work/pg_hba.conf"
+cat "$work/pg_hba.conf" >"$hba"
+psql_at "$postgres_url" 'SELECT pg_reload_conf()' >/dev/null
+if PGPASSWORD=wrong "$pg_bin/psql" -X -q -w "postgres://sluice_bk@$pg_hostport/postgres" -c 'SELECT 1' >/dev/null 2>&1; then
+  fail "sluice_bk logs in without its password: the check below would prove nothing"
+fi
+secret_query="password=Bk7Secret%21%40x%26y&application_name=sluice-backup-test"
+printf 'SLUICE_POSTGRES_URL=postgres://sluice_bk@%s/postgres?%s\n' "$pg_hostport" "$secret_query" >"$work/pg-only.env"
+"$pg_bin/psql" -X -q -v ON_ERROR_STOP=1 "$postgres_url" -c 'CREATE DATABASE sluice_fresh' >/dev/null
+printf 'SLUICE_POSTGRES_URL=postgres://sluice_bk@%s/sluice_fresh?%s\n' "$pg_hostport" "$secret_query" >"$work/fresh.env"
+# Watches every process's argv for the password while the tools run.
+rm -f "$work/watch.stop"
+PW_MARKER=Bk7Secret python3 - "$work/watch.stop" "$work/watch.hits" <<'EOF' &
+import os, sys, time
+marker, me = os.environ["PW_MARKER"].encode(), str(os.getpid())
+hits, scans = set(), 0
+while not os.path.exists(sys.argv[1]):
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and pid != me:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            if marker in cmd:
+                hits.add(cmd.replace(b"\0", b" ").replace(marker, b"<PASSWORD>").decode(errors="replace"))
+    scans += 1
+    time.sleep(0.002)
+with open(sys.argv[2], "w") as f:
+    f.write(f"{scans} scans\n" + "".join(h + "\n" for h in sorted(hits)))
+EOF
+watch_pid=$!
+old10="$(date -u -d '10 days ago' +%Y%m%dT%H%M%SZ)"
+mkdir "$work/backups/$old10"; echo '{}' >"$work/backups/$old10/MANIFEST.json"
+sleep 1 # one backup a second
+pg_only="$(BACKUP_RETENTION_DAYS=7 scripts/backup --env-file "$work/pg-only.env" --skip objects --skip chroma "$work/backups" 2>"$work/pg-only.log")" ||
+  { cat "$work/pg-only.log" >&2; fail "the --skip backup with the password in the URL's query failed"; }
+scripts/restore --env-file "$work/fresh.env" --yes "$pg_only" 2>"$work/fresh.log" ||
+  { cat "$work/fresh.log" >&2; fail "the restore into an empty database failed"; }
+touch "$work/watch.stop"
+wait "$watch_pid" || fail "the argv watcher failed"
+watch_pid=""
+[ "$(sed -n 1p "$work/watch.hits")" != "0 scans" ] || fail "the argv watcher never looked"
+if [ "$(wc -l <"$work/watch.hits")" -gt 1 ]; then fail "the PostgreSQL password showed in argv: $(sed -n '2,4p' "$work/watch.hits")"; fi
+if grep -q "Bk7Secret" "$work/pg-only.log" "$work/fresh.log" "$pg_only/MANIFEST.json"; then fail "the password was printed"; fi
+[ -d "$work/backups/$old10" ] || fail "retention ran after a --skip backup"
+grep -q "retention: not run" "$work/pg-only.log" || fail "the --skip backup did not say retention was not run"
+cp "$pg_only/MANIFEST.json" "$work/body"
+[ "$(py 'd["stores"]')" = '["postgres"]' ] || fail "the --skip backup holds $(py 'd["stores"]')"
+[ "$(psql_at "${postgres_url%/*}/sluice_fresh" 'SELECT count(*) FROM sessions')" = "$(py 'd["postgres"]["rows"]["sessions"]')" ] ||
+  fail "the empty database did not get the backup's sessions"
+echo "    $(sed -n 1p "$work/watch.hits") of every argv: no password; retention skipped; the empty database restored" >&2
+
+step "the backup tool's own rules: keys, symlinks, collections, retention's failures, URLs' passwords"
+# shellcheck disable=SC2016
+pg_split="$(bash -c '. scripts/backup-lib.sh; unset PGPASSWORD; PG_URL="postgres://u:p%40ss@h:5/db?sslmode=disable&password=s%3Dcret%26x&application_name=a%20b"; split_pg_url; printf "%s\n%s\n" "$PG_URL_SAFE" "$PGPASSWORD"')"
+[ "$pg_split" = $'postgres://u@h:5/db?sslmode=disable&application_name=a%20b\ns=cret&x' ] ||
+  fail "split_pg_url: $pg_split"
+# shellcheck disable=SC2016
+pg_split="$(bash -c '. scripts/backup-lib.sh; unset PGPASSWORD; PG_URL="postgresql://u:p%40ss%3Aw@h/db"; split_pg_url; printf "%s\n%s\n" "$PG_URL_SAFE" "$PGPASSWORD"')"
+[ "$pg_split" = $'postgresql://u@h/db\np@ss:w' ] || fail "split_pg_url (user:password@): $pg_split"
+"$bk_python" - "$root/scripts/backup-tool.py" "$work/unit" <<'EOF' || fail "the backup tool's rules (above)"
+import argparse, contextlib, datetime as dt, importlib.util, io, json, os, sys
+spec = importlib.util.spec_from_file_location("backup_tool", sys.argv[1])
+bt = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bt)
+work = sys.argv[2]
+os.makedirs(work)
+
+def refused(f, *args):
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            f(*args)
+    except SystemExit:
+        return True
+    return False
+
+# Object keys: what a backup can hold, and what it skips.
+ok = ["files/ok", "files/ok.sent", "files/d/e", "files/" + "y" * 255]
+bad = ["files/a//b", "files/./x", "files/../x", "files/dir/", "files/" + "x" * 256,
+       "files/" + "\u00e9" * 128, "files/d", "other-app/x", ""]
+kept, skipped = bt.plan_keys([(k, 1) for k in ok + bad])
+assert sorted(k for k, _ in kept) == sorted(ok), kept
+assert sorted(s["key"] for s in skipped) == sorted(bad), skipped
+assert all(s["reason"] for s in skipped)
+
+# Paths in a backup: no symlink, nothing outside it.
+b = os.path.join(work, "backup")
+os.makedirs(os.path.join(b, "objects", "files"))
+open(os.path.join(b, "objects", "files", "real"), "w").write("x")
+open(os.path.join(work, "outside"), "w").write("x")
+os.symlink(os.path.join(work, "outside"), os.path.join(b, "objects", "files", "link"))
+os.makedirs(os.path.join(work, "elsewhere"))
+open(os.path.join(work, "elsewhere", "f"), "w").write("x")
+os.symlink(os.path.join(work, "elsewhere"), os.path.join(b, "objects", "dirlink"))
+assert bt.backup_path(b, "objects/files/real").endswith("objects/files/real")
+assert refused(bt.backup_path, b, "objects/files/link")
+assert refused(bt.backup_path, b, "objects/dirlink/f")
+assert refused(bt.backup_path, b, "objects/../../outside")
+assert refused(bt.backup_path, b, "/etc/passwd")
+
+# collections.json: only sluice-* is restored; a file name that is not the collection's is refused.
+os.makedirs(os.path.join(b, "chroma"))
+def collections(entries):
+    with open(os.path.join(b, "chroma", "collections.json"), "w") as f:
+        json.dump({"collections": entries}, f)
+collections([{"name": "other-app-notes", "file": "other-app-notes.jsonl.gz"},
+             {"name": "sluice-abc", "file": "sluice-abc.jsonl.gz"}])
+with contextlib.redirect_stderr(io.StringIO()) as err:
+    assert [c["name"] for c in bt.saved_collections(b)] == ["sluice-abc"]
+assert "other-app-notes" in err.getvalue(), err.getvalue()
+collections([{"name": "sluice-abc", "file": "../../outside"}])
+assert refused(bt.saved_collections, b)
+
+# Retention: a deletion that fails does not stop the others; a symlink is never followed.
+r = os.path.join(work, "backups")
+os.makedirs(r)
+name = lambda days: (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)).strftime("%Y%m%dT%H%M%SZ")
+stuck, old, linked = name(9), name(10), name(11)
+for n in (stuck, old):
+    os.makedirs(os.path.join(r, n))
+    open(os.path.join(r, n, "MANIFEST.json"), "w").write("{}")
+target = os.path.join(work, "linked-target")
+os.makedirs(target)
+open(os.path.join(target, "MANIFEST.json"), "w").write("{}")
+os.symlink(target, os.path.join(r, linked))
+def rmtree(path):
+    if path.endswith(stuck):
+        raise PermissionError(13, "Permission denied", path)
+    bt.shutil.rmtree(path)
+out = io.StringIO()
+with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+    bt.retention(argparse.Namespace(root=r, days=7, keep=""), rmtree=rmtree)
+result = json.loads(out.getvalue())
+assert result == {"deleted": [old], "failed": [stuck], "symlinks": [linked]}, result
+assert os.path.isdir(os.path.join(r, stuck)) and not os.path.exists(os.path.join(r, old))
+assert os.path.islink(os.path.join(r, linked)) and os.path.isfile(os.path.join(target, "MANIFEST.json"))
+
+# A Redis Cluster URL's user and password are percent-decoded.
+import redis.cluster
+seen = {}
+class Stop(Exception):
+    pass
+class FakeCluster:
+    PRIMARIES = "primaries"
+    def __init__(self, **kwargs):
+        seen.update(kwargs)
+        raise Stop()
+redis.cluster.RedisCluster = FakeCluster
+os.environ["BK_REDIS_URL"] = "redis-cluster://us%40er:p%40ss%3Aw%2Fd@127.0.0.1:7000?node=127.0.0.1:7001"
+try:
+    bt.redis_reset_logs(None)
+except Stop:
+    pass
+assert seen["username"] == "us@er" and seen["password"] == "p@ss:w/d", {k: seen.get(k) for k in ("username",)}
+print("    keys, paths, collections, retention and Redis passwords as expected", file=sys.stderr)
+EOF
+
 step "retention: BACKUP_RETENTION_DAYS=7"
+before="$(ls -A "$work/backups")"
+for bad in abc -1 7.5 36501 99999999999999999999; do
+  if BACKUP_RETENTION_DAYS="$bad" scripts/backup --env-file "$work/sluice.env" "$work/backups" 2>"$work/refused.log"; then
+    fail "scripts/backup took BACKUP_RETENTION_DAYS=$bad"
+  fi
+  grep -q "BACKUP_RETENTION_DAYS must be a whole number" "$work/refused.log" ||
+    fail "BACKUP_RETENTION_DAYS=$bad: $(cat "$work/refused.log")"
+done
+[ "$(ls -A "$work/backups")" = "$before" ] || fail "a backup with a bad BACKUP_RETENTION_DAYS wrote something"
 old8="$(date -u -d '8 days ago' +%Y%m%dT%H%M%SZ)"
 old3="$(date -u -d '3 days ago' +%Y%m%dT%H%M%SZ)"
 old9="$(date -u -d '9 days ago' +%Y%m%dT%H%M%SZ)"
+old12="$(date -u -d '12 days ago' +%Y%m%dT%H%M%SZ)"
 for d in "$old8" "$old3"; do mkdir "$work/backups/$d"; echo '{}' >"$work/backups/$d/MANIFEST.json"; done
 mkdir "$work/backups/$old9"                  # no manifest: not a finished backup
 mkdir "$work/backups/keep-me"; echo '{}' >"$work/backups/keep-me/MANIFEST.json"
+# A symlink named like an old backup, to a directory outside: never followed.
+mkdir "$work/not-a-backup"; echo '{}' >"$work/not-a-backup/MANIFEST.json"
+ln -s "$work/not-a-backup" "$work/backups/$old12"
 sleep 1 # one backup a second
 second="$(BACKUP_RETENTION_DAYS=7 scripts/backup --env-file "$work/sluice.env" "$work/backups" 2>"$work/backup2.log")" ||
   { cat "$work/backup2.log" >&2; fail "the second scripts/backup failed"; }
 [ ! -e "$work/backups/$old8" ] || fail "the 8-day-old backup was kept"
-for d in "$old3" "$old9" keep-me "$(basename "$backup")" "$(basename "$second")"; do
+[ ! -e "$work/backups/$old10" ] || fail "the 10-day-old backup was kept"
+for d in "$old3" "$old9" keep-me "$(basename "$backup")" "$(basename "$second")" "$(basename "$pg_only")"; do
   [ -d "$work/backups/$d" ] || fail "retention deleted $d"
 done
+if [ ! -L "$work/backups/$old12" ] || [ ! -f "$work/not-a-backup/MANIFEST.json" ]; then
+  fail "retention followed or deleted a symlink"
+fi
+grep -q "symlink" "$work/backup2.log" || fail "retention did not say it left a symlink alone"
 
 step "stopping"
 echo "backup round trip: ok"
