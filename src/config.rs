@@ -758,9 +758,9 @@ pub const VARS: &[Var] = &[
         name: "SLUICE_ENV",
         aliases: &[],
         default: DefaultValue::Unset,
-        help: "production (or staging): refuses to start without SLUICE_JWT_SECRET, warns about \
-               the demo model, and logs JSON unless SLUICE_LOG_FORMAT says otherwise; \
-               development (the default) or test: neither",
+        help: "production (or staging): refuses to start without SLUICE_JWT_SECRET, and logs \
+               JSON unless SLUICE_LOG_FORMAT says otherwise; development (the default) or test: \
+               neither",
         parse: |c, v| {
             c.production = environment(v)?;
             Ok(())
@@ -1066,8 +1066,22 @@ impl Config {
         }
     }
 
-    /// Reads the process environment.
+    /// Reads the process environment. A variable of the table that is set
+    /// but not UTF-8 is refused (read as unset, a secret would be lost
+    /// without a word).
     pub fn from_env() -> Result<Self, ConfigError> {
+        for name in VARS
+            .iter()
+            .flat_map(|v| std::iter::once(v.name).chain(v.aliases.iter().copied()))
+        {
+            if std::env::var_os(name).is_some_and(|v| v.to_str().is_none()) {
+                return Err(ConfigError {
+                    name,
+                    value: "[not UTF-8]".into(),
+                    reason: "must be UTF-8 text".into(),
+                });
+            }
+        }
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
@@ -1130,16 +1144,25 @@ impl Config {
         if set(&["ENV"]) && set(&["SLUICE_ENV"]) {
             let (env, sluice_env) = (lookup("ENV"), lookup("SLUICE_ENV"));
             let word = |v: Option<String>| v.and_then(|v| environment(v.trim()).ok());
-            if word(env) != word(sluice_env) {
+            // (An ENV that is no environment's name has its own warning.)
+            if let (Some(env), Some(sluice_env)) = (word(env), word(sluice_env))
+                && env != sluice_env
+            {
                 config
                     .warnings
                     .push("ENV is ignored: SLUICE_ENV is set too and wins".into());
             }
         }
-        if set(&["METRICS_PORT"]) && set(&["SLUICE_METRICS_ADDR"]) {
-            config
-                .warnings
-                .push("METRICS_PORT is ignored: SLUICE_METRICS_ADDR is set too and wins".into());
+        for (seed, canonical) in [
+            ("METRICS_PORT", "SLUICE_METRICS_ADDR"),
+            ("CHROMA_HOST", "SLUICE_CHROMA_URL"),
+            ("CHROMA_PORT", "SLUICE_CHROMA_URL"),
+        ] {
+            if set(&[seed]) && set(&[canonical]) {
+                config.warnings.push(format!(
+                    "{seed} is ignored: {canonical} is set too and wins"
+                ));
+            }
         }
         if config.llm_base_url.is_none() && config.llm_api_key.is_some() {
             if set(&["ARK_API_KEY"]) && !set(&["SLUICE_LLM_API_KEY"]) {
@@ -1172,13 +1195,6 @@ impl Config {
             config.metrics_addr = config
                 .metrics_port
                 .map(|port| SocketAddr::from((host, port)));
-        }
-        if config.production && config.llm_base_url.is_none() {
-            config.warnings.push(
-                "ENV is production but no provider is set (SLUICE_LLM_BASE_URL, or ARK_API_KEY): \
-                 the built-in demo model answers"
-                    .into(),
-            );
         }
         config.validate()?;
         Ok(config)
@@ -1403,6 +1419,11 @@ fn log_filter(text: &str) -> Result<String, String> {
     }
     if directives.is_empty() {
         return Err("must name a level".into());
+    }
+    // Only target=level directives would leave everything else (errors
+    // included) unlogged: the default level stays below them.
+    if directives.iter().all(|d| d.contains('=')) {
+        directives.insert(0, "info".to_owned());
     }
     let filter = directives.join(",");
     tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| e.to_string())?;
@@ -1802,8 +1823,6 @@ mod tests {
             err.starts_with("ARK_API_KEY=") && err.contains("OPENAI_MODEL"),
             "{err}"
         );
-        let c = config(&[("ENV", "production"), ("JWT_SECRET", "0123456789abcdef")]).unwrap();
-        assert!(c.warnings[0].contains("demo model"), "{:?}", c.warnings);
     }
 
     #[test]
@@ -1814,6 +1833,8 @@ mod tests {
             ("CRITICAL", "error"),
             ("fatal", "error"),
             ("info, sluice=debug", "info,sluice=debug"),
+            ("sluice=debug", "info,sluice=debug"),
+            ("warn,sluice=off", "warn,sluice=off"),
         ] {
             assert_eq!(
                 config(&[("LOG_LEVEL", given)]).unwrap().log_level,

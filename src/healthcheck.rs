@@ -18,7 +18,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let status = status_line(addr).map_err(|e| anyhow::anyhow!("unhealthy: {addr}: {e}"))?;
     let mut parts = status.split(' ');
     let version = parts.next().unwrap_or_default();
-    if version.starts_with("HTTP/1.") && parts.next() == Some("200") {
+    if matches!(version, "HTTP/1.0" | "HTTP/1.1") && parts.next() == Some("200") {
         println!("healthy: {addr} answered {status}");
         Ok(())
     } else {

@@ -68,6 +68,10 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => {
             eprintln!("sluice: {e}");
+            // A container runtime reserves a HEALTHCHECK's status 2.
+            if matches!(cli.command, Some(Command::Healthcheck)) {
+                return ExitCode::FAILURE;
+            }
             return ExitCode::from(EXIT_CONFIG);
         }
     };

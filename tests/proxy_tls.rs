@@ -110,11 +110,39 @@ async fn over_tls_streams_stream_and_the_limits_answer_in_the_envelope() {
             .await
             .unwrap();
         assert_eq!(plain.status(), 308);
+        assert_security_headers(&plain);
         assert_eq!(
             plain.headers()["location"],
             nginx.https_url("/v1/sessions?x=1").as_str()
         );
     }
+
+    // Plain HTTP sent to the TLS port, and nginx's internal error routes
+    // asked for from outside: the envelope too.
+    let wrong_port = http
+        .get(format!(
+            "http://127.0.0.1:{}/health",
+            nginx.https_addr.unwrap().port()
+        ))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = envelope(wrong_port).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+    let internal = http
+        .get(nginx.https_url("/_sluice/bad-request"))
+        .send()
+        .await
+        .unwrap();
+    assert!(internal.headers().contains_key("x-request-id"));
+    let (status, body) = envelope(internal).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
 
     // The security headers, on an answer of Sluice's.
     let health = http.get(nginx.https_url("/health")).send().await.unwrap();

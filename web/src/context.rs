@@ -39,7 +39,13 @@ pub async fn request_context(
         .headers()
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_BYTES)
+        .filter(|v| {
+            // Visible ASCII only (as nginx/production.conf keeps them): a
+            // request id is a key for searching logs, not text.
+            !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID_BYTES
+                && v.bytes().all(|b| b.is_ascii_graphic())
+        })
         .map(str::to_owned)
         .unwrap_or_else(sluice_actors::ids::new_id);
     let method = method_label(req.method());
