@@ -6,6 +6,15 @@
 # The PyPI packages the helper (scripts/backup-tool.py) needs, pinned.
 BACKUP_REQUIREMENTS="boto3==1.44.5 redis==8.1.0"
 
+# Sluice's tables, all in the schema public: every table its migrations
+# create (MIGRATIONS in actors/backends/src/store/postgres.rs) and
+# sluice_migrations. The backup dumps only these (their indexes, constraints
+# and sequences come along) and the restore drops and makes again only
+# these: any other table of the database is never read nor touched. A unit
+# test there (backup_tables_are_the_migrations_tables) fails when a
+# migration creates a table missing here: keep this one line as it is.
+SLUICE_TABLES="sessions messages files responses settings sluice_migrations"
+
 backup_root_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 backup_tool="$backup_root_dir/scripts/backup-tool.py"
 
@@ -110,43 +119,22 @@ pg_tool() {
 # Splits $PG_URL into a URL without its password (PG_URL_SAFE, fine on a
 # command line and in a log) and the password (exported as PGPASSWORD for
 # libpq), so the password never shows in `ps`: neither `user:password@` nor
-# a `password=` query parameter stays in the URL (libpq reads both; the
-# query's wins, as in libpq). Percent-encoding is decoded, as libpq does.
-# The URL goes to Python in the environment, never in argv.
+# a `password=` query parameter stays in the URL (the query's wins, as in
+# Sluice's driver). The URL is read as Sluice's driver (tokio-postgres)
+# reads it, not as a browser would: the userinfo ends at the first `@`, so
+# a password may hold `#`, `?` and `/` as they are (only `@` and `%` need
+# percent-encoding); see pg_url in backup-tool.py. Also sets PG_URL_HOST
+# and PG_URL_DB (for messages and MANIFEST.json; empty if the URL has
+# none). The URL goes to Python in the environment, never in argv, and the
+# answer comes back NUL-separated (a password may hold a newline).
 split_pg_url() {
-  local out
-  out="$(PG_URL="$PG_URL" python3 - <<'EOF'
-import os, sys
-from urllib.parse import urlsplit, urlunsplit, unquote
-url = os.environ["PG_URL"]
-parts = urlsplit(url)
-if parts.scheme not in ("postgres", "postgresql"):
-    sys.exit("the PostgreSQL URL must be postgres:// or postgresql://")
-password = ""
-netloc = parts.netloc
-if "@" in netloc:
-    userinfo, host = netloc.rsplit("@", 1)
-    if ":" in userinfo:
-        user, password = userinfo.split(":", 1)
-        password = unquote(password)
-        netloc = f"{user}@{host}"
-# password=... in the query (libpq's URI form takes any keyword there):
-# dropped from the URL, the other parameters kept as written.
-kept = []
-for param in parts.query.split("&") if parts.query else []:
-    name, _, value = param.partition("=")
-    if unquote(name) == "password":
-        password = unquote(value)
-    else:
-        kept.append(param)
-print(urlunsplit(parts._replace(netloc=netloc, query="&".join(kept))))
-print(password)
-EOF
-)" || die "cannot read the PostgreSQL URL"
-  PG_URL_SAFE="$(sed -n 1p <<<"$out")"
-  local password
-  password="$(sed -n '2,$p' <<<"$out")"
-  if [ -n "$password" ]; then export PGPASSWORD="$password"; fi
+  local fields=()
+  mapfile -d '' -t fields < <(PG_URL="$PG_URL" python3 "$backup_tool" pg-url)
+  [ "${#fields[@]}" = 4 ] || die "cannot read the PostgreSQL URL (SLUICE_POSTGRES_URL or POSTGRES_URL)"
+  PG_URL_SAFE="${fields[0]}"
+  PG_URL_HOST="${fields[2]}"
+  PG_URL_DB="${fields[3]}"
+  if [ -n "${fields[1]}" ]; then export PGPASSWORD="${fields[1]}"; fi
 }
 
 # `sluice --version`, if a binary can be found ($SLUICE_BIN, PATH, this

@@ -10,7 +10,8 @@ BK_REDIS_URL. Progress goes to stderr; a command's result (a JSON object)
 to stdout. No secret is ever printed.
 
 A backup directory holds:
-  postgres.dump           pg_dump -Fc of Sluice's database
+  postgres.dump           pg_dump -Fc of Sluice's tables (SLUICE_TABLES in
+                          backup-lib.sh), none of the database's others
   objects/<key>           every object under Sluice's key prefix (files/), its key
                           as its path (a key that cannot be a safe relative path
                           is skipped and listed in MANIFEST.json)
@@ -19,9 +20,9 @@ A backup directory holds:
   chroma/<name>.jsonl.gz  one line per record: id, embedding, document, metadata, uri
   MANIFEST.json           what was backed up, counts, and the sha256 of every file above
 
-Only Sluice's data is ever read, written or deleted: objects under
-OBJECT_PREFIX and Chroma collections named sluice-*; whatever else the
-bucket or Chroma holds is left alone.
+Only Sluice's data is ever read, written or deleted: its tables,
+objects under OBJECT_PREFIX and Chroma collections named sluice-*; whatever
+else the database, the bucket or Chroma holds is left alone.
 """
 
 import argparse
@@ -663,6 +664,135 @@ def redis_reset_logs(args):
 # ---------------------------------------------------------------- PostgreSQL
 
 
+class PgUrlError(ValueError):
+    """A PostgreSQL URL that cannot be read. Its message never quotes the
+    URL (it may hold a password)."""
+
+
+def pg_url(url):
+    """Splits a PostgreSQL URL the way Sluice's driver reads it
+    (tokio-postgres 0.7, `UrlParser` in its config.rs) into (safe,
+    password, host, database): `safe` is the URL without its password, for
+    libpq's tools; `password` is bytes, percent-decoded, or None; `host`
+    and `database` are for messages ("" when the URL names none).
+
+    The driver's rules, which are not a browser's: after `postgres://` or
+    `postgresql://`, everything before the first `@` (wherever it is) is
+    the userinfo, `user[:password]`, the password after its first `:`; then
+    the hosts, up to the first `/` or `?`; then `/database`, up to the first
+    `?`; then `key=value` parameters, each value up to the next `&` (a
+    `password=` there wins over the userinfo's: the last one read wins).
+    `#` means nothing. So a password may hold `#`, `?`, `/` and `:` as they
+    are; only `@` (and `%`) must be percent-encoded.
+
+    The safe URL is the URL as written with `:password` taken out of the
+    userinfo and `password=` out of the query; its percent-encoding is kept
+    (a `/` in the user name is encoded, since libpq would end the userinfo
+    there). `postgres:///db?host=/run/postgresql` stays as it is."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            break
+    else:
+        raise PgUrlError("the PostgreSQL URL must start with postgres:// or postgresql://")
+    rest = url[len(prefix) :]
+    password, userinfo = None, None
+    at = rest.find("@")
+    if at >= 0:
+        creds, rest = rest[:at], rest[at + 1 :]
+        user, colon, secret = creds.partition(":")
+        if colon:
+            password = urllib.parse.unquote_to_bytes(os.fsencode(secret))
+        userinfo = user.replace("/", "%2F")
+    mark = rest.find("?")
+    location, query = (rest, "") if mark < 0 else (rest[:mark], rest[mark + 1 :])
+    slash = location.find("/")
+    hosts, path = (location, "") if slash < 0 else (location[:slash], location[slash + 1 :])
+    kept, params = [], {}
+    while query:
+        eq = query.find("=")
+        # `?a&b=c`: the driver reads a key `a&b` (and refuses it), libpq a
+        # parameter `a` without a value (and refuses it).
+        if eq < 0 or "&" in query[:eq]:
+            raise PgUrlError("the PostgreSQL URL's query has a parameter without a value (no `=`)")
+        key, query = query[:eq], query[eq + 1 :]
+        amp = query.find("&")
+        value, query = (query, "") if amp < 0 else (query[:amp], query[amp + 1 :])
+        name = urllib.parse.unquote(key)
+        if name == "password":
+            password = urllib.parse.unquote_to_bytes(os.fsencode(value))
+        else:
+            kept.append(f"{key}={value}")
+            params[name] = urllib.parse.unquote(value)
+    if password is not None and b"\0" in password:
+        raise PgUrlError("the PostgreSQL password holds a NUL byte (%00), which no client can send")
+    safe = prefix + ("" if userinfo is None else userinfo + "@") + location
+    if kept:
+        safe += "?" + "&".join(kept)
+    names = []
+    for chunk in hosts.split(",") if hosts else []:
+        if chunk.startswith("[") and "]" in chunk:
+            chunk = chunk[1 : chunk.index("]")]
+        else:
+            chunk = chunk.partition(":")[0]
+        names.append(urllib.parse.unquote(chunk))
+    host = ",".join(names) or params.get("host", "")
+    database = urllib.parse.unquote(path) or params.get("dbname", "")
+    return safe, password, host, database
+
+
+def pg_url_command(args):
+    """PG_URL from the environment (never argv): writes its safe form, its
+    password, its host and its database to stdout, each ended by a NUL
+    byte (a password may hold a newline). Writes nothing on a failure."""
+    try:
+        safe, password, host, database = pg_url(os.environ.get("PG_URL", ""))
+        out = b"".join(os.fsencode(v) + b"\0" for v in (safe, password or b"", host, database))
+    except PgUrlError as e:
+        fail(str(e))
+    except Exception as e:  # never a traceback, which could quote the URL
+        fail(f"cannot read the PostgreSQL URL ({type(e).__name__})")
+    sys.stdout.buffer.write(out)
+    sys.stdout.buffer.flush()
+
+
+# pg_restore --list's entries that name a relation, a schema or code: a dump
+# of Sluice's tables has only its tables (and their own sequences), a dump
+# of a whole database (a backup made before backups held only Sluice's
+# tables) has everything. Longest first: "TABLE DATA" before "TABLE".
+TOC_KINDS = sorted(
+    ("TABLE", "TABLE DATA", "VIEW", "MATERIALIZED VIEW", "FOREIGN TABLE", "SEQUENCE", "SEQUENCE SET",
+     "SEQUENCE OWNED BY", "SCHEMA", "EXTENSION", "FUNCTION", "PROCEDURE", "AGGREGATE", "TYPE", "DOMAIN"),
+    key=len,
+    reverse=True,
+)
+
+
+def pg_dump_tables(args):
+    """Reads `pg_restore --list` of a dump on stdin: which of Sluice's
+    tables (args.tables, space-separated) it holds, and what else (tables,
+    views, schemas, functions... that a restore with --clean would replace)."""
+    sluice = set(args.tables.split())
+    tables, other = set(), set()
+    entry = re.compile(r"^\d+; \d+ \d+ (.*)$")
+    for line in sys.stdin:
+        m = entry.match(line.rstrip("\n"))
+        if not m:
+            continue
+        kind = next((k for k in TOC_KINDS if m.group(1).startswith(k + " ")), None)
+        if kind is None:
+            continue  # indexes, constraints, comments, grants: of the tables above
+        schema, name = (m.group(1)[len(kind) + 1 :].split(" ") + ["", ""])[:2]
+        if kind in ("TABLE", "TABLE DATA") and schema == "public" and name in sluice:
+            tables.add(name)
+        elif kind.startswith("SEQUENCE") and schema == "public":
+            pass  # a serial or identity column's, dumped with its table
+        elif kind == "SCHEMA" and name == "public":
+            pass
+        else:
+            other.add(f"{kind} {name}" if schema == "-" else f"{kind} {schema}.{name}")
+    print(json.dumps({"tables": sorted(tables), "other": sorted(other)}))
+
+
 def copy_unescape(value):
     if value == "\\N":
         return None
@@ -783,6 +913,7 @@ def manifest(args):
         else {
             **pg_info,
             "file": "postgres.dump",
+            "tables": pg_info.get("tables") or sorted(pg["tables"]),
             "schema_version": pg["schema_version"],
             "rows": pg["tables"],
             "files_by_status": count_by(pg["files"], "status"),
@@ -862,18 +993,37 @@ def verify(args):
     print(json.dumps({"files": len(doc["files"]), "objects": objects}))
 
 
+def is_backup(path):
+    """Whether `path` is a backup this tool wrote: a directory (not a
+    symlink) holding a MANIFEST.json (a file, not a symlink) that parses as
+    JSON with our "format" (a file that merely has the name does not)."""
+    manifest = os.path.join(path, "MANIFEST.json")
+    if os.path.islink(path) or not os.path.isdir(path):
+        return False
+    if os.path.islink(manifest) or not os.path.isfile(manifest):
+        return False
+    try:
+        with open(manifest, "rb") as f:
+            doc = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT
+
+
 def retention(args, rmtree=shutil.rmtree):
     """Deletes backups in ROOT older than DAYS: only directories named like
-    a backup's UTC timestamp that hold a MANIFEST.json (a complete one).
-    A symlink is never followed nor deleted (skipped, with a note); a
-    deletion that fails is reported and the others go on (the backup that
-    ran before is whole either way)."""
+    a backup's UTC timestamp, not symlinks, that hold a MANIFEST.json (a
+    complete backup) which parses as JSON with this tool's "format" (see
+    is_backup). A symlink is never followed nor deleted (skipped, with a
+    note); an old directory that is not a backup is left alone (with a
+    note); a deletion that fails is reported and the others go on (the
+    backup that ran before is whole either way)."""
     if args.days <= 0:
         log("retention: off (BACKUP_RETENTION_DAYS=0)")
-        print(json.dumps({"deleted": [], "failed": [], "symlinks": []}))
+        print(json.dumps({"deleted": [], "failed": [], "symlinks": [], "not_backups": []}))
         return
     now = dt.datetime.now(dt.timezone.utc)
-    deleted, failed, symlinks = [], [], []
+    deleted, failed, symlinks, not_backups = [], [], [], []
     for name in sorted(os.listdir(args.root)):
         path = os.path.join(args.root, name)
         if name == args.keep or not TIMESTAMP.match(name):
@@ -881,13 +1031,16 @@ def retention(args, rmtree=shutil.rmtree):
         if os.path.islink(path):
             symlinks.append(name)
             continue
-        if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "MANIFEST.json")):
+        if not os.path.isdir(path):
             continue
         try:
             taken = dt.datetime.strptime(name, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
         except ValueError:
             continue
         if now - taken > dt.timedelta(days=args.days):
+            if not is_backup(path):
+                not_backups.append(name)
+                continue
             try:
                 rmtree(path)
                 deleted.append(name)
@@ -896,13 +1049,16 @@ def retention(args, rmtree=shutil.rmtree):
                 log(f"retention: could not delete {name}: {e.strerror or e}")
     if symlinks:
         log(f"retention: left alone {len(symlinks)} symlinks named like backups (never followed): {', '.join(symlinks)}")
+    if not_backups:
+        log(f"retention: left alone {len(not_backups)} old directories named like backups without a backup's "
+            f"MANIFEST.json (missing, a symlink, not JSON, or not {FORMAT}): {', '.join(not_backups)}")
     stale = [n for n in os.listdir(args.root) if n.startswith(".incomplete-")]
     if stale:
         log(f"retention: left alone {len(stale)} .incomplete-* directories (a backup running, or one killed)")
     log(f"retention: deleted {len(deleted)} backups older than {args.days} days" + (f": {', '.join(deleted)}" if deleted else ""))
     if failed:
         log(f"retention: warning: {len(failed)} old backups could not be deleted: {', '.join(failed)}")
-    print(json.dumps({"deleted": deleted, "failed": failed, "symlinks": symlinks}))
+    print(json.dumps({"deleted": deleted, "failed": failed, "symlinks": symlinks, "not_backups": not_backups}))
 
 
 def main():
@@ -917,6 +1073,8 @@ def main():
     p.add_argument("--files", help="pg-summary JSON of the restored database's files")
     sub.add_parser("redis-reset-logs")
     sub.add_parser("pg-summary")
+    sub.add_parser("pg-url")
+    sub.add_parser("pg-dump-tables").add_argument("tables")
     p = sub.add_parser("manifest")
     p.add_argument("dir")
     p.add_argument("meta")
@@ -934,6 +1092,8 @@ def main():
         "chroma-prune": chroma_prune,
         "redis-reset-logs": redis_reset_logs,
         "pg-summary": pg_summary,
+        "pg-url": pg_url_command,
+        "pg-dump-tables": pg_dump_tables,
         "manifest": manifest,
         "verify": verify,
         "retention": retention,

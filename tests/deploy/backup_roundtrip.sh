@@ -8,11 +8,15 @@
 # files (byte for byte) and retrieval are back, and that the conversations
 # take new messages. Also: a restore whose PostgreSQL step fails touches
 # nothing else; restore refuses another application's database, and a
-# missing --yes without a terminal; only Sluice's objects (files/) and
-# collections (sluice-*) are backed up, restored or pruned; a symlink in a
-# backup is refused; a password in the PostgreSQL URL's query never shows in
-# any argv; the backup is private (umask 077) and leaves no temporary files.
-# Then checks the backups' retention (symlinks, bad values, --skip).
+# missing --yes without a terminal; only Sluice's tables, objects (files/) and
+# collections (sluice-*) are backed up, restored or pruned (another
+# application's tables in the same database, in public and in its own
+# schema, keep what they had at the restore); a symlink in a backup is
+# refused; a password in the PostgreSQL URL (in its query, or with `#`, `?`
+# and `/` in its userinfo; over TCP and by socket, postgres:///) never shows
+# in any argv nor in any message; the backup is private (umask 077) and
+# leaves no temporary files. Then checks the backups' retention (symlinks,
+# manifests that are not a backup's, bad values, --skip).
 #
 #   tests/deploy/backup_roundtrip.sh
 #
@@ -302,11 +306,24 @@ sha_png="$(sha256sum "$work/pixel.png" | cut -d' ' -f1)"
 [ "$(content_sha "$file_doc")" = "$sha_doc" ] || fail "harbour.md does not read back whole"
 [ "$(content_sha "$file_png")" = "$sha_png" ] || fail "pixel.png does not read back whole"
 echo "    sessions $(python3 -c 'import json,sys; print(len(json.loads(sys.argv[1])))' "$sessions_before"), files 2 (sha256 ${sha_doc:0:12}…, ${sha_png:0:12}…), retrieval found the fact" >&2
-# Another application's data beside Sluice's: an object outside files/ and
-# a Chroma collection not named sluice-*. No backup, restore or prune may
+# Another application's data beside Sluice's: an object outside files/, a
+# Chroma collection not named sluice-*, and tables in Sluice's database (one
+# in public, one in a schema of its own). No backup, restore or prune may
 # touch them.
 s3 put other-app/keep.txt "another application's object"
 chroma make other-app-notes
+psql_at "$postgres_url" "CREATE TABLE public.other_app (id int PRIMARY KEY, note text NOT NULL);
+  INSERT INTO public.other_app VALUES (1, 'before the backup');
+  CREATE SCHEMA billing; CREATE TABLE billing.invoices (id int PRIMARY KEY, amount int NOT NULL);
+  INSERT INTO billing.invoices VALUES (1, 100)" >/dev/null
+other_rows() { # -> the other application's rows, both tables
+  psql_at "$postgres_url" "SELECT (SELECT string_agg(id || ':' || note, ',' ORDER BY id) FROM public.other_app)
+    || ' / ' || (SELECT string_agg(id || ':' || amount, ',' ORDER BY id) FROM billing.invoices)"
+}
+# Sluice's tables, as the backup scripts list them.
+# shellcheck disable=SC2016
+sluice_tables="$(bash -c '. scripts/backup-lib.sh; echo "$SLUICE_TABLES"')"
+[ -n "$sluice_tables" ] || fail "scripts/backup-lib.sh has no SLUICE_TABLES"
 
 # ------------------------------------------------------------ backup
 
@@ -341,6 +358,14 @@ cp "$backup/MANIFEST.json" "$work/body"
 [ "$(py 'd["sluice_version"]')" != null ] || fail "the manifest has no Sluice version"
 [ "$(py 'd["objects"]["prefix"]')" = "files/" ] || fail "the manifest's objects prefix is $(py 'd["objects"]["prefix"]')"
 [ "$(py 'd["objects"]["skipped"]')" = "[]" ] || fail "the backup skipped objects: $(py 'd["objects"]["skipped"]')"
+# Only Sluice's tables: the manifest names them, the dump holds no other.
+[ "$(py '" ".join(d["postgres"]["tables"])')" = "$sluice_tables" ] || fail "the manifest's tables: $(py 'd["postgres"]["tables"]')"
+[ "$(py 'sorted(d["postgres"]["rows"])')" = "$(python3 -c 'import json,sys; print(json.dumps(sorted(sys.argv[1].split())))' "$sluice_tables")" ] ||
+  fail "the dump's rows are of the tables $(py 'sorted(d["postgres"]["rows"])'), not Sluice's"
+"$pg_bin/pg_restore" --list "$backup/postgres.dump" >"$work/toc"
+dumped="$(sed -n 's/^[0-9]*; [0-9]* [0-9]* TABLE public \([a-z_]*\) .*/\1/p' "$work/toc" | sort | tr '\n' ' ')"
+[ "$dumped" = "$(tr ' ' '\n' <<<"$sluice_tables" | sort | tr '\n' ' ')" ] || fail "the dump's tables are $dumped"
+if grep -E -q "other_app|billing|invoices|SCHEMA" "$work/toc"; then fail "the dump holds more than Sluice's tables: $(grep -E 'other_app|billing|invoices|SCHEMA' "$work/toc")"; fi
 summary_counts="$(py '"%d sessions, %d messages, %d objects (%d bytes), %d chunks in %d collections" % (d["postgres"]["rows"]["sessions"], d["postgres"]["rows"]["messages"], d["objects"]["count"], d["objects"]["bytes"], d["chroma"]["records"], d["chroma"]["collections"])')"
 pg_dump_bytes="$(stat -c %s "$backup/postgres.dump")"
 echo "    $backup: $backup_bytes bytes in $(secs "$backup_ms") s ($summary_counts)" >&2
@@ -352,6 +377,10 @@ late="$(printf 'A late note.\n' >"$work/late.md"; upload "$work/late.md" late.md
 indexed "$late"
 req DELETE "$api/v1/sessions/$session_b"
 [[ "$status" == 20[04] ]] || fail "delete session B: $status"
+# And the other application goes on: its rows must survive the restore.
+psql_at "$postgres_url" "INSERT INTO public.other_app VALUES (2, 'after the backup'); INSERT INTO billing.invoices VALUES (2, 200)" >/dev/null
+other_after="1:before the backup,2:after the backup / 1:100,2:200"
+[ "$(other_rows)" = "$other_after" ] || fail "the other application's rows: $(other_rows)"
 
 # ------------------------------------------------------------ refused restores
 
@@ -386,10 +415,12 @@ echo "    no --yes: refused; pg_restore failed: rolled back, the late object and
 
 # ------------------------------------------------------------ wipe
 
-step "wiping the stack: PostgreSQL's schema, Sluice's objects (files/), Sluice's Chroma collections"
+step "wiping the stack: Sluice's tables, Sluice's objects (files/), Sluice's Chroma collections"
 stop_replicas
+# Sluice's tables only: the other application's stay, with their later rows.
 "$pg_bin/psql" -X -q -v ON_ERROR_STOP=1 "$postgres_url" \
-  -c 'SET client_min_messages TO warning; DROP SCHEMA public CASCADE; CREATE SCHEMA public;' >/dev/null
+  -c "SET client_min_messages TO warning; DROP TABLE ${sluice_tables// /, } CASCADE;" >/dev/null
+[ "$(other_rows)" = "$other_after" ] || fail "the wipe touched the other application's rows: $(other_rows)"
 s3 delete-prefix files/
 chroma delete-sluice
 # Started again on the empty stores, the replicas make empty tables.
@@ -439,6 +470,8 @@ if s3 keys files/ | grep -qxF "$late_key"; then fail "the object uploaded after 
 [ "$(chroma chunks "$late")" = 0 ] || fail "chunks of the file uploaded after the backup are left"
 [ "$(s3 get other-app/keep.txt)" = "another application's object" ] || fail "the restore touched an object outside files/"
 chroma names | grep -qx other-app-notes || fail "the restore deleted a collection not named sluice-*"
+[ "$(other_rows)" = "$other_after" ] ||
+  fail "the restore touched the other application's tables (public.other_app, billing.invoices): $(other_rows), not $other_after"
 found="$(search "Who keeps the lighthouse at Port Vesper?")"
 grep -q "Orlaith Quennell-Marsh" <<<"$found" || fail "search_files does not find the fact after the restore: $found"
 # The restored conversations go on: their logs were reset with the restore
@@ -460,7 +493,7 @@ req GET "$api/v1/sessions/$session_b"
 seq_b="$(py 'd["last_seq"]')"
 send "$session_b" '{"content": "Back from the backup"}'
 replayed "$session_b" "$seq_b" "session B (deleted after the backup)"
-echo "    sessions and messages as before, files byte for byte, retrieval works, sessions take new messages" >&2
+echo "    sessions and messages as before, files byte for byte, retrieval works, sessions take new messages; the other application's tables untouched" >&2
 
 # ------------------------------------------------------------ checks of the tools themselves
 
@@ -480,6 +513,31 @@ ln -sf "$work/outside-object" "$work/linked/objects/files/$file_doc" # same byte
 if scripts/restore --check "$work/linked" 2>"$work/refused.log"; then fail "restore --check took a backup with a symlinked object"; fi
 grep -q "symlink" "$work/refused.log" || fail "restore's refusal of a symlink: $(cat "$work/refused.log")"
 
+step "restore refuses an older backup whose dump holds the whole database"
+# As scripts/backup made them before it dumped only Sluice's tables: a dump
+# of every table (the other application's too), its manifest's sha256 right.
+cp -a "$backup" "$work/whole"
+"$pg_bin/pg_dump" --format=custom --file="$work/whole/postgres.dump" --dbname="$postgres_url"
+python3 - "$work/whole" <<'EOF'
+import hashlib, json, os, sys
+path = os.path.join(sys.argv[1], "MANIFEST.json")
+m = json.load(open(path))
+m["postgres"].pop("tables", None)
+dump = os.path.join(sys.argv[1], "postgres.dump")
+for f in m["files"]:
+    if f["path"] == "postgres.dump":
+        f["sha256"] = hashlib.sha256(open(dump, "rb").read()).hexdigest()
+        f["bytes"] = os.path.getsize(dump)
+json.dump(m, open(path, "w"))
+EOF
+psql_at "$postgres_url" "INSERT INTO public.other_app VALUES (3, 'after the restore')" >/dev/null
+other_now="1:before the backup,2:after the backup,3:after the restore / 1:100,2:200"
+if scripts/restore --env-file "$work/sluice.env" --yes "$work/whole" 2>"$work/refused.log"; then
+  fail "restore took a dump of the whole database"
+fi
+grep -q "more than Sluice's tables.*other_app" "$work/refused.log" || fail "restore's refusal of a whole database's dump: $(cat "$work/refused.log")"
+[ "$(other_rows)" = "$other_now" ] || fail "the refused restore touched the other application's tables: $(other_rows)"
+
 step "restore refuses another application's database"
 "$pg_bin/psql" -X -q -v ON_ERROR_STOP=1 "$postgres_url" -c 'CREATE DATABASE other_app' >/dev/null
 other_url="${postgres_url%/*}/other_app"
@@ -493,17 +551,37 @@ if grep -q "backup-tool: objects:\|backup-tool: chroma:" "$work/refused.log"; th
 [ "$(psql_at "$other_url" 'SELECT id, note FROM sessions')" = "1|not Sluice's" ] ||
   fail "the other application's table changed: $(psql_at "$other_url" 'SELECT * FROM sessions')"
 
-step "a password in the PostgreSQL URL's query: never in argv; a --skip backup; a restore into an empty database"
-# A role that must give its password (scram), whatever the cluster's trust.
+step "passwords in the PostgreSQL URL (its query; #, ? and / in its userinfo; by socket): never in argv; --skip backups; restores into empty databases"
+# Roles that must give their password (scram), whatever the cluster's
+# trust: over TCP, and sluice_pw by the cluster's socket too.
 pg_hostport="${postgres_url#*@}"
 pg_hostport="${pg_hostport%%/*}"
-psql_at "$postgres_url" "CREATE ROLE sluice_bk LOGIN SUPERUSER PASSWORD 'Bk7Secret!@x&y'" >/dev/null
+pg_port="${pg_hostport##*:}"
+pg_socket_dir="$cluster_dir/pg"
+psql_at "$postgres_url" "CREATE ROLE sluice_bk LOGIN SUPERUSER PASSWORD 'Bk7Secret!@x&y';
+  CREATE ROLE sluice_pw LOGIN SUPERUSER PASSWORD 'Hunter2#top?se/cret@x'" >/dev/null
 hba="$cluster_dir/pg/data/pg_hba.conf"
-{ echo "host all sluice_bk 127.0.0.1/32 scram-sha-256"; cat "$hba"; } >"$work/pg_hba.conf"
+{
+  echo "host all sluice_bk 127.0.0.1/32 scram-sha-256"
+  echo "host all sluice_pw 127.0.0.1/32 scram-sha-256"
+  echo "local all sluice_pw scram-sha-256"
+  cat "$hba"
+} >"$work/pg_hba.conf"
 cat "$work/pg_hba.conf" >"$hba"
 psql_at "$postgres_url" 'SELECT pg_reload_conf()' >/dev/null
-if PGPASSWORD=wrong "$pg_bin/psql" -X -q -w "postgres://sluice_bk@$pg_hostport/postgres" -c 'SELECT 1' >/dev/null 2>&1; then
-  fail "sluice_bk logs in without its password: the check below would prove nothing"
+for url in "postgres://sluice_bk@$pg_hostport/postgres" "postgres://sluice_pw@$pg_hostport/postgres"; do
+  if PGPASSWORD=wrong "$pg_bin/psql" -X -q -w "$url" -c 'SELECT 1' >/dev/null 2>&1; then
+    fail "$url logs in without its password: the checks below would prove nothing"
+  fi
+done
+# By socket (postgres:///, no authority) if the cluster's socket is there.
+socket_ok=0
+if [ -S "$pg_socket_dir/.s.PGSQL.$pg_port" ] &&
+  "$pg_bin/psql" -X -q -w "postgres:///postgres?host=$pg_socket_dir&port=$pg_port&user=postgres" -c 'SELECT 1' >/dev/null 2>&1; then
+  socket_ok=1
+  if PGPASSWORD=wrong "$pg_bin/psql" -X -q -w "postgres:///postgres?host=$pg_socket_dir&port=$pg_port&user=sluice_pw" -c 'SELECT 1' >/dev/null 2>&1; then
+    fail "sluice_pw logs in by socket without its password: the checks below would prove nothing"
+  fi
 fi
 secret_query="password=Bk7Secret%21%40x%26y&application_name=sluice-backup-test"
 printf 'SLUICE_POSTGRES_URL=postgres://sluice_bk@%s/postgres?%s\n' "$pg_hostport" "$secret_query" >"$work/pg-only.env"
@@ -511,9 +589,16 @@ printf 'SLUICE_POSTGRES_URL=postgres://sluice_bk@%s/postgres?%s\n' "$pg_hostport
 printf 'SLUICE_POSTGRES_URL=postgres://sluice_bk@%s/sluice_fresh?%s\n' "$pg_hostport" "$secret_query" >"$work/fresh.env"
 # Watches every process's argv for the password while the tools run.
 rm -f "$work/watch.stop"
-PW_MARKER=Bk7Secret python3 - "$work/watch.stop" "$work/watch.hits" <<'EOF' &
+# The passwords' telltale parts, in the environment only (never in an argv,
+# the test's own commands' included).
+export PW_MARKERS="Bk7Secret Hunter2 cret%40x cret@x Wr0ng w%40rd"
+# leaks FILE...: names the files that hold a password; redacted FILE: its
+# last lines, passwords masked (for a failure's message).
+leaks() { python3 -c 'import os, sys; [print(p) for p in sys.argv[1:] if any(m.encode() in open(p, "rb").read() for m in os.environ["PW_MARKERS"].split())]' "$@"; }
+redacted() { python3 -c 'import os, sys; t = open(sys.argv[1], errors="replace").read(); [t := t.replace(m, "<PASSWORD>") for m in os.environ["PW_MARKERS"].split()]; print("\n".join(t.splitlines()[-8:]))' "$1"; }
+python3 - "$work/watch.stop" "$work/watch.hits" <<'EOF' &
 import os, sys, time
-marker, me = os.environ["PW_MARKER"].encode(), str(os.getpid())
+markers, me = [m.encode() for m in os.environ["PW_MARKERS"].split()], str(os.getpid())
 hits, scans = set(), 0
 while not os.path.exists(sys.argv[1]):
     for pid in os.listdir("/proc"):
@@ -523,8 +608,9 @@ while not os.path.exists(sys.argv[1]):
                     cmd = f.read()
             except OSError:
                 continue
-            if marker in cmd:
-                hits.add(cmd.replace(b"\0", b" ").replace(marker, b"<PASSWORD>").decode(errors="replace"))
+            for marker in markers:
+                if marker in cmd:
+                    hits.add(cmd.replace(b"\0", b" ").replace(marker, b"<PASSWORD>").decode(errors="replace"))
     scans += 1
     time.sleep(0.002)
 with open(sys.argv[2], "w") as f:
@@ -532,25 +618,99 @@ with open(sys.argv[2], "w") as f:
 EOF
 watch_pid=$!
 old10="$(date -u -d '10 days ago' +%Y%m%dT%H%M%SZ)"
-mkdir "$work/backups/$old10"; echo '{}' >"$work/backups/$old10/MANIFEST.json"
+mkdir "$work/backups/$old10"; echo '{"format": "sluice-backup/1"}' >"$work/backups/$old10/MANIFEST.json"
 sleep 1 # one backup a second
 pg_only="$(BACKUP_RETENTION_DAYS=7 scripts/backup --env-file "$work/pg-only.env" --skip objects --skip chroma "$work/backups" 2>"$work/pg-only.log")" ||
   { cat "$work/pg-only.log" >&2; fail "the --skip backup with the password in the URL's query failed"; }
+# The fresh database holds another application's table, named unlike
+# Sluice's: not a reason to refuse, and left alone.
+psql_at "${postgres_url%/*}/sluice_fresh" "CREATE TABLE notes (id int PRIMARY KEY); INSERT INTO notes VALUES (7)" >/dev/null
 scripts/restore --env-file "$work/fresh.env" --yes "$pg_only" 2>"$work/fresh.log" ||
   { cat "$work/fresh.log" >&2; fail "the restore into an empty database failed"; }
+[ "$(psql_at "${postgres_url%/*}/sluice_fresh" 'SELECT id FROM notes')" = 7 ] || fail "the restore touched another application's table notes"
+# A password with `#`, `?`, `/` and `@` in the userinfo. Sluice's driver
+# (tokio-postgres) ends the userinfo at the first `@`, so only that `@`
+# needs percent-encoding: `#`, `?` and `/` are the password's as written.
+pw_url="postgres://sluice_pw:Hunter2#top?se/cret%40x@$pg_hostport"
+sock_query="host=$pg_socket_dir&port=$pg_port&user=sluice_pw&password=Hunter2#top?se/cret%40x"
+# Sluice itself takes the URL (the replicas' binary, on its own, with the
+# embedded backends but this PostgreSQL): it starts only if it connects.
+sluice_takes() { # URL what
+  local port pid ok=0
+  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  mkdir -p "$work/sluice-pw"
+  ( # The URL in the environment, never in an argv; no other store configured.
+    while read -r name; do
+      if [[ "$name" =~ ^(SLUICE_|POSTGRES_|REDIS_|CHROMA_|S3_|OPENAI_|ARK_) ]]; then unset "$name"; fi
+    done < <(compgen -e)
+    export SLUICE_POSTGRES_URL="$1" SLUICE_ADDR="127.0.0.1:$port" SLUICE_DATA_DIR="$work/sluice-pw"
+    exec "$target/debug/sluice" serve
+  ) >"$work/sluice-pw.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do
+    if curl -sf -o /dev/null "http://127.0.0.1:$port/health"; then ok=1; break; fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill "$pid" 2>/dev/null; then wait "$pid" 2>/dev/null || true; fi
+  [ "$ok" = 1 ] || fail "Sluice does not start with $2: $(redacted "$work/sluice-pw.log")"
+}
+sluice_takes "$pw_url/postgres" "the password's #, ? and / as they are in the userinfo"
+printf 'SLUICE_POSTGRES_URL=%s/postgres\n' "$pw_url" >"$work/pw.env"
+"$pg_bin/psql" -X -q -v ON_ERROR_STOP=1 "$postgres_url" -c 'CREATE DATABASE sluice_pw_tcp' -c 'CREATE DATABASE sluice_pw_sock' >/dev/null
+printf 'SLUICE_POSTGRES_URL=%s/sluice_pw_tcp\n' "$pw_url" >"$work/pw-restore.env"
+pw_backup="$(scripts/backup --env-file "$work/pw.env" --skip objects --skip chroma "$work/pw-backups" 2>"$work/pw-backup.log")" ||
+  { redacted "$work/pw-backup.log" >&2; fail "the backup with #, ? and / in the URL's password failed"; }
+scripts/restore --env-file "$work/pw-restore.env" --yes "$pw_backup" 2>"$work/pw-restore.log" ||
+  { redacted "$work/pw-restore.log" >&2; fail "the restore with #, ? and / in the URL's password failed"; }
+pw_logs=("$work/pw-backup.log" "$work/pw-restore.log" "$pw_backup/MANIFEST.json")
+if [ "$socket_ok" = 1 ]; then
+  sluice_takes "postgres:///postgres?$sock_query" "postgres:/// (by socket)"
+  printf 'SLUICE_POSTGRES_URL=postgres:///postgres?%s\n' "$sock_query" >"$work/sock.env"
+  printf 'SLUICE_POSTGRES_URL=postgres:///sluice_pw_sock?%s\n' "$sock_query" >"$work/sock-restore.env"
+  sleep 1 # one backup a second
+  sock_backup="$(scripts/backup --env-file "$work/sock.env" --skip objects --skip chroma "$work/pw-backups" 2>"$work/sock-backup.log")" ||
+    { redacted "$work/sock-backup.log" >&2; fail "the backup by socket (postgres:///) failed"; }
+  scripts/restore --env-file "$work/sock-restore.env" --yes "$sock_backup" 2>"$work/sock-restore.log" ||
+    { redacted "$work/sock-restore.log" >&2; fail "the restore by socket (postgres:///) failed"; }
+  pw_logs+=("$work/sock-backup.log" "$work/sock-restore.log" "$sock_backup/MANIFEST.json")
+  cp "$sock_backup/MANIFEST.json" "$work/body"
+  [ "$(py 'd["postgres"]["host"]')" = "$pg_socket_dir" ] || fail "the socket backup's host is $(py 'd["postgres"]["host"]')"
+  [ "$(psql_at "${postgres_url%/*}/sluice_pw_sock" 'SELECT count(*) FROM sessions')" = "$(py 'd["postgres"]["rows"]["sessions"]')" ] ||
+    fail "the restore by socket did not bring the backup's sessions"
+fi
+cp "$pw_backup/MANIFEST.json" "$work/body"
+[ "$(psql_at "${postgres_url%/*}/sluice_pw_tcp" 'SELECT count(*) FROM sessions')" = "$(py 'd["postgres"]["rows"]["sessions"]')" ] ||
+  fail "the restore with #, ? and / in the URL's password did not bring the backup's sessions"
+# Failures name no password either: a URL the tools refuse, and a wrong password.
+printf 'SLUICE_POSTGRES_URL=%s/postgres?sslmode\n' "$pw_url" >"$work/bad.env"
+if scripts/backup --env-file "$work/bad.env" --skip objects --skip chroma "$work/pw-backups" 2>"$work/bad.log"; then
+  fail "a URL with a query parameter without a value was taken"
+fi
+grep -q "cannot read the PostgreSQL URL" "$work/bad.log" || fail "the refused URL: $(redacted "$work/bad.log")"
+printf 'SLUICE_POSTGRES_URL=postgres://sluice_pw:Wr0ng#pa?ss/w%%40rd@%s/postgres\n' "$pg_hostport" >"$work/wrong.env"
+if scripts/backup --env-file "$work/wrong.env" --skip objects --skip chroma "$work/pw-backups" 2>"$work/wrong.log"; then
+  fail "a backup with a wrong password succeeded"
+fi
+grep -q "password authentication failed" "$work/wrong.log" || fail "the backup with a wrong password: $(redacted "$work/wrong.log")"
+pw_logs+=("$work/bad.log" "$work/wrong.log")
+leaked="$(leaks "${pw_logs[@]}")"
+[ -z "$leaked" ] || fail "a PostgreSQL password was printed, in $leaked"
 touch "$work/watch.stop"
 wait "$watch_pid" || fail "the argv watcher failed"
 watch_pid=""
 [ "$(sed -n 1p "$work/watch.hits")" != "0 scans" ] || fail "the argv watcher never looked"
 if [ "$(wc -l <"$work/watch.hits")" -gt 1 ]; then fail "the PostgreSQL password showed in argv: $(sed -n '2,4p' "$work/watch.hits")"; fi
-if grep -q "Bk7Secret" "$work/pg-only.log" "$work/fresh.log" "$pg_only/MANIFEST.json"; then fail "the password was printed"; fi
+[ -z "$(leaks "$work/pg-only.log" "$work/fresh.log" "$pg_only/MANIFEST.json")" ] || fail "the password was printed"
 [ -d "$work/backups/$old10" ] || fail "retention ran after a --skip backup"
 grep -q "retention: not run" "$work/pg-only.log" || fail "the --skip backup did not say retention was not run"
 cp "$pg_only/MANIFEST.json" "$work/body"
 [ "$(py 'd["stores"]')" = '["postgres"]' ] || fail "the --skip backup holds $(py 'd["stores"]')"
 [ "$(psql_at "${postgres_url%/*}/sluice_fresh" 'SELECT count(*) FROM sessions')" = "$(py 'd["postgres"]["rows"]["sessions"]')" ] ||
   fail "the empty database did not get the backup's sessions"
-echo "    $(sed -n 1p "$work/watch.hits") of every argv: no password; retention skipped; the empty database restored" >&2
+socket_note="a backup and a restore by socket (postgres:///)"
+[ "$socket_ok" = 1 ] || socket_note="by socket: SKIPPED (no socket at $pg_socket_dir)"
+echo "    $(sed -n 1p "$work/watch.hits") of every argv: no password (in the query; #, ? and / in the userinfo; $socket_note); retention skipped; the empty databases restored, their other tables untouched" >&2
 
 step "the backup tool's own rules: keys, symlinks, collections, retention's failures, URLs' passwords"
 # shellcheck disable=SC2016
@@ -560,6 +720,15 @@ pg_split="$(bash -c '. scripts/backup-lib.sh; unset PGPASSWORD; PG_URL="postgres
 # shellcheck disable=SC2016
 pg_split="$(bash -c '. scripts/backup-lib.sh; unset PGPASSWORD; PG_URL="postgresql://u:p%40ss%3Aw@h/db"; split_pg_url; printf "%s\n%s\n" "$PG_URL_SAFE" "$PGPASSWORD"')"
 [ "$pg_split" = $'postgresql://u@h/db\np@ss:w' ] || fail "split_pg_url (user:password@): $pg_split"
+# shellcheck disable=SC2016
+pg_split="$(bash -c '. scripts/backup-lib.sh; unset PGPASSWORD; PG_URL="postgres://u:Hunter2#top?se/cret%40x@h:5/db"; split_pg_url; printf "%s|%s|%s|%s\n" "$PG_URL_SAFE" "$PGPASSWORD" "$PG_URL_HOST" "$PG_URL_DB"')"
+[ "$pg_split" = 'postgres://u@h:5/db|Hunter2#top?se/cret@x|h|db' ] || fail "split_pg_url (#, ? and / in the password): ${pg_split//Hunter2/<PASSWORD>}"
+# shellcheck disable=SC2016
+pg_split="$(bash -c '. scripts/backup-lib.sh; unset PGPASSWORD; PG_URL="postgres:///db?host=/tmp/pg&user=x"; split_pg_url; printf "%s|%s\n" "$PG_URL_SAFE" "${PGPASSWORD-unset}"')"
+[ "$pg_split" = 'postgres:///db?host=/tmp/pg&user=x|unset' ] || fail "split_pg_url (postgres:///): $pg_split"
+# shellcheck disable=SC2016
+pg_split="$(bash -c '. scripts/backup-lib.sh; unset PGPASSWORD; PG_URL=$'"'"'postgres://u:new%0Aline%0A@h/db'"'"'; split_pg_url; printf "%s|%s|\n" "$PG_URL_SAFE" "$PGPASSWORD"')"
+[ "$pg_split" = $'postgres://u@h/db|new\nline\n|' ] || fail "split_pg_url (newlines in the password): $pg_split"
 "$bk_python" - "$root/scripts/backup-tool.py" "$work/unit" <<'EOF' || fail "the backup tool's rules (above)"
 import argparse, contextlib, datetime as dt, importlib.util, io, json, os, sys
 spec = importlib.util.spec_from_file_location("backup_tool", sys.argv[1])
@@ -613,18 +782,25 @@ assert "other-app-notes" in err.getvalue(), err.getvalue()
 collections([{"name": "sluice-abc", "file": "../../outside"}])
 assert refused(bt.saved_collections, b)
 
-# Retention: a deletion that fails does not stop the others; a symlink is never followed.
+# Retention: a deletion that fails does not stop the others; a symlink is
+# never followed; only a MANIFEST.json that is a backup's (JSON, our format,
+# not a symlink) makes a directory a backup.
 r = os.path.join(work, "backups")
 os.makedirs(r)
 name = lambda days: (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)).strftime("%Y%m%dT%H%M%SZ")
 stuck, old, linked = name(9), name(10), name(11)
-for n in (stuck, old):
+empty, text, other_format, manifest_link = name(12), name(13), name(14), name(15)
+ours = json.dumps({"format": bt.FORMAT})
+for n, manifest in ((stuck, ours), (old, ours), (empty, "{}"), (text, "not JSON"),
+                    (other_format, '{"format": "something-else/1"}')):
     os.makedirs(os.path.join(r, n))
-    open(os.path.join(r, n, "MANIFEST.json"), "w").write("{}")
+    open(os.path.join(r, n, "MANIFEST.json"), "w").write(manifest)
 target = os.path.join(work, "linked-target")
 os.makedirs(target)
-open(os.path.join(target, "MANIFEST.json"), "w").write("{}")
+open(os.path.join(target, "MANIFEST.json"), "w").write(ours)
 os.symlink(target, os.path.join(r, linked))
+os.makedirs(os.path.join(r, manifest_link))
+os.symlink(os.path.join(target, "MANIFEST.json"), os.path.join(r, manifest_link, "MANIFEST.json"))
 def rmtree(path):
     if path.endswith(stuck):
         raise PermissionError(13, "Permission denied", path)
@@ -633,9 +809,32 @@ out = io.StringIO()
 with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
     bt.retention(argparse.Namespace(root=r, days=7, keep=""), rmtree=rmtree)
 result = json.loads(out.getvalue())
-assert result == {"deleted": [old], "failed": [stuck], "symlinks": [linked]}, result
+not_backups = sorted([empty, text, other_format, manifest_link])
+assert result == {"deleted": [old], "failed": [stuck], "symlinks": [linked], "not_backups": not_backups}, result
 assert os.path.isdir(os.path.join(r, stuck)) and not os.path.exists(os.path.join(r, old))
+assert all(os.path.isfile(os.path.join(r, n, "MANIFEST.json")) for n in not_backups)
 assert os.path.islink(os.path.join(r, linked)) and os.path.isfile(os.path.join(target, "MANIFEST.json"))
+
+# PostgreSQL URLs read as tokio-postgres reads them: the userinfo ends at
+# the first `@`; the password is percent-decoded; the safe URL keeps the rest
+# as written; no authority (postgres:///) stays so.
+cases = {
+    "postgres://u:Hunter2#top?se/cret%40x@h:5/db": ("postgres://u@h:5/db", b"Hunter2#top?se/cret@x", "h", "db"),
+    "postgres://u:p%40ss@h/db?password=q%23&sslmode=disable": ("postgres://u@h/db?sslmode=disable", b"q#", "h", "db"),
+    "postgres://u%2Bx:a:b@[::1]:5,h2/d%20b": ("postgres://u%2Bx@[::1]:5,h2/d%20b", b"a:b", "::1,h2", "d b"),
+    "postgres:///db?host=/tmp/pg&user=x": ("postgres:///db?host=/tmp/pg&user=x", None, "/tmp/pg", "db"),
+    "postgres:///db?host=/tmp/pg&password=s#e?c/r&user=x": ("postgres:///db?host=/tmp/pg&user=x", b"s#e?c/r", "/tmp/pg", "db"),
+    "postgresql://h?dbname=d&password=x": ("postgresql://h?dbname=d", b"x", "h", "d"),
+    "postgres://us/er:pw@h/db": ("postgres://us%2Fer@h/db", b"pw", "h", "db"),
+}
+for url, expected in cases.items():
+    assert bt.pg_url(url) == expected, (url, bt.pg_url(url))
+for url in ("mysql://u:Hunter2@h/db", "postgres://u:Hunter2@h/db?a&password=Hunter2", "postgres://u:Hunter2@h/db?sslmode"):
+    try:
+        bt.pg_url(url)
+        raise AssertionError(f"pg_url took {url}")
+    except bt.PgUrlError as e:
+        assert "Hunter2" not in str(e), str(e)
 
 # A Redis Cluster URL's user and password are percent-decoded.
 import redis.cluster
@@ -654,7 +853,7 @@ try:
 except Stop:
     pass
 assert seen["username"] == "us@er" and seen["password"] == "p@ss:w/d", {k: seen.get(k) for k in ("username",)}
-print("    keys, paths, collections, retention and Redis passwords as expected", file=sys.stderr)
+print("    keys, paths, collections, retention, PostgreSQL URLs and Redis passwords as expected", file=sys.stderr)
 EOF
 
 step "retention: BACKUP_RETENTION_DAYS=7"
@@ -671,24 +870,32 @@ old8="$(date -u -d '8 days ago' +%Y%m%dT%H%M%SZ)"
 old3="$(date -u -d '3 days ago' +%Y%m%dT%H%M%SZ)"
 old9="$(date -u -d '9 days ago' +%Y%m%dT%H%M%SZ)"
 old12="$(date -u -d '12 days ago' +%Y%m%dT%H%M%SZ)"
-for d in "$old8" "$old3"; do mkdir "$work/backups/$d"; echo '{}' >"$work/backups/$d/MANIFEST.json"; done
-mkdir "$work/backups/$old9"                  # no manifest: not a finished backup
-mkdir "$work/backups/keep-me"; echo '{}' >"$work/backups/keep-me/MANIFEST.json"
+manifest='{"format": "sluice-backup/1", "name": "an old one"}'
+for d in "$old8" "$old3"; do mkdir "$work/backups/$d"; echo "$manifest" >"$work/backups/$d/MANIFEST.json"; done
+mkdir "$work/backups/$old9"                  # no manifest: not a finished backup (kept)
+mkdir "$work/backups/keep-me"; echo "$manifest" >"$work/backups/keep-me/MANIFEST.json"
+# Old directories whose MANIFEST.json is not a backup's: kept.
+old13="$(date -u -d '13 days ago' +%Y%m%dT%H%M%SZ)"
+old14="$(date -u -d '14 days ago' +%Y%m%dT%H%M%SZ)"
+mkdir "$work/backups/$old13"; echo 'not JSON' >"$work/backups/$old13/MANIFEST.json"
+mkdir "$work/backups/$old14"; echo '{"files": []}' >"$work/backups/$old14/MANIFEST.json"
 # A symlink named like an old backup, to a directory outside: never followed.
-mkdir "$work/not-a-backup"; echo '{}' >"$work/not-a-backup/MANIFEST.json"
+mkdir "$work/not-a-backup"; echo "$manifest" >"$work/not-a-backup/MANIFEST.json"
 ln -s "$work/not-a-backup" "$work/backups/$old12"
 sleep 1 # one backup a second
 second="$(BACKUP_RETENTION_DAYS=7 scripts/backup --env-file "$work/sluice.env" "$work/backups" 2>"$work/backup2.log")" ||
   { cat "$work/backup2.log" >&2; fail "the second scripts/backup failed"; }
 [ ! -e "$work/backups/$old8" ] || fail "the 8-day-old backup was kept"
 [ ! -e "$work/backups/$old10" ] || fail "the 10-day-old backup was kept"
-for d in "$old3" "$old9" keep-me "$(basename "$backup")" "$(basename "$second")" "$(basename "$pg_only")"; do
+for d in "$old3" "$old9" "$old13" "$old14" keep-me "$(basename "$backup")" "$(basename "$second")" "$(basename "$pg_only")"; do
   [ -d "$work/backups/$d" ] || fail "retention deleted $d"
 done
 if [ ! -L "$work/backups/$old12" ] || [ ! -f "$work/not-a-backup/MANIFEST.json" ]; then
   fail "retention followed or deleted a symlink"
 fi
 grep -q "symlink" "$work/backup2.log" || fail "retention did not say it left a symlink alone"
+grep -q "left alone 3 old directories named like backups without a backup's" "$work/backup2.log" ||
+  fail "retention did not say it left the directories without a backup's manifest alone: $(grep retention "$work/backup2.log")"
 
 step "stopping"
 echo "backup round trip: ok"

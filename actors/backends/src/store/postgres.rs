@@ -662,4 +662,70 @@ mod tests {
         crate::files::conformance::run(stores[1].clone()).await;
         crate::responses::conformance::run(stores[2].clone()).await;
     }
+
+    /// scripts/backup dumps, and scripts/restore drops and makes again,
+    /// only the tables named by `SLUICE_TABLES` in scripts/backup-lib.sh:
+    /// a migration's new table missing there would be left out of every
+    /// backup. The list must be exactly the tables the migrations create,
+    /// and `sluice_migrations`.
+    #[test]
+    fn backup_tables_are_the_migrations_tables() {
+        use std::collections::BTreeSet;
+
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/backup-lib.sh");
+        let lib = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let listed: Vec<&str> = lib
+            .lines()
+            .find_map(|line| line.strip_prefix("SLUICE_TABLES=\""))
+            .and_then(|rest| rest.split_once('"'))
+            .map(|(list, _)| list.split_whitespace().collect())
+            .unwrap_or_else(|| panic!("{path} has no line SLUICE_TABLES=\"...\""));
+        let listed_set: BTreeSet<&str> = listed.iter().copied().collect();
+        assert_eq!(
+            listed.len(),
+            listed_set.len(),
+            "SLUICE_TABLES names a table twice: {listed:?}"
+        );
+
+        // `CREATE [UNLOGGED] TABLE [IF NOT EXISTS] name (` in each migration.
+        let mut created = BTreeSet::from(["sluice_migrations".to_string()]);
+        for (version, sql) in MIGRATIONS {
+            let upper = sql.to_ascii_uppercase();
+            assert!(
+                !upper.contains("DROP TABLE") && !upper.contains("RENAME TO"),
+                "migration {version} drops or renames a table: teach this test (and SLUICE_TABLES) about it"
+            );
+            let words: Vec<&str> = sql.split_whitespace().collect();
+            for (i, word) in words.iter().enumerate() {
+                if !word.eq_ignore_ascii_case("CREATE") {
+                    continue;
+                }
+                let mut rest = words[i + 1..]
+                    .iter()
+                    .copied()
+                    .skip_while(|w| w.eq_ignore_ascii_case("UNLOGGED"));
+                if !rest.next().is_some_and(|w| w.eq_ignore_ascii_case("TABLE")) {
+                    continue;
+                }
+                let mut name = rest.next().expect("CREATE TABLE without a name");
+                if name.eq_ignore_ascii_case("IF") {
+                    name = rest
+                        .nth(2)
+                        .expect("CREATE TABLE IF NOT EXISTS without a name");
+                }
+                let name = name.split('(').next().unwrap_or(name).trim_matches('"');
+                let name = name.strip_prefix("public.").unwrap_or(name);
+                assert!(
+                    !name.is_empty(),
+                    "migration {version}: a table without a name"
+                );
+                created.insert(name.to_string());
+            }
+        }
+        let created: BTreeSet<&str> = created.iter().map(String::as_str).collect();
+        assert_eq!(
+            listed_set, created,
+            "SLUICE_TABLES in scripts/backup-lib.sh (left) must name every table the migrations create (right)"
+        );
+    }
 }
