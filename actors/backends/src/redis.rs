@@ -61,13 +61,17 @@ impl LuaScript {
     }
 
     /// Runs it with `keys` and `args`: `EVALSHA`, or `EVAL` (which also
-    /// caches it) when the server answers `NOSCRIPT`.
+    /// caches it) when the server answers `NOSCRIPT`. The strings move into
+    /// shared buffers once, so keeping them for the retry copies no text
+    /// (the append's arguments are the events' JSON).
     pub(crate) async fn run<R: FromValue>(
         &self,
         client: &Client,
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<R, fred::error::Error> {
+        let keys: Vec<Key> = keys.into_iter().map(Key::from).collect();
+        let args: Vec<Value> = args.into_iter().map(Value::from).collect();
         match client
             .evalsha(self.sha1.as_str(), keys.clone(), args.clone())
             .await
